@@ -4,8 +4,22 @@
 //! cluster knowledge. Requests are validated at the edge ([`service`]) into the types of
 //! [`names`] and [`paths`]; side effects live behind narrow interfaces ([`units`], [`kernel`])
 //! with a real implementation for hosts and one for lab hosts that share a machine.
+//!
+//! Lifecycle: `main` reads [`config`], enters the host root when one is given ([`rootfs`]),
+//! [`server::build`] picks the backends, [`server::serve`] serves until SIGTERM and then stops the
+//! supervised units.
 
+pub mod command;
 pub mod config;
+pub mod datadirs;
+pub mod error;
+pub mod exec;
+pub mod facts;
+pub mod files;
+pub mod kernel;
 pub mod names;
 pub mod paths;
+pub mod rootfs;
+pub mod server;
+pub mod service;
 pub mod units;

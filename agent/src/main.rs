@@ -1,1 +1,105 @@
-fn main() {}
+//! `haop-agent`: parses flags, enters its root, sets up tracing and serves.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use haop_agent::config::{AgentConfig, KernelMode, ServiceManagerKind};
+
+/// haop's host agent: executes host operations for the haop coordinator over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "haop-agent", version, about, long_about = None)]
+struct Args {
+    /// Config file (TOML). Flags override it.
+    #[arg(long, env = "HAOP_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, such as 10.0.0.5:7443.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Treat DIR as the host's `/`: enter it in a private mount namespace (chroot, with the
+    /// machine's /usr, /dev, /proc and /sys visible). Used by `haop lab`. Needs root.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Serve without TLS (development only; loopback and private lab addresses only).
+    #[arg(long)]
+    insecure_dev: bool,
+    /// Service manager backend.
+    #[arg(long, value_enum)]
+    service_manager: Option<ServiceManagerKind>,
+    /// How kernel settings reach the kernel: `host`, or `lab` for hosts sharing a machine.
+    #[arg(long, value_enum)]
+    kernel: Option<KernelMode>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %haop_agent::error::render_chain(e.as_ref()), "agent failed");
+            eprintln!("haop-agent: {}", haop_agent::error::render_chain(e.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::from_file(path)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(r) = args.root {
+        config.root = r;
+    }
+    if args.insecure_dev {
+        config.insecure_dev = true;
+    }
+    if let Some(s) = args.service_manager {
+        config.service_manager = s;
+    }
+    if let Some(k) = args.kernel {
+        config.kernel = k;
+    }
+    config.validate()?;
+    if !config.insecure_dev {
+        return Err("serving with mTLS needs enrollment, which is not available yet; \
+                    run with --insecure-dev on a loopback or lab address"
+            .into());
+    }
+    if config.root != std::path::Path::new("/") {
+        haop_agent::rootfs::enter(&config.root)?;
+        config.root = PathBuf::from("/");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let service = haop_agent::server::build(&config).await?;
+        haop_agent::server::serve(service, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
