@@ -111,8 +111,14 @@ impl Invocation {
             });
         }
         let limit = self.output_limit;
-        let stdout = child.stdout.take().map(|s| tokio::spawn(read_limited(s, limit)));
-        let stderr = child.stderr.take().map(|s| tokio::spawn(read_limited(s, limit)));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_limited(s, limit)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_limited(s, limit)));
         let (code, timed_out) = match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(Ok(status)) => (status.code().unwrap_or(-1), false),
             Ok(Err(source)) => {
@@ -199,7 +205,10 @@ mod tests {
             .await
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/bin/sh") && msg.contains("exited 3") && msg.contains("boom"), "{msg}");
+        assert!(
+            msg.contains("/bin/sh") && msg.contains("exited 3") && msg.contains("boom"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]

@@ -206,7 +206,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = HostFs::new(
             dir.path(),
-            vec![hp("/var/lib/etcd"), hp("/var/lib/haop-agent"), hp("/etc/haop")],
+            vec![
+                hp("/var/lib/etcd"),
+                hp("/var/lib/haop-agent"),
+                hp("/etc/haop"),
+            ],
         );
         let declared = DeclaredDirs::new(&fs, &hp("/var/lib/haop-agent"));
         let unit = UnitName::try_from("etcd.service").unwrap();
@@ -222,8 +226,8 @@ mod tests {
         let e = wipe(&fs, &declared, &unit, &p, None, false, now).unwrap_err();
         assert!(matches!(e, WipeError::NotDeclared { .. }), "{e}");
 
-        assert!(declared.declare(&unit, &[p.clone()]).unwrap());
-        assert!(!declared.declare(&unit, &[p.clone()]).unwrap());
+        assert!(declared.declare(&unit, std::slice::from_ref(&p)).unwrap());
+        assert!(!declared.declare(&unit, std::slice::from_ref(&p)).unwrap());
 
         let e = wipe(&fs, &declared, &unit, &p, Some("active".into()), false, now).unwrap_err();
         assert!(e.to_string().contains("stop it"), "{e}");
@@ -241,7 +245,11 @@ mod tests {
             .join("var/lib/etcd.wiped-19700101T000000Z/member")
             .exists());
         // Again: nothing to do.
-        assert!(!wipe(&fs, &declared, &unit, &p, None, false, now).unwrap().changed);
+        assert!(
+            !wipe(&fs, &declared, &unit, &p, None, false, now)
+                .unwrap()
+                .changed
+        );
     }
 
     #[test]
@@ -276,6 +284,11 @@ mod tests {
         )
         .unwrap();
         assert!(w.changed && w.moved_to.is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join("var/lib")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("var/lib"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 }

@@ -5,7 +5,6 @@
 //! kind cannot reach a client with a code nobody chose. The message is the whole error chain,
 //! rendered once, so the operator sees the path, unit or program and the OS's reason.
 
-
 use tonic::{Code, Status};
 
 use crate::command::CommandError;

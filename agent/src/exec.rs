@@ -139,7 +139,14 @@ mod tests {
             allow.resolve("/bin/echo").unwrap(),
             PathBuf::from("/bin/echo")
         );
-        for bad in ["sh", "/bin/sh", "../bin/echo", "/bin/../bin/echo", "", "bin/echo"] {
+        for bad in [
+            "sh",
+            "/bin/sh",
+            "../bin/echo",
+            "/bin/../bin/echo",
+            "",
+            "bin/echo",
+        ] {
             let e = allow.resolve(bad).unwrap_err();
             assert!(matches!(e, ExecError::NotAllowed { .. }), "{bad}: {e}");
         }

@@ -134,8 +134,10 @@ mod tests {
         assert_eq!(f.hostname, "etcd1");
         assert!(f.cpus >= 1);
         assert!(f.memory_total_bytes > 0);
-        assert!(f.interfaces.iter().any(|i| i.name == "lo"
-            && i.addresses.iter().any(|a| a == "127.0.0.1/8")));
+        assert!(f
+            .interfaces
+            .iter()
+            .any(|i| i.name == "lo" && i.addresses.iter().any(|a| a == "127.0.0.1/8")));
         assert_eq!(f.swap.unwrap().fstab_entries, 1);
         assert_eq!(f.service_manager, "supervisor");
         assert!(!f.kernel.is_empty());

@@ -201,10 +201,7 @@ impl TempFile {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         for attempt in 0..100u32 {
-            let tmp = dir.join(format!(
-                ".{name}.haop-tmp.{}.{attempt}",
-                std::process::id()
-            ));
+            let tmp = dir.join(format!(".{name}.haop-tmp.{}.{attempt}", std::process::id()));
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -230,7 +227,9 @@ impl TempFile {
     }
 
     fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("temp file is open until persisted")
+        self.file
+            .as_mut()
+            .expect("temp file is open until persisted")
     }
 
     /// fsync, set ownership, rename over `target`, fsync the directory.
@@ -283,7 +282,6 @@ pub struct Upload {
     own: Ownership,
     expected: String,
 }
-
 
 impl Upload {
     pub fn begin(target: &Path, own: Ownership, expected_sha256: &str) -> Result<Self, FileError> {

@@ -92,7 +92,10 @@ impl KernelPaths {
             return true;
         }
         std::fs::read_to_string(self.proc.join("modules"))
-            .map(|m| m.lines().any(|l| l.split(' ').next() == Some(name.as_str())))
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split(' ').next() == Some(name.as_str()))
+            })
             .unwrap_or(false)
     }
 

@@ -11,6 +11,7 @@
 
 pub mod command;
 pub mod config;
+pub mod csr;
 pub mod datadirs;
 pub mod error;
 pub mod exec;

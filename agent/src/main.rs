@@ -44,7 +44,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %haop_agent::error::render_chain(e.as_ref()), "agent failed");
-            eprintln!("haop-agent: {}", haop_agent::error::render_chain(e.as_ref()));
+            eprintln!(
+                "haop-agent: {}",
+                haop_agent::error::render_chain(e.as_ref())
+            );
             ExitCode::from(1)
         }
     }
@@ -72,9 +75,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     config.validate()?;
     if !config.insecure_dev {
-        return Err("serving with mTLS needs enrollment, which is not available yet; \
+        return Err(
+            "serving with mTLS needs enrollment, which is not available yet; \
                     run with --insecure-dev on a loopback or lab address"
-            .into());
+                .into(),
+        );
     }
     if config.root != std::path::Path::new("/") {
         haop_agent::rootfs::enter(&config.root)?;

@@ -26,7 +26,9 @@ impl NameError {
     }
 }
 
-const UNIT_SUFFIXES: &[&str] = &[".service", ".socket", ".timer", ".target", ".path", ".mount"];
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service", ".socket", ".timer", ".target", ".path", ".mount",
+];
 
 /// A systemd unit name such as `etcd.service`: `[A-Za-z0-9:_.@-]`, a known suffix, no leading
 /// dot or dash, at most 255 bytes (systemd's own limit).
@@ -268,7 +270,12 @@ mod tests {
 
     #[test]
     fn unit_names() {
-        for ok in ["etcd.service", "kube-apiserver.service", "getty@tty1.service", "a.timer"] {
+        for ok in [
+            "etcd.service",
+            "kube-apiserver.service",
+            "getty@tty1.service",
+            "a.timer",
+        ] {
             assert!(UnitName::try_from(ok).is_ok(), "{ok}");
         }
         for bad in [

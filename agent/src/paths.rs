@@ -107,7 +107,11 @@ impl TryFrom<&str> for HostPath {
         if trimmed.split('/').any(|c| c == ".") {
             return Err(invalid("must not contain '.'"));
         }
-        Ok(HostPath(PathBuf::from(if trimmed.is_empty() { "/" } else { trimmed })))
+        Ok(HostPath(PathBuf::from(if trimmed.is_empty() {
+            "/"
+        } else {
+            trimmed
+        })))
     }
 }
 

@@ -253,9 +253,9 @@ impl Agent for AgentService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty upload: no header"))?;
-        let header = first
-            .header
-            .ok_or_else(|| Status::invalid_argument("the first upload message must carry the header"))?;
+        let header = first.header.ok_or_else(|| {
+            Status::invalid_argument("the first upload message must carry the header")
+        })?;
         let path = host_path(&header.path).map_err(Status::from)?;
         if header.sha256.len() != 64 || !header.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument(format!(
@@ -267,10 +267,14 @@ impl Agent for AgentService {
         } else {
             UPLOAD_CAP
         };
-        let (_, real) = self.fs().resolve(&path).map_err(|e| Status::from(AgentError::from(e)))?;
+        let (_, real) = self
+            .fs()
+            .resolve(&path)
+            .map_err(|e| Status::from(AgentError::from(e)))?;
         files::prepare_parent(&real, header.create_parents)
             .map_err(|e| Status::from(AgentError::from(e)))?;
-        let own = Ownership::resolve(header.mode, "", "").map_err(|e| Status::from(AgentError::from(e)))?;
+        let own = Ownership::resolve(header.mode, "", "")
+            .map_err(|e| Status::from(AgentError::from(e)))?;
         let mut upload = files::Upload::begin(&real, own, &header.sha256)
             .map_err(|e| Status::from(AgentError::from(e)))?;
         upload
@@ -286,7 +290,9 @@ impl Agent for AgentService {
                 .write(&chunk.data, limit)
                 .map_err(|e| Status::from(AgentError::from(e)))?;
         }
-        let w = upload.finish().map_err(|e| Status::from(AgentError::from(e)))?;
+        let w = upload
+            .finish()
+            .map_err(|e| Status::from(AgentError::from(e)))?;
         if w.changed {
             info!(path = %path, sha256 = %w.sha256, size = w.size, "file uploaded");
         }
@@ -514,7 +520,11 @@ impl Agent for AgentService {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(files::io("read", &real)(e).into()),
             }
-            info!(devices = swapped_off.len(), fstab_lines = commented, "swap disabled");
+            info!(
+                devices = swapped_off.len(),
+                fstab_lines = commented,
+                "swap disabled"
+            );
             Ok::<_, AgentError>(pb::DisableSwapResponse {
                 changed: !swapped_off.is_empty() || commented > 0,
                 swapped_off,
@@ -539,7 +549,9 @@ impl Agent for AgentService {
             let running = state
                 .is_running()
                 .then(|| format!("{} ({})", state.active_state, state.sub_state))
-                .or_else(|| (state.sub_state == "auto-restart").then(|| "waiting to restart".to_string()));
+                .or_else(|| {
+                    (state.sub_state == "auto-restart").then(|| "waiting to restart".to_string())
+                });
             let wiped = datadirs::wipe(
                 self.fs(),
                 &self.inner.declared,

@@ -58,7 +58,9 @@ impl TestAgent {
             .await
             .unwrap();
         });
-        let client = AgentClient::connect(format!("http://{addr}")).await.unwrap();
+        let client = AgentClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         TestAgent {
             root,
             kernel_dir,
@@ -284,7 +286,11 @@ async fn status(c: &mut AgentClient<Channel>, name: &str) -> pb::UnitStatus {
         .into_inner()
 }
 
-async fn action(c: &mut AgentClient<Channel>, name: &str, act: pb::Action) -> pb::UnitActionResponse {
+async fn action(
+    c: &mut AgentClient<Channel>,
+    name: &str,
+    act: pb::Action,
+) -> pb::UnitActionResponse {
     c.unit_action(pb::UnitActionRequest {
         name: name.into(),
         action: act as i32,
@@ -329,7 +335,11 @@ async fn supervised_unit_is_restarted_after_sigkill() {
     assert!(started.changed);
     let pid = started.status.unwrap().main_pid;
     assert!(pid > 0);
-    assert!(!action(&mut a.client, "sleeper.service", pb::Action::Start).await.changed);
+    assert!(
+        !action(&mut a.client, "sleeper.service", pb::Action::Start)
+            .await
+            .changed
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -337,13 +347,17 @@ async fn supervised_unit_is_restarted_after_sigkill() {
     )
     .unwrap();
     let mut client = a.client.clone();
-    wait_for("the killed unit to come back", Duration::from_secs(10), || {
-        let mut c = client.clone();
-        async move {
-            let s = status(&mut c, "sleeper.service").await;
-            s.active_state == "active" && s.main_pid != 0 && s.main_pid != pid
-        }
-    })
+    wait_for(
+        "the killed unit to come back",
+        Duration::from_secs(10),
+        || {
+            let mut c = client.clone();
+            async move {
+                let s = status(&mut c, "sleeper.service").await;
+                s.active_state == "active" && s.main_pid != 0 && s.main_pid != pid
+            }
+        },
+    )
     .await;
     let s = status(&mut client, "sleeper.service").await;
     assert_eq!(s.restart_count, 1);
@@ -374,9 +388,20 @@ async fn bad_unit_files_and_names_are_refused() {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{name:?}: {}", err.message());
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{name:?}: {}",
+            err.message()
+        );
     }
-    assert!(!a.real("/etc/systemd/system").exists() || std::fs::read_dir(a.real("/etc/systemd/system")).unwrap().count() == 0);
+    assert!(
+        !a.real("/etc/systemd/system").exists()
+            || std::fs::read_dir(a.real("/etc/systemd/system"))
+                .unwrap()
+                .count()
+                == 0
+    );
     let err = a
         .client
         .unit_action(pb::UnitActionRequest {
@@ -439,7 +464,11 @@ async fn wipe_is_fenced() {
         .unwrap()
         .into_inner();
     assert!(w.changed);
-    assert!(w.moved_to.starts_with("/var/lib/etcd.wiped-"), "{}", w.moved_to);
+    assert!(
+        w.moved_to.starts_with("/var/lib/etcd.wiped-"),
+        "{}",
+        w.moved_to
+    );
     assert!(!a.real("/var/lib/etcd").exists());
     assert!(a.real(&format!("{}/member/snap/db", w.moved_to)).exists());
 
