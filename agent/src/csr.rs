@@ -149,6 +149,15 @@ fn own(mode: u32) -> Ownership {
     }
 }
 
+/// What [`generate_key_and_csr`] returns: the request, and whether the key is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAndCsr {
+    /// The certificate signing request, PEM.
+    pub csr_pem: String,
+    /// Whether a new key was generated (false when the key on disk was reused).
+    pub new_key: bool,
+}
+
 /// Makes sure a private key of `algo` is at `key_path` (mode 0600, parents created with mode
 /// 0700) and returns a CSR for it, PEM, with CN `common_name`, O `organization` and the given
 /// DNS and IP subject alternative names.
@@ -164,18 +173,18 @@ pub fn generate_key_and_csr(
     dns: &[String],
     ips: &[IpAddr],
     rotate: bool,
-) -> Result<String, CsrError> {
+) -> Result<KeyAndCsr, CsrError> {
     // Names first: a request that cannot be built must not touch the key.
     let params = request_params(common_name, organization, dns, ips)?;
-    let key = ensure_key(key_path, algo, rotate)?;
-    let csr = params
+    let (key, new_key) = ensure_key(key_path, algo, rotate)?;
+    let csr_pem = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
         .map_err(|source| CsrError::Request {
             path: key_path.to_path_buf(),
             source,
         })?;
-    Ok(csr)
+    Ok(KeyAndCsr { csr_pem, new_key })
 }
 
 fn request_params(
@@ -207,14 +216,14 @@ fn request_params(
 }
 
 /// The key at `path`: the one there if usable and not rotating, else a new one written
-/// atomically.
-fn ensure_key(path: &Path, algo: KeyAlgorithm, rotate: bool) -> Result<KeyPair, CsrError> {
+/// atomically; and whether it is new.
+fn ensure_key(path: &Path, algo: KeyAlgorithm, rotate: bool) -> Result<(KeyPair, bool), CsrError> {
     if !rotate {
         if let Some((key, pem)) = existing_key(path)? {
             if algo.matches(&key) {
                 // Same content: only a wrong mode or owner is repaired.
                 files::ensure_file(path, &pem, own(0o600))?;
-                return Ok(key);
+                return Ok((key, false));
             }
             warn!(path = %path.display(), algorithm = %algo, "existing key is of another algorithm; generating a new one");
         }
@@ -223,7 +232,7 @@ fn ensure_key(path: &Path, algo: KeyAlgorithm, rotate: bool) -> Result<KeyPair, 
     create_private_parents(path)?;
     files::write_atomic(path, key.serialize_pem().as_bytes(), own(0o600))?;
     info!(path = %path.display(), algorithm = %algo, rotate, "private key generated");
-    Ok(key)
+    Ok((key, true))
 }
 
 /// The key at `path` and its bytes; `None` when there is no file or it holds no usable key.
@@ -311,6 +320,48 @@ pub fn install_certificate(cert_path: &Path, pem: &str, key_path: &Path) -> Resu
     Ok(written.changed)
 }
 
+/// Installs the CA certificate `ca_pem` at `ca_path` (mode 0644) after checking that it is one
+/// CA certificate and that it signed the certificate `issued_pem` (the one just installed with
+/// [`install_certificate`]). Returns whether the file changed.
+pub fn install_ca_certificate(
+    ca_path: &Path,
+    ca_pem: &str,
+    issued_pem: &str,
+) -> Result<bool, CsrError> {
+    let invalid = |reason: String| CsrError::InvalidCertificate {
+        path: ca_path.to_path_buf(),
+        reason,
+    };
+    let (_, ca_block) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+        .map_err(|e| invalid(format!("invalid PEM ({e})")))?;
+    if ca_block.label != "CERTIFICATE" {
+        return Err(invalid(format!(
+            "a {:?} block is not a certificate",
+            ca_block.label
+        )));
+    }
+    let ca = ca_block
+        .parse_x509()
+        .map_err(|e| invalid(format!("not a certificate ({e})")))?;
+    if !ca.is_ca() {
+        return Err(invalid("not a CA certificate".into()));
+    }
+    let (_, issued_block) = x509_parser::pem::parse_x509_pem(issued_pem.as_bytes())
+        .map_err(|e| invalid(format!("the issued certificate is not PEM ({e})")))?;
+    let issued = issued_block
+        .parse_x509()
+        .map_err(|e| invalid(format!("the issued certificate does not parse ({e})")))?;
+    issued
+        .verify_signature(Some(ca.public_key()))
+        .map_err(|_| invalid("this CA did not sign the certificate it comes with".into()))?;
+    files::prepare_parent(ca_path, true)?;
+    let written = files::ensure_file(ca_path, ca_pem.as_bytes(), own(0o644))?;
+    if written.changed {
+        info!(path = %ca_path.display(), "CA certificate installed");
+    }
+    Ok(written.changed)
+}
+
 /// Bits of an RSA key's modulus.
 fn rsa_bits(key: &KeyPair) -> Option<usize> {
     use rcgen::PublicKeyData;
@@ -344,7 +395,9 @@ mod tests {
 
     fn csr_for(key_path: &Path, algo: KeyAlgorithm, rotate: bool) -> String {
         let (dns, ips) = names();
-        generate_key_and_csr(key_path, algo, "etcd1", None, &dns, &ips, rotate).unwrap()
+        generate_key_and_csr(key_path, algo, "etcd1", None, &dns, &ips, rotate)
+            .unwrap()
+            .csr_pem
     }
 
     /// The public key a CSR is for, raw.
@@ -376,7 +429,22 @@ mod tests {
     fn key_is_private_and_reused_until_rotated() {
         let dir = tempfile::tempdir().unwrap();
         let key_path = dir.path().join("pki/etcd/server.key");
-        let csr = csr_for(&key_path, KeyAlgorithm::EcdsaP256, false);
+        let (dns, ips) = names();
+        let generate = |rotate| {
+            generate_key_and_csr(
+                &key_path,
+                KeyAlgorithm::EcdsaP256,
+                "etcd1",
+                None,
+                &dns,
+                &ips,
+                rotate,
+            )
+            .unwrap()
+        };
+        let first_csr = generate(false);
+        assert!(first_csr.new_key);
+        let csr = first_csr.csr_pem;
         assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
         assert!(!csr.contains("PRIVATE KEY"));
         assert_eq!(mode(&key_path), 0o600);
@@ -386,12 +454,15 @@ mod tests {
 
         // A retried enrollment asks for the same key, and repairs a loosened mode.
         fs::set_permissions(&key_path, fs::Permissions::from_mode(0o644)).unwrap();
-        let again = csr_for(&key_path, KeyAlgorithm::EcdsaP256, false);
+        let again = generate(false);
+        assert!(!again.new_key);
         assert_eq!(fs::read(&key_path).unwrap(), first);
-        assert_eq!(csr_key(&again), csr_key(&csr));
+        assert_eq!(csr_key(&again.csr_pem), csr_key(&csr));
         assert_eq!(mode(&key_path), 0o600);
 
-        let rotated = csr_for(&key_path, KeyAlgorithm::EcdsaP256, true);
+        let rotated = generate(true);
+        assert!(rotated.new_key);
+        let rotated = rotated.csr_pem;
         assert_ne!(fs::read(&key_path).unwrap(), first);
         assert_ne!(csr_key(&rotated), csr_key(&csr));
         // No temp files are left behind.
@@ -448,7 +519,8 @@ mod tests {
             &ips,
             false,
         )
-        .unwrap();
+        .unwrap()
+        .csr_pem;
         let parsed = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
         let subject: Vec<_> = parsed.params.distinguished_name.iter().collect();
         assert_eq!(subject.len(), 2);
@@ -487,5 +559,42 @@ mod tests {
         let err =
             install_certificate(&cert_path, &good, &dir.path().join("missing.key")).unwrap_err();
         assert!(matches!(err, CsrError::NoKey { .. }), "{err:?}");
+    }
+
+    fn ca(cn: &str) -> (KeyPair, CertificateParams, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        (key, params, pem)
+    }
+
+    #[test]
+    fn ca_certificate_is_installed_only_with_what_it_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("server.key");
+        let ca_path = dir.path().join("ca.crt");
+        csr_for(&key_path, KeyAlgorithm::EcdsaP256, false);
+        let host_key = KeyPair::from_pem(&fs::read_to_string(&key_path).unwrap()).unwrap();
+        let (ca_key, ca_params, ca_pem) = ca("etcd-ca");
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let leaf = CertificateParams::new(vec!["etcd1".to_string()])
+            .unwrap()
+            .signed_by(&host_key, &issuer)
+            .unwrap()
+            .pem();
+        assert!(install_certificate(&dir.path().join("server.crt"), &leaf, &key_path).unwrap());
+        assert!(install_ca_certificate(&ca_path, &ca_pem, &leaf).unwrap());
+        assert!(!install_ca_certificate(&ca_path, &ca_pem, &leaf).unwrap());
+        assert_eq!(mode(&ca_path), 0o644);
+
+        let (_, _, other_ca) = ca("other-ca");
+        let err = install_ca_certificate(&ca_path, &other_ca, &leaf).unwrap_err();
+        assert!(err.to_string().contains("did not sign"), "{err}");
+        let err = install_ca_certificate(&ca_path, &leaf, &leaf).unwrap_err();
+        assert!(err.to_string().contains("not a CA"), "{err}");
+        assert_eq!(fs::read_to_string(&ca_path).unwrap(), ca_pem);
     }
 }

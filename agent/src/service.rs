@@ -603,4 +603,22 @@ impl Agent for AgentService {
         .map(Response::new)
         .map_err(Status::from)
     }
+
+    async fn create_csr(
+        &self,
+        _req: Request<pb::CreateCsrRequest>,
+    ) -> AgentResult<pb::CreateCsrResponse> {
+        Err(Status::unimplemented("CreateCsr: in progress"))
+    }
+
+    async fn install_certificate(
+        &self,
+        _req: Request<pb::InstallCertificateRequest>,
+    ) -> AgentResult<pb::InstallCertificateResponse> {
+        Err(Status::unimplemented("InstallCertificate: in progress"))
+    }
+
+    async fn who_am_i(&self, _req: Request<pb::WhoAmIRequest>) -> AgentResult<pb::WhoAmIResponse> {
+        Err(Status::unimplemented("WhoAmI: in progress"))
+    }
 }

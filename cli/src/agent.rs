@@ -142,7 +142,10 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                     .await
                     .with_context(|| format!("{action:?} {name} on {ep}"))?
                     .into_inner();
-                eprintln!("{name}: {}", if r.changed { "changed" } else { "unchanged" });
+                eprintln!(
+                    "{name}: {}",
+                    if r.changed { "changed" } else { "unchanged" }
+                );
                 r.status.unwrap_or_default()
             };
             if args.output == Format::Json {
@@ -168,7 +171,11 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                     status.sub_state,
                     status.main_pid,
                     status.restart_count,
-                    if status.enabled { "enabled" } else { "disabled" },
+                    if status.enabled {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    },
                     if status.last_exit.is_empty() {
                         String::new()
                     } else {

@@ -1,1 +1,82 @@
-fn main() {}
+//! `haop`: the coordinator CLI. Parses arguments, sets up tracing and calls the library.
+
+mod agent;
+mod lab;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// haop stands up and keeps alive a highly available etcd cluster for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "haop", version, about, long_about = None)]
+struct Cli {
+    /// Where haop keeps its CAs, journal, snapshots and labs.
+    #[arg(
+        long,
+        global = true,
+        env = "HAOP_STATE_DIR",
+        default_value = "/var/lib/haop"
+    )]
+    state_dir: PathBuf,
+
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Hosts on this machine, one network namespace each, to try haop and to rehearse repairs.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// Talk to one agent directly: facts, units.
+    Agent(agent::AgentArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
+            Command::Agent(args) => agent::run(&cli.state_dir, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

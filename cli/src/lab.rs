@@ -1,0 +1,295 @@
+//! `haop lab`: hosts on this machine, one network namespace each, with a haop-agent per host.
+//!
+//! A thin front over [`haop_coordinator::lab`]: parse, call, print. Human output goes to
+//! stdout; errors are returned to `main`, which prints the chain once.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use haop_coordinator::lab::{HostReport, Lab, LabSpec};
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create a lab and start its agents.
+    ///
+    /// Makes a bridge with a private /24 and, per host, a network namespace, a root directory
+    /// and a haop-agent; waits until every agent answers, then writes the lab's inventory. Hosts
+    /// are named etcd1..N, master1..M and worker1..W. Needs root.
+    Up {
+        /// The lab's name: a-z, 0-9 and '-', 1 to 16 characters, starting with a letter.
+        name: String,
+        /// Number of etcd hosts (addresses .11 and up).
+        #[arg(long, default_value_t = 3)]
+        etcd: u8,
+        /// Number of Kubernetes control-plane hosts (addresses .41 and up).
+        #[arg(long, default_value_t = 0)]
+        masters: u8,
+        /// Number of Kubernetes worker hosts (addresses .71 and up).
+        #[arg(long, default_value_t = 0)]
+        workers: u8,
+    },
+    /// Print the path of the lab's inventory file (for `haop plan|apply|status -f`).
+    Inventory {
+        /// The lab's name.
+        name: String,
+    },
+    /// List the lab's hosts with their agents, and the facts each agent reports.
+    Hosts {
+        /// The lab's name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Crash a unit on a host: SIGKILL its main process.
+    ///
+    /// The host's agent says which process that is. With --wipe, then remove the data directories the unit declared to the agent, as a
+    /// lost disk would. Needs root.
+    Crash {
+        /// The lab's name.
+        name: String,
+        /// The host, such as etcd2.
+        host: String,
+        /// The unit, such as etcd.service.
+        #[arg(long)]
+        unit: String,
+        /// Also remove the unit's declared data directories.
+        #[arg(long)]
+        wipe: bool,
+    },
+    /// Run a command inside a host.
+    ///
+    /// The command sees the host's network, mounts and root directory as `/`. Standard input and output are the terminal's; the exit code is the command's.
+    /// Example: haop lab exec demo etcd1 -- cat /etc/hostname. Needs root.
+    Exec {
+        /// The lab's name.
+        name: String,
+        /// The host, such as etcd1.
+        host: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Remove a lab, or every lab of the state dir.
+    ///
+    /// Stops the agents and what they run, deletes namespaces and the bridge, removes the lab's
+    /// files. Also cleans up after an `up` that was interrupted. Needs root.
+    Down {
+        /// The lab's name.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Remove every lab of this state dir.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// How `haop lab hosts` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> {
+    let text = match cmd {
+        LabCommand::Up {
+            name,
+            etcd,
+            masters,
+            workers,
+        } => {
+            let spec = LabSpec {
+                etcd,
+                masters,
+                workers,
+            };
+            let lab = Lab::up(state_dir, &name, spec)
+                .await
+                .with_context(|| format!("lab {name} is not up"))?;
+            let rows = lab
+                .hosts()
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.name.clone(),
+                        h.address.to_string(),
+                        h.endpoint.clone(),
+                        h.agent_pid.map(|p| p.to_string()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            format!(
+                "lab {} is up: {} hosts on {} (bridge {})\n{}inventory: {}\n",
+                lab.name(),
+                lab.hosts().len(),
+                lab.subnet(),
+                lab.bridge(),
+                table(&["HOST", "ADDRESS", "AGENT", "PID"], rows),
+                lab.inventory_path().display()
+            )
+        }
+        LabCommand::Inventory { name } => {
+            let lab = Lab::open(state_dir, &name)?;
+            format!("{}\n", lab.inventory_path().display())
+        }
+        LabCommand::Hosts { name, output } => {
+            let lab = Lab::open(state_dir, &name)?;
+            let reports = lab.host_reports().await;
+            match output {
+                Output::Json => format!("{}\n", serde_json::to_string_pretty(&reports)?),
+                Output::Table => hosts_table(&reports),
+            }
+        }
+        LabCommand::Crash {
+            name,
+            host,
+            unit,
+            wipe,
+        } => {
+            let lab = Lab::open(state_dir, &name)?;
+            let report = lab.crash(&host, &unit, wipe).await?;
+            let mut text = format!(
+                "killed {} on {} (pid {})\n",
+                report.unit, report.host, report.pid
+            );
+            for dir in &report.wiped {
+                text.push_str(&format!("wiped {}\n", dir.display()));
+            }
+            if wipe && report.wiped.is_empty() {
+                text.push_str("no declared data dir existed; nothing wiped\n");
+            }
+            text
+        }
+        LabCommand::Exec {
+            name,
+            host,
+            command,
+        } => {
+            let lab = Lab::open(state_dir, &name)?;
+            let mut cmd = lab.exec_command(&host, &command)?;
+            let status = cmd
+                .status()
+                .with_context(|| format!("cannot run nsenter for host {host}"))?;
+            return Ok(exit_code(status));
+        }
+        LabCommand::Down { name, all } => {
+            if all {
+                let removed = Lab::down_all(state_dir)?;
+                if removed.is_empty() {
+                    format!("no labs in {}\n", state_dir.display())
+                } else {
+                    removed
+                        .iter()
+                        .map(|n| format!("lab {n} removed\n"))
+                        .collect()
+                }
+            } else {
+                let name = name.context("name a lab, or use --all")?;
+                Lab::down_named(state_dir, &name)?;
+                format!("lab {name} removed\n")
+            }
+        }
+    };
+    emit(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command's exit code; 128 + N when a signal N ended it, as shells report.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn hosts_table(reports: &[HostReport]) -> String {
+    let rows = reports
+        .iter()
+        .map(|r| {
+            let f = r.facts.as_ref();
+            let fact = |get: fn(&haop_coordinator::lab::HostFacts) -> &str| {
+                f.map(|f| get(f).to_string()).unwrap_or_else(|| "-".into())
+            };
+            vec![
+                r.name.clone(),
+                r.roles
+                    .iter()
+                    .map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                r.namespace.clone(),
+                r.address.to_string(),
+                r.endpoint.clone(),
+                r.agent_pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if r.alive { "yes" } else { "no" }.to_string(),
+                fact(|f| &f.hostname),
+                fact(|f| &f.kernel),
+                fact(|f| &f.service_manager),
+                fact(|f| &f.agent_version),
+            ]
+        })
+        .collect();
+    let mut text = table(
+        &[
+            "HOST",
+            "ROLES",
+            "NAMESPACE",
+            "ADDRESS",
+            "AGENT",
+            "PID",
+            "ALIVE",
+            "HOSTNAME",
+            "KERNEL",
+            "SERVICES",
+            "VERSION",
+        ],
+        rows,
+    );
+    for r in reports {
+        if let Some(e) = &r.error {
+            text.push_str(&format!("{}: {e}\n", r.name));
+        }
+    }
+    text
+}
+
+/// Writes `text` to stdout; a closed pipe (`haop lab hosts ... | head`) is not an error.
+fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}

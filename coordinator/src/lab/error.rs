@@ -1,0 +1,158 @@
+//! The lab's errors: one enum, each variant carrying what a person needs to act on it.
+
+use std::path::PathBuf;
+
+use crate::agent_client::ConnectError;
+
+/// The end of an agent's log, shown when the agent failed to come up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTail {
+    pub path: PathBuf,
+    pub tail: String,
+}
+
+impl std::fmt::Display for LogTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "last lines of {}:\n{}", self.path.display(), self.tail)
+    }
+}
+
+/// Errors of `haop lab`. Messages name the lab, host, path or program involved and do not
+/// repeat their source; the chain is rendered once by whoever shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("haop lab needs root: it creates network namespaces")]
+    NotRoot,
+    #[error("invalid lab name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid lab size: {reason}")]
+    InvalidSpec { reason: String },
+    #[error("lab {name} already exists at {path} (`haop lab down {name}` removes it)")]
+    LabExists { name: String, path: PathBuf },
+    #[error("no lab {name} in {path}")]
+    NoSuchLab { name: String, path: PathBuf },
+    #[error("lab {lab} has no host {host} (hosts: {known})")]
+    NoSuchHost {
+        lab: String,
+        host: String,
+        known: String,
+    },
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lab record {path} is not valid")]
+    RecordParse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{tool} not found (tried {tried})")]
+    ToolMissing { tool: &'static str, tried: String },
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} {args} failed ({status}): {stderr}")]
+    Command {
+        program: String,
+        args: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("no free lab subnet: every index 1..={max} has its bridge (hbr1..hbr{max})")]
+    NoFreeSubnet { max: u8 },
+    #[error(
+        "network namespace {namespace} already exists (a lab of the same name in another state \
+         dir?)"
+    )]
+    NamespaceExists { namespace: String },
+    #[error("haop-agent binary not found (tried {tried}); build it or set HAOP_AGENT_BIN")]
+    AgentBinaryMissing { tried: String },
+    #[error("cannot start the agent of host {host}")]
+    AgentSpawn {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent of host {host} exited ({status}); {log}")]
+    AgentDied {
+        host: String,
+        status: String,
+        log: Box<LogTail>,
+    },
+    #[error(
+        "agent of host {host} did not answer GetFacts at {endpoint} within {seconds}s \
+         ({last_error}); {log}"
+    )]
+    AgentNotReady {
+        host: String,
+        endpoint: String,
+        seconds: u64,
+        last_error: String,
+        log: Box<LogTail>,
+    },
+    #[error("agent of host {host} is not running")]
+    AgentNotRunning { host: String },
+    #[error("cannot reach the agent of host {host}")]
+    Connect {
+        host: String,
+        #[source]
+        source: ConnectError,
+    },
+    #[error("agent of host {host} refused {rpc}")]
+    Rpc {
+        host: String,
+        rpc: &'static str,
+        #[source]
+        source: Box<tonic::Status>,
+    },
+    #[error("unit {unit} on host {host} is not running ({state})")]
+    UnitNotRunning {
+        host: String,
+        unit: String,
+        state: String,
+    },
+    #[error("unit {unit} on host {host} declares no data dir (in {declared})")]
+    NoDataDir {
+        host: String,
+        unit: String,
+        declared: PathBuf,
+    },
+    #[error("declared data dirs file {path} is not valid")]
+    DeclaredParse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("refusing to remove {path}: {reason}")]
+    UnsafeRemove { path: PathBuf, reason: String },
+    #[error("refusing to signal pid {pid}: {reason}")]
+    ForeignProcess { pid: u32, reason: String },
+    #[error("cannot send {signal} to pid {pid}")]
+    Signal {
+        pid: u32,
+        signal: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot write inventory {path}")]
+    Inventory {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("lab {lab} was not fully removed, its record stays for another `down`: {errors}")]
+    Teardown { lab: String, errors: String },
+}

@@ -1,0 +1,181 @@
+//! `lab.json`: what a lab is made of, written before each thing is made.
+//!
+//! The record is an intent log. `up` writes the whole plan (index, bridge, every host's
+//! namespace, veth, address, root) before it creates the first resource, and records each
+//! agent's pid as soon as it exists. Whatever point `up` died at, `down` finds in the record
+//! everything that may exist and removes what does. Writes are atomic (temp file in the same
+//! directory, fsync, rename, fsync of the directory) so a crash leaves the old or the new record,
+//! never half of one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::names::{LabName, Role};
+use super::LabError;
+
+/// The record's file name inside the lab's directory.
+pub const RECORD_FILE: &str = "lab.json";
+/// The record format this code writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A lab as recorded in `lab.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabRecord {
+    pub format_version: u32,
+    pub name: LabName,
+    /// Machine-wide index: the lab owns `10.77.<index>.0/24` and the bridge `hbr<index>`.
+    pub index: u8,
+    pub subnet: String,
+    pub bridge: String,
+    /// The MAC address the bridge was created with. It tells this lab's bridge from another
+    /// lab's that took the same index after this one's `up` died before creating it.
+    pub bridge_mac: String,
+    /// The bridge's address on this machine, the lab's gateway.
+    pub gateway: Ipv4Addr,
+    pub created_unix_ms: u64,
+    pub hosts: Vec<LabHost>,
+}
+
+/// One host of a lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabHost {
+    /// `etcd1`, `master1`, `worker1`...
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// Network namespace, `haop-<lab>-<host>`.
+    pub namespace: String,
+    /// Host-side end of the host's veth pair; inside the namespace it is `eth0`.
+    pub veth: String,
+    pub address: Ipv4Addr,
+    /// `http://<address>:7443`.
+    pub endpoint: String,
+    /// The agent's pid, once started.
+    pub agent_pid: Option<u32>,
+    /// The agent's start time (clock ticks since boot, `/proc/PID/stat` field 22), so that a
+    /// recycled pid is never taken for the agent.
+    pub agent_start_time: Option<u64>,
+    /// The directory the agent treats as `/`.
+    pub root_dir: PathBuf,
+    /// The agent's stdout and stderr.
+    pub log_path: PathBuf,
+}
+
+impl LabRecord {
+    /// Reads `dir/lab.json`.
+    pub fn read(dir: &Path) -> Result<LabRecord, LabError> {
+        let path = dir.join(RECORD_FILE);
+        let text = fs::read(&path).map_err(|source| LabError::Io {
+            action: "read lab record",
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| LabError::RecordParse { path, source })
+    }
+
+    /// Writes `dir/lab.json` atomically.
+    pub fn write(&self, dir: &Path) -> Result<(), LabError> {
+        let mut text = serde_json::to_vec_pretty(self).expect("a lab record always serializes");
+        text.push(b'\n');
+        write_atomic(&dir.join(RECORD_FILE), &text)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&LabHost> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+/// Writes `path` atomically and durably: a temp file in the same directory, fsync, rename over
+/// `path`, fsync of the directory.
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), LabError> {
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| LabError::Io {
+            action,
+            path: p,
+            source,
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(content).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LabRecord {
+        LabRecord {
+            format_version: FORMAT_VERSION,
+            name: LabName::try_from("t1").unwrap(),
+            index: 3,
+            subnet: "10.77.3.0/24".into(),
+            bridge: "hbr3".into(),
+            bridge_mac: "02:00:00:00:00:01".into(),
+            gateway: Ipv4Addr::new(10, 77, 3, 1),
+            created_unix_ms: 1,
+            hosts: vec![LabHost {
+                name: "etcd1".into(),
+                roles: vec![Role::Etcd],
+                namespace: "haop-t1-etcd1".into(),
+                veth: "hv3x1".into(),
+                address: Ipv4Addr::new(10, 77, 3, 11),
+                endpoint: "http://10.77.3.11:7443".into(),
+                agent_pid: None,
+                agent_start_time: None,
+                root_dir: "/s/labs/t1/hosts/etcd1".into(),
+                log_path: "/s/labs/t1/logs/etcd1.log".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = sample();
+        r.write(dir.path()).unwrap();
+        assert_eq!(LabRecord::read(dir.path()).unwrap(), r);
+        r.hosts[0].agent_pid = Some(42);
+        r.write(dir.path()).unwrap();
+        assert_eq!(LabRecord::read(dir.path()).unwrap(), r);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [RECORD_FILE], "no temp file is left behind");
+    }
+
+    #[test]
+    fn invalid_record_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(RECORD_FILE), "{").unwrap();
+        let e = LabRecord::read(dir.path()).unwrap_err();
+        assert!(matches!(e, LabError::RecordParse { .. }), "{e}");
+        assert!(e.to_string().contains(RECORD_FILE));
+    }
+}
