@@ -47,8 +47,10 @@ pub struct AgentConfig {
     pub exec_allow: Vec<PathBuf>,
     pub service_manager: ServiceManagerKind,
     pub kernel: KernelMode,
-    /// Serve without TLS. Only allowed on loopback and lab addresses; goes away with mTLS.
-    pub insecure_dev: bool,
+    /// Bootstrap token for enrollment (`abcdef.0123456789abcdef`), until enrolled.
+    pub enroll_token: Option<haop_proto::enroll::Token>,
+    /// Pinned hash of the agent CA (`sha256:<hex>`), until enrolled.
+    pub enroll_ca_hash: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -61,7 +63,8 @@ impl Default for AgentConfig {
             exec_allow: default_exec_allow(),
             service_manager: ServiceManagerKind::Auto,
             kernel: KernelMode::Host,
-            insecure_dev: false,
+            enroll_token: None,
+            enroll_ca_hash: None,
         }
     }
 }
@@ -96,8 +99,15 @@ struct ConfigFile {
     state_dir: Option<String>,
     service_manager: Option<ServiceManagerKind>,
     kernel: Option<KernelMode>,
-    insecure_dev: Option<bool>,
     exec: Option<ExecSection>,
+    enroll: Option<EnrollSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollSection {
+    token: Option<String>,
+    ca_hash: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,8 +194,13 @@ impl AgentConfig {
         if let Some(k) = file.kernel {
             cfg.kernel = k;
         }
-        if let Some(i) = file.insecure_dev {
-            cfg.insecure_dev = i;
+        if let Some(e) = file.enroll {
+            if let Some(t) = e.token {
+                cfg.enroll_token = Some(parse_token(&t, "enroll.token")?);
+            }
+            if let Some(h) = e.ca_hash {
+                cfg.enroll_ca_hash = Some(parse_ca_hash(&h, "enroll.ca_hash")?);
+            }
         }
         if let Some(allow) = file.exec.and_then(|e| e.allow) {
             for (i, p) in allow.iter().enumerate() {
@@ -203,23 +218,6 @@ impl AgentConfig {
 
     /// Refuses settings that would be unsafe together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.insecure_dev {
-            let ip = self.listen.ip();
-            let lab_or_loopback = ip.is_loopback()
-                || match ip {
-                    std::net::IpAddr::V4(v4) => v4.is_private(),
-                    std::net::IpAddr::V6(_) => false,
-                };
-            if !lab_or_loopback || ip.is_unspecified() {
-                return Err(ConfigError::Field {
-                    field: "listen".into(),
-                    reason: format!(
-                        "--insecure-dev serves without TLS and is only allowed on a loopback or \
-                         lab (private) address, not {ip}"
-                    ),
-                });
-            }
-        }
         if !self.root.is_absolute() {
             return Err(ConfigError::Field {
                 field: "root".into(),
@@ -228,6 +226,29 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// Parses a bootstrap token, naming the field on error.
+pub fn parse_token(text: &str, field: &str) -> Result<haop_proto::enroll::Token, ConfigError> {
+    haop_proto::enroll::Token::parse(text).map_err(|e| ConfigError::Field {
+        field: field.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Checks a CA hash (`sha256:` and 64 hex digits), naming the field on error.
+pub fn parse_ca_hash(text: &str, field: &str) -> Result<String, ConfigError> {
+    let t = text.trim().to_ascii_lowercase();
+    let ok = t
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ok {
+        return Err(ConfigError::Field {
+            field: field.into(),
+            reason: format!("{text:?} is not sha256:<64 hex digits> (haop token create prints it)"),
+        });
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -272,17 +293,16 @@ mod tests {
     }
 
     #[test]
-    fn insecure_dev_only_on_private_addresses() {
-        let mut c = AgentConfig {
-            insecure_dev: true,
-            ..AgentConfig::default()
-        };
-        assert!(c.validate().is_err(), "0.0.0.0 must be refused");
-        c.listen = "8.8.8.8:1".parse().unwrap();
-        assert!(c.validate().is_err());
-        c.listen = "127.0.0.1:7443".parse().unwrap();
-        assert!(c.validate().is_ok());
-        c.listen = "10.77.1.11:7443".parse().unwrap();
-        assert!(c.validate().is_ok());
+    fn enroll_section_is_checked() {
+        let c = AgentConfig::from_toml(&format!(
+            "[enroll]\ntoken = \"abcdef.0123456789abcdef\"\nca_hash = \"sha256:{}\"\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(c.enroll_token.unwrap().id, "abcdef");
+        let e = AgentConfig::from_toml("[enroll]\ntoken = \"nope\"\n").unwrap_err();
+        assert!(e.to_string().contains("enroll.token"), "{e}");
+        let e = AgentConfig::from_toml("[enroll]\nca_hash = \"md5:00\"\n").unwrap_err();
+        assert!(e.to_string().contains("enroll.ca_hash"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 use tonic::{Code, Status};
 
 use crate::command::CommandError;
+use crate::csr::CsrError;
 use crate::datadirs::WipeError;
 use crate::exec::ExecError;
 use crate::files::FileError;
@@ -32,8 +33,12 @@ pub enum AgentError {
     Wipe(#[from] WipeError),
     #[error(transparent)]
     Exec(#[from] ExecError),
+    #[error(transparent)]
+    Csr(#[from] CsrError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{0} holds a private key; private keys never leave their host")]
+    Secret(String),
 }
 
 /// The error and its sources, once: "write /etc/x: Permission denied (os error 13)".
@@ -86,6 +91,18 @@ impl From<AgentError> for Status {
     fn from(err: AgentError) -> Status {
         let code = match &err {
             AgentError::Name(_) | AgentError::Invalid(_) => Code::InvalidArgument,
+            AgentError::Secret(_) => Code::PermissionDenied,
+            AgentError::Csr(e) => match e {
+                CsrError::File(f) => file_code(f),
+                CsrError::NoKey { .. } => Code::FailedPrecondition,
+                CsrError::InvalidName { .. }
+                | CsrError::UnknownAlgorithm(_)
+                | CsrError::InvalidCertificate { .. }
+                | CsrError::KeyMismatch { .. } => Code::InvalidArgument,
+                CsrError::KeyGeneration { .. }
+                | CsrError::Request { .. }
+                | CsrError::CreateDir { .. } => Code::Internal,
+            },
             AgentError::Path(e) => path_code(e),
             AgentError::File(e) => file_code(e),
             AgentError::Unit(e) => match e {

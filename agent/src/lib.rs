@@ -9,14 +9,17 @@
 //! [`server::build`] picks the backends, [`server::serve`] serves until SIGTERM and then stops the
 //! supervised units.
 
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod csr;
 pub mod datadirs;
+pub mod enroll;
 pub mod error;
 pub mod exec;
 pub mod facts;
 pub mod files;
+pub mod identity;
 pub mod kernel;
 pub mod names;
 pub mod paths;

@@ -20,9 +20,13 @@ struct Args {
     /// machine's /usr, /dev, /proc and /sys visible). Used by `haop lab`. Needs root.
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Serve without TLS (development only; loopback and private lab addresses only).
+    /// Bootstrap token for enrollment (`abcdef.0123456789abcdef`; prefer the config file or
+    /// HAOP_AGENT_TOKEN, which other users cannot read from the process list).
+    #[arg(long, env = "HAOP_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Pinned hash of the agent CA for enrollment (`sha256:...`, from `haop token create`).
     #[arg(long)]
-    insecure_dev: bool,
+    ca_hash: Option<String>,
     /// Service manager backend.
     #[arg(long, value_enum)]
     service_manager: Option<ServiceManagerKind>,
@@ -64,8 +68,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if let Some(r) = args.root {
         config.root = r;
     }
-    if args.insecure_dev {
-        config.insecure_dev = true;
+    if let Some(t) = &args.token {
+        config.enroll_token = Some(haop_agent::config::parse_token(t, "--token")?);
+    }
+    if let Some(h) = &args.ca_hash {
+        config.enroll_ca_hash = Some(haop_agent::config::parse_ca_hash(h, "--ca-hash")?);
     }
     if let Some(s) = args.service_manager {
         config.service_manager = s;
@@ -74,13 +81,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         config.kernel = k;
     }
     config.validate()?;
-    if !config.insecure_dev {
-        return Err(
-            "serving with mTLS needs enrollment, which is not available yet; \
-                    run with --insecure-dev on a loopback or lab address"
-                .into(),
-        );
-    }
     if config.root != std::path::Path::new("/") {
         haop_agent::rootfs::enter(&config.root)?;
         config.root = PathBuf::from("/");
@@ -91,8 +91,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        let service = haop_agent::server::build(&config).await?;
-        haop_agent::server::serve(service, listener, shutdown_signal()).await?;
+        let agent = haop_agent::server::build(&config).await?;
+        haop_agent::server::serve(agent, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -277,7 +277,6 @@ pub fn default_managed_roots() -> Vec<HostPath> {
         "/usr/local/bin",
         "/var/lib/etcd",
         "/var/lib/haop",
-        "/var/lib/haop-agent",
         "/var/lib/kubelet",
         "/run/haop",
     ]

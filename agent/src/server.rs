@@ -2,17 +2,30 @@
 //!
 //! [`build`] picks the backends the config asks for; [`serve`] takes a bound listener and a
 //! shutdown future (as mini-redis does), so tests start a real server on a real socket in-process
-//! and stop it when they are done. On shutdown the supervisor's children are stopped too.
+//! and stop it when they are done.
+//!
+//! The listener serves in one of two modes, decided by the agent's identity on disk:
+//! * not enrolled: plaintext, the `Enrollment` service only (the `Agent` RPCs answer
+//!   UNAUTHENTICATED, since no caller has a certificate);
+//! * enrolled: mTLS only, clients must present a certificate from the agent CA.
+//!
+//! When enrollment completes, the plaintext server drains and the same listener is served again
+//! with mTLS. On shutdown the supervisor's children are stopped.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::stream;
 use haop_proto::v1::agent_server::AgentServer;
+use haop_proto::v1::enrollment_server::EnrollmentServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{watch, Notify};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
 use crate::config::{AgentConfig, KernelMode, ServiceManagerKind};
+use crate::enroll::{EnrollConfig, EnrollmentService};
+use crate::identity::{IdentityError, IdentityStore};
 use crate::kernel::{HostKernel, Kernel, LabKernel};
 use crate::paths::HostFs;
 use crate::service::{AgentService, MAX_MESSAGE};
@@ -20,8 +33,25 @@ use crate::units::supervisor::Supervisor;
 use crate::units::systemd::{systemd_is_pid1, Systemd};
 use crate::units::{ServiceManager, UnitError};
 
-/// Builds the service with the backends `config` names.
-pub async fn build(config: &AgentConfig) -> Result<AgentService, UnitError> {
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("serving gRPC")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Everything `serve` needs: the RPC service, the identity and what enrollment checks.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub service: AgentService,
+    pub identity: IdentityStore,
+    pub enroll: EnrollConfig,
+}
+
+/// Builds the agent with the backends `config` names.
+pub async fn build(config: &AgentConfig) -> Result<Agent, UnitError> {
     let fs = HostFs::new(&config.root, config.managed_roots.clone());
     let use_systemd = match config.service_manager {
         ServiceManagerKind::Systemd => true,
@@ -31,7 +61,7 @@ pub async fn build(config: &AgentConfig) -> Result<AgentService, UnitError> {
     let units: Arc<dyn ServiceManager> = if use_systemd {
         Arc::new(Systemd::new())
     } else {
-        let sup = Supervisor::new(fs, config.state_dir.clone())?;
+        let sup = Supervisor::new(fs.clone(), config.state_dir.clone())?;
         sup.start_enabled().await;
         Arc::new(sup)
     };
@@ -39,26 +69,110 @@ pub async fn build(config: &AgentConfig) -> Result<AgentService, UnitError> {
         KernelMode::Host => Arc::new(HostKernel::default()),
         KernelMode::Lab => Arc::new(LabKernel::default()),
     };
-    Ok(AgentService::new(config, units, kernel))
+    Ok(assemble(config, units, kernel))
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then stops supervised units.
+/// Puts an agent together from chosen backends (tests pass in-memory kernels here).
+pub fn assemble(
+    config: &AgentConfig,
+    units: Arc<dyn ServiceManager>,
+    kernel: Arc<dyn Kernel>,
+) -> Agent {
+    let fs = HostFs::new(&config.root, config.managed_roots.clone());
+    let identity = IdentityStore::new(&fs, &config.state_dir);
+    let service = AgentService::new(config, units, kernel, identity.clone());
+    Agent {
+        enroll: EnrollConfig {
+            token: config.enroll_token.clone(),
+            ca_hash: config.enroll_ca_hash.clone(),
+            hostname: crate::facts::hostname(&fs),
+        },
+        service,
+        identity,
+    }
+}
+
+/// Serves `agent` on `listener` until `shutdown` completes, then stops supervised units.
 pub async fn serve(
-    service: AgentService,
+    agent: Agent,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let units = service.units();
-    let addr = listener.local_addr().ok();
-    info!(addr = ?addr, backend = units.backend(), "agent serving");
-    let server = AgentServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let result = tonic::transport::Server::builder()
-        .add_service(server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let units = agent.service.units();
+    let listener = Arc::new(listener);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let result = serve_modes(&agent, listener, stop_rx).await;
     info!("agent stopping supervised units");
     units.shutdown().await;
     result
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn incoming(
+    listener: Arc<TcpListener>,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    stream::unfold(listener, |l| async move {
+        let accepted = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((accepted, l))
+    })
+}
+
+async fn serve_modes(
+    agent: &Agent,
+    listener: Arc<TcpListener>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().ok();
+    loop {
+        let grpc = |svc: AgentService| {
+            AgentServer::new(svc)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE)
+        };
+        if let Some(tls) = agent.identity.load()? {
+            info!(addr = ?addr, backend = agent.service.units().backend(), "agent serving mTLS");
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+            tonic::transport::Server::builder()
+                .tls_config(tls)?
+                .add_service(grpc(agent.service.clone()))
+                .serve_with_incoming_shutdown(incoming(listener), stopped(stop))
+                .await?;
+            return Ok(());
+        }
+        info!(addr = ?addr, "agent not enrolled: serving enrollment only");
+        let enrolled = Arc::new(Notify::new());
+        let enrollment = EnrollmentService::new(
+            agent.enroll.clone(),
+            agent.identity.clone(),
+            enrolled.clone(),
+        );
+        let mut stop_probe = stop.clone();
+        let stop_for_server = stop.clone();
+        let notified = enrolled.clone();
+        tonic::transport::Server::builder()
+            .add_service(EnrollmentServer::new(enrollment))
+            .add_service(grpc(agent.service.clone()))
+            .serve_with_incoming_shutdown(incoming(listener.clone()), async move {
+                tokio::select! {
+                    _ = notified.notified() => {}
+                    _ = stopped(stop_for_server) => {}
+                }
+            })
+            .await?;
+        if *stop_probe.borrow_and_update() {
+            return Ok(());
+        }
+    }
 }

@@ -13,11 +13,14 @@ use haop_proto::v1::agent_server::Agent;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
 
+use crate::auth::{self, Access};
 use crate::config::AgentConfig;
+use crate::csr;
 use crate::datadirs::{self, DeclaredDirs};
 use crate::error::AgentError;
 use crate::exec::{AllowList, ExecRequest};
 use crate::files::{self, Ownership};
+use crate::identity::IdentityStore;
 use crate::kernel::{self, Kernel, ModuleOutcome, SysctlOutcome};
 use crate::names::{DropInName, ModuleName, SysctlKey, SysctlValue, UnitName};
 use crate::paths::{HostFs, HostPath};
@@ -40,6 +43,7 @@ struct Inner {
     kernel: Arc<dyn Kernel>,
     declared: DeclaredDirs,
     allow: AllowList,
+    identity: IdentityStore,
     unit_lock: tokio::sync::Mutex<()>,
 }
 
@@ -60,6 +64,7 @@ impl AgentService {
         config: &AgentConfig,
         units: Arc<dyn ServiceManager>,
         kernel: Arc<dyn Kernel>,
+        identity: IdentityStore,
     ) -> Self {
         let fs = HostFs::new(&config.root, config.managed_roots.clone());
         let declared = DeclaredDirs::new(&fs, &config.state_dir);
@@ -70,6 +75,7 @@ impl AgentService {
                 kernel,
                 declared,
                 allow: AllowList::new(config.exec_allow.clone()),
+                identity,
                 unit_lock: tokio::sync::Mutex::new(()),
             }),
         }
@@ -125,7 +131,8 @@ fn root_owned(mode: u32) -> Ownership {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn get_facts(&self, _req: Request<pb::GetFactsRequest>) -> AgentResult<pb::Facts> {
+    async fn get_facts(&self, req: Request<pb::GetFactsRequest>) -> AgentResult<pb::Facts> {
+        auth::authorize(&req, "GetFacts", Access::Read)?;
         let this = self.clone();
         let facts = tokio::task::spawn_blocking(move || {
             crate::facts::collect(
@@ -143,10 +150,17 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::WriteFileRequest>,
     ) -> AgentResult<pb::WriteFileResponse> {
+        auth::authorize(&req, "WriteFile", Access::Mutate)?;
         let req = req.into_inner();
         let span = info_span!("write_file", path = %req.path);
         async {
             let path = host_path(&req.path)?;
+            if auth::holds_private_key(&req.content) {
+                return Err(AgentError::Invalid(format!(
+                    "refusing to write a private key to {path}: private keys never travel; \
+                     use CreateCsr to have this host generate its own"
+                )));
+            }
             let own = Ownership::resolve(req.mode, &req.owner, &req.group)?;
             let w = self.write_managed(&path, &req.content, own, req.create_parents)?;
             if w.changed {
@@ -168,6 +182,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::ReadFileRequest>,
     ) -> AgentResult<pb::ReadFileResponse> {
+        auth::authorize(&req, "ReadFile", Access::Read)?;
         let req = req.into_inner();
         let result = (|| {
             let path = host_path(&req.path)?;
@@ -177,6 +192,9 @@ impl Agent for AgentService {
                 n => n.min(READ_CAP),
             };
             let (content, mode) = files::read_capped(&real, limit)?;
+            if auth::holds_private_key(&content) {
+                return Err(AgentError::Secret(path.to_string()));
+            }
             Ok::<_, AgentError>(pb::ReadFileResponse {
                 sha256: files::sha256_hex(&content),
                 content,
@@ -190,6 +208,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::RemoveFileRequest>,
     ) -> AgentResult<pb::RemoveFileResponse> {
+        auth::authorize(&req, "RemoveFile", Access::Mutate)?;
         let req = req.into_inner();
         let result = (|| {
             let path = host_path(&req.path)?;
@@ -204,6 +223,7 @@ impl Agent for AgentService {
     }
 
     async fn stat(&self, req: Request<pb::StatRequest>) -> AgentResult<pb::StatResponse> {
+        auth::authorize(&req, "Stat", Access::Read)?;
         use std::os::unix::fs::MetadataExt;
         let req = req.into_inner();
         let result = (|| {
@@ -248,6 +268,7 @@ impl Agent for AgentService {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> AgentResult<pb::WriteFileResponse> {
+        auth::authorize(&req, "UploadFile", Access::Mutate)?;
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -307,6 +328,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::EnsureUnitRequest>,
     ) -> AgentResult<pb::EnsureUnitResponse> {
+        auth::authorize(&req, "EnsureUnit", Access::Mutate)?;
         let req = req.into_inner();
         let span = info_span!("ensure_unit", unit = %req.name);
         async {
@@ -356,6 +378,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::UnitActionRequest>,
     ) -> AgentResult<pb::UnitActionResponse> {
+        auth::authorize(&req, "UnitAction", Access::Mutate)?;
         let req = req.into_inner();
         let span = info_span!("unit_action", unit = %req.name, action = req.action);
         async {
@@ -394,6 +417,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::UnitStatusRequest>,
     ) -> AgentResult<pb::UnitStatus> {
+        auth::authorize(&req, "UnitStatus", Access::Read)?;
         let req = req.into_inner();
         let result = async {
             let name = UnitName::try_from(req.name.as_str())?;
@@ -408,6 +432,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::LoadModulesRequest>,
     ) -> AgentResult<pb::LoadModulesResponse> {
+        auth::authorize(&req, "LoadModules", Access::Mutate)?;
         let req = req.into_inner();
         let result = async {
             let file = DropInName::try_from(req.name.as_str())?;
@@ -451,6 +476,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::ApplySysctlRequest>,
     ) -> AgentResult<pb::ApplySysctlResponse> {
+        auth::authorize(&req, "ApplySysctl", Access::Mutate)?;
         let req = req.into_inner();
         let result = async {
             let file = DropInName::try_from(req.name.as_str())?;
@@ -495,8 +521,9 @@ impl Agent for AgentService {
 
     async fn disable_swap(
         &self,
-        _req: Request<pb::DisableSwapRequest>,
+        req: Request<pb::DisableSwapRequest>,
     ) -> AgentResult<pb::DisableSwapResponse> {
+        auth::authorize(&req, "DisableSwap", Access::Mutate)?;
         let result = async {
             let swapped_off = self.inner.kernel.swap_off().await?;
             let fstab = host_path("/etc/fstab")?;
@@ -539,6 +566,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::WipeDataDirRequest>,
     ) -> AgentResult<pb::WipeDataDirResponse> {
+        auth::authorize(&req, "WipeDataDir", Access::Mutate)?;
         let req = req.into_inner();
         let span = info_span!("wipe_data_dir", unit = %req.unit, path = %req.path);
         async {
@@ -576,6 +604,7 @@ impl Agent for AgentService {
     }
 
     async fn exec(&self, req: Request<pb::ExecRequest>) -> AgentResult<pb::ExecResponse> {
+        auth::authorize(&req, "Exec", Access::Mutate)?;
         let req = req.into_inner();
         let span = info_span!("exec", program = %req.program);
         async {
@@ -606,19 +635,96 @@ impl Agent for AgentService {
 
     async fn create_csr(
         &self,
-        _req: Request<pb::CreateCsrRequest>,
+        req: Request<pb::CreateCsrRequest>,
     ) -> AgentResult<pb::CreateCsrResponse> {
-        Err(Status::unimplemented("CreateCsr: in progress"))
+        auth::authorize(&req, "CreateCsr", Access::Mutate)?;
+        let req = req.into_inner();
+        let span = info_span!("create_csr", key = %req.key_path);
+        async {
+            let path = host_path(&req.key_path)?;
+            let (_, real) = self.fs().resolve(&path)?;
+            let algo = match pb::KeyAlgorithm::try_from(req.algorithm) {
+                Ok(pb::KeyAlgorithm::Unspecified | pb::KeyAlgorithm::EcdsaP256) => {
+                    csr::KeyAlgorithm::EcdsaP256
+                }
+                Ok(pb::KeyAlgorithm::Rsa2048) => csr::KeyAlgorithm::Rsa2048,
+                Err(_) => {
+                    return Err(AgentError::Invalid(format!(
+                        "unknown key algorithm {}",
+                        req.algorithm
+                    )))
+                }
+            };
+            let ips = req
+                .ip_addresses
+                .iter()
+                .map(|a| {
+                    a.parse::<std::net::IpAddr>()
+                        .map_err(|_| AgentError::Invalid(format!("invalid IP address {a:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let org = (!req.organization.is_empty()).then_some(req.organization.as_str());
+            let out = csr::generate_key_and_csr(
+                &real,
+                algo,
+                &req.common_name,
+                org,
+                &req.dns_names,
+                &ips,
+                req.rotate,
+            )?;
+            info!(key = %path, new_key = out.new_key, "certificate request created");
+            Ok::<_, AgentError>(pb::CreateCsrResponse {
+                csr_pem: out.csr_pem,
+                new_key: out.new_key,
+            })
+        }
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn install_certificate(
         &self,
-        _req: Request<pb::InstallCertificateRequest>,
+        req: Request<pb::InstallCertificateRequest>,
     ) -> AgentResult<pb::InstallCertificateResponse> {
-        Err(Status::unimplemented("InstallCertificate: in progress"))
+        auth::authorize(&req, "InstallCertificate", Access::Mutate)?;
+        let req = req.into_inner();
+        let span = info_span!("install_certificate", cert = %req.cert_path);
+        async {
+            if auth::holds_private_key(req.cert_pem.as_bytes())
+                || auth::holds_private_key(req.ca_pem.as_bytes())
+            {
+                return Err(AgentError::Invalid(
+                    "refusing a certificate bundle that carries a private key".into(),
+                ));
+            }
+            let cert = host_path(&req.cert_path)?;
+            let key = host_path(&req.key_path)?;
+            let (_, cert_real) = self.fs().resolve(&cert)?;
+            let (_, key_real) = self.fs().resolve(&key)?;
+            let mut changed = csr::install_certificate(&cert_real, &req.cert_pem, &key_real)?;
+            if !req.ca_path.is_empty() {
+                let ca = host_path(&req.ca_path)?;
+                let (_, ca_real) = self.fs().resolve(&ca)?;
+                changed |= csr::install_ca_certificate(&ca_real, &req.ca_pem, &req.cert_pem)?;
+            }
+            Ok::<_, AgentError>(pb::InstallCertificateResponse { changed })
+        }
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
-    async fn who_am_i(&self, _req: Request<pb::WhoAmIRequest>) -> AgentResult<pb::WhoAmIResponse> {
-        Err(Status::unimplemented("WhoAmI: in progress"))
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> AgentResult<pb::WhoAmIResponse> {
+        let caller = auth::authorize(&req, "WhoAmI", Access::Read)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            common_name: caller.common_name,
+            role: caller.role.as_str().to_string(),
+            hostname: crate::facts::hostname(self.fs()),
+            enrolled: self.inner.identity.is_enrolled(),
+        }))
     }
 }

@@ -1,88 +1,20 @@
-//! Every agent RPC over real gRPC on a real socket, against a real agent served in-process with a
-//! temporary host root. Kernel interfaces point at a scratch /proc and /sys so these tests never
+//! Every agent RPC over real gRPC with mTLS on a real socket, against a real agent served
+//! in-process with a temporary host root, called with an admin certificate. Kernel interfaces point at a scratch /proc and /sys so these tests never
 //! change the machine; the lab tests (coordinator/tests) cover the real kernel inside a network
 //! namespace.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use haop_agent::config::AgentConfig;
-use haop_agent::kernel::{KernelPaths, LabKernel};
+use common::TestAgent;
 use haop_agent::paths::HostPath;
-use haop_agent::service::AgentService;
-use haop_agent::units::supervisor::Supervisor;
 use haop_proto::v1 as pb;
 use haop_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
 use tonic::Code;
-
-struct TestAgent {
-    root: tempfile::TempDir,
-    kernel_dir: tempfile::TempDir,
-    client: AgentClient<Channel>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl TestAgent {
-    async fn start() -> TestAgent {
-        let root = tempfile::tempdir().unwrap();
-        let kernel_dir = tempfile::tempdir().unwrap();
-        let proc = kernel_dir.path().join("proc");
-        let sys = kernel_dir.path().join("sys");
-        std::fs::create_dir_all(proc.join("sys/net/ipv4")).unwrap();
-        std::fs::create_dir_all(sys.join("module/overlay")).unwrap();
-        std::fs::write(proc.join("sys/net/ipv4/ip_forward"), "0\n").unwrap();
-        std::fs::write(proc.join("swaps"), "Filename Type Size Used Priority\n").unwrap();
-
-        let config = AgentConfig {
-            root: root.path().to_path_buf(),
-            exec_allow: vec![PathBuf::from("/usr/bin/env"), PathBuf::from("/bin/echo")],
-            ..AgentConfig::default()
-        };
-        let fs = haop_agent::paths::HostFs::new(&config.root, config.managed_roots.clone());
-        let units = Arc::new(Supervisor::new(fs, config.state_dir.clone()).unwrap());
-        let kernel = Arc::new(LabKernel {
-            paths: KernelPaths { proc, sys },
-        });
-        let service = AgentService::new(&config, units, kernel);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            haop_agent::server::serve(service, listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        let client = AgentClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        TestAgent {
-            root,
-            kernel_dir,
-            client,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    fn real(&self, host_path: &str) -> PathBuf {
-        self.root.path().join(host_path.trim_start_matches('/'))
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
 
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
