@@ -15,7 +15,7 @@ use haop_proto::v1 as pb;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The agent's endpoint, such as http://10.0.0.5:7443.
+    /// The agent's endpoint, such as https://10.0.0.5:7443.
     #[arg(long, conflicts_with_all = ["lab", "host"])]
     endpoint: Option<String>,
     /// A lab's name, with --host: reach that lab host's agent.
@@ -86,7 +86,8 @@ async fn endpoint(state_dir: &Path, args: &AgentArgs) -> anyhow::Result<String> 
 
 pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let ep = endpoint(state_dir, &args).await?;
-    let mut client = agent_client::connect(&ep, Duration::from_secs(5)).await?;
+    let trust = haop_coordinator::trust::Trust::load(state_dir)?;
+    let mut client = agent_client::connect(&trust, &ep, Duration::from_secs(5)).await?;
     match &args.command {
         AgentCommand::Facts => {
             let f = client.get_facts(pb::GetFactsRequest {}).await?.into_inner();

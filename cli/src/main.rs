@@ -2,6 +2,7 @@
 
 mod agent;
 mod lab;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create the state dir's two CAs (agent channel, etcd) and haop's own certificates.
+    Init(trust::InitArgs),
+    /// Bootstrap tokens that agents enroll with.
+    #[command(subcommand)]
+    Token(trust::TokenCommand),
     /// Hosts on this machine, one network namespace each, to try haop and to rehearse repairs.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -53,6 +59,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Init(args) => trust::init(&cli.state_dir, args),
+            Command::Token(cmd) => trust::token(&cli.state_dir, cmd),
             Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
             Command::Agent(args) => agent::run(&cli.state_dir, args).await,
         }

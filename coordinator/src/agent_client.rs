@@ -1,12 +1,15 @@
 //! Connections from the coordinator to haop-agents.
 //!
-//! One place decides how an agent endpoint is reached, so that the move from the development
-//! transport to mTLS (the trust issue) changes this module and nothing that calls it.
+//! One place decides how an agent endpoint is reached: mTLS, trusting only the agent CA of the
+//! state dir and presenting haop's admin certificate ([`crate::trust::Trust::client_tls`]), with a
+//! connect timeout so a dead host answers quickly.
 
 use std::time::Duration;
 
 use haop_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::trust::Trust;
 
 /// A connected client for one agent.
 pub type Client = AgentClient<Channel>;
@@ -28,10 +31,14 @@ pub enum ConnectError {
     },
 }
 
-/// Connects to the agent at `endpoint` (such as `http://10.77.1.11:7443`), with a connect
-/// timeout so that a dead host answers quickly.
-pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Client, ConnectError> {
+/// Connects to the agent at `endpoint` (such as `https://10.77.1.11:7443`) over mTLS.
+pub async fn connect(
+    trust: &Trust,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<Client, ConnectError> {
     let ep = Endpoint::from_shared(endpoint.to_string())
+        .and_then(|e| e.tls_config(trust.client_tls()))
         .map_err(|source| ConnectError::Endpoint {
             endpoint: endpoint.to_string(),
             source,

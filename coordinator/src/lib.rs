@@ -7,3 +7,4 @@
 pub mod agent_client;
 pub mod lab;
 pub mod pki;
+pub mod trust;

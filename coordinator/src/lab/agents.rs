@@ -26,6 +26,8 @@ use super::record::LabHost;
 use super::sys::{self, Ip, ProcStat};
 use super::LabError;
 use crate::agent_client;
+use crate::trust::{self, ExpectedAgent, Trust};
+use haop_proto::enroll::Token;
 
 /// Names the agent binary explicitly; the first place looked.
 pub const AGENT_BIN_ENV: &str = "HAOP_AGENT_BIN";
@@ -133,15 +135,11 @@ pub fn spawn_agent(ip: &Ip, agent: &Path, host: &LabHost) -> Result<Child, LabEr
         .arg(agent)
         .arg("--root")
         .arg(&host.root_dir)
+        .arg("--config")
+        .arg(config_path(host))
         .arg("--listen")
         .arg(format!("{}:{AGENT_PORT}", host.address))
-        .args([
-            "--insecure-dev",
-            "--service-manager",
-            "supervisor",
-            "--kernel",
-            "lab",
-        ])
+        .args(["--service-manager", "supervisor", "--kernel", "lab"])
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
@@ -156,6 +154,43 @@ pub fn spawn_agent(ip: &Ip, agent: &Path, host: &LabHost) -> Result<Child, LabEr
     })?;
     info!(host = %host.name, pid = child.id(), namespace = %host.namespace, "agent started");
     Ok(child)
+}
+
+/// Where a lab host's agent config lives on this machine: `<root>/etc/haop/agent.toml`.
+pub fn config_path(host: &LabHost) -> PathBuf {
+    host.root_dir.join("etc/haop/agent.toml")
+}
+
+/// Writes the agent's config (mode 0600: it holds the bootstrap token) with the enrollment
+/// token and the agent CA's pin, as an operator would on a real host.
+pub fn write_agent_config(host: &LabHost, token: &Token, pin: &str) -> Result<(), LabError> {
+    let path = config_path(host);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    let text = format!(
+        "# Written by `haop lab up` for lab host {name}.\n\
+         listen = \"{addr}:{AGENT_PORT}\"\n\
+         service_manager = \"supervisor\"\n\
+         kernel = \"lab\"\n\n\
+         [enroll]\n\
+         token = \"{token}\"\n\
+         ca_hash = \"{pin}\"\n",
+        name = host.name,
+        addr = host.address,
+        token = token.expose(),
+    );
+    crate::pki::write_private_file(&path, text.as_bytes())
+        .map_err(|e| LabError::Trust(trust::TrustError::from(e)))
+}
+
+/// The names a lab host's serving certificate carries.
+pub fn expected_agent(host: &LabHost) -> ExpectedAgent {
+    ExpectedAgent {
+        hostname: host.name.clone(),
+        fqdn: None,
+        addresses: vec![std::net::IpAddr::V4(host.address)],
+    }
 }
 
 /// Hands `child` to a thread that waits for it, so that a long-running process (a test
@@ -174,9 +209,13 @@ pub fn detach(child: Child) {
 }
 
 /// Asks the agent of `host` for its facts, within `timeout` overall.
-pub async fn get_facts(host: &LabHost, timeout: Duration) -> Result<Facts, LabError> {
+pub async fn get_facts(
+    trust: &Trust,
+    host: &LabHost,
+    timeout: Duration,
+) -> Result<Facts, LabError> {
     let call = async {
-        let mut client = agent_client::connect(&host.endpoint, timeout)
+        let mut client = agent_client::connect(trust, &host.endpoint, timeout)
             .await
             .map_err(|source| LabError::Connect {
                 host: host.name.clone(),
@@ -207,9 +246,13 @@ pub async fn get_facts(host: &LabHost, timeout: Duration) -> Result<Facts, LabEr
 
 /// Waits until every started agent answers GetFacts, or one exits, or `timeout` passes. The
 /// children are detached (see [`detach`]) whatever the outcome.
-pub async fn wait_ready(started: Vec<(LabHost, Child)>, timeout: Duration) -> Result<(), LabError> {
+pub async fn wait_ready(
+    trust: std::sync::Arc<Trust>,
+    started: Vec<(LabHost, Child)>,
+    timeout: Duration,
+) -> Result<(), LabError> {
     let mut pending = started;
-    let result = wait_ready_inner(&mut pending, timeout).await;
+    let result = wait_ready_inner(trust, &mut pending, timeout).await;
     for (_, child) in pending {
         detach(child);
     }
@@ -217,6 +260,7 @@ pub async fn wait_ready(started: Vec<(LabHost, Child)>, timeout: Duration) -> Re
 }
 
 async fn wait_ready_inner(
+    trust: std::sync::Arc<Trust>,
     pending: &mut Vec<(LabHost, Child)>,
     timeout: Duration,
 ) -> Result<(), LabError> {
@@ -241,7 +285,20 @@ async fn wait_ready_inner(
         let mut attempts = tokio::task::JoinSet::new();
         for (i, (host, _)) in pending.iter().enumerate() {
             let host = host.clone();
-            attempts.spawn(async move { (i, get_facts(&host, ATTEMPT).await) });
+            let trust = trust.clone();
+            attempts.spawn(async move {
+                let enrolled =
+                    trust::enroll(&trust, &host.endpoint, &expected_agent(&host), ATTEMPT)
+                        .await
+                        .map_err(|source| LabError::Enroll {
+                            host: host.name.clone(),
+                            source,
+                        });
+                match enrolled {
+                    Ok(_) => (i, get_facts(&trust, &host, ATTEMPT).await),
+                    Err(e) => (i, Err(e)),
+                }
+            });
         }
         let mut ready = vec![false; pending.len()];
         while let Some(joined) = attempts.join_next().await {

@@ -105,6 +105,14 @@ pub enum LabError {
     },
     #[error("agent of host {host} is not running")]
     AgentNotRunning { host: String },
+    #[error("trust material of the lab's state dir")]
+    Trust(#[from] crate::trust::TrustError),
+    #[error("cannot enroll the agent of host {host}")]
+    Enroll {
+        host: String,
+        #[source]
+        source: crate::trust::TrustError,
+    },
     #[error("cannot reach the agent of host {host}")]
     Connect {
         host: String,

@@ -223,6 +223,16 @@ impl Lab {
     pub async fn start_agents(&mut self) -> Result<(), LabError> {
         let agent = find_agent_binary()?;
         let ip = Ip::find()?;
+        // The lab's agents enroll as real hosts do: a bootstrap token and the pinned agent CA.
+        let state_dir = self.state_dir();
+        let report = crate::trust::init(&state_dir, crate::trust::InitOptions::default())?;
+        let trust = std::sync::Arc::new(crate::trust::Trust::load(&state_dir)?);
+        let (token, _) = trust
+            .tokens()
+            .create(std::time::Duration::from_secs(3600))?;
+        for host in &self.record.hosts {
+            agents::write_agent_config(host, &token, &report.agent_ca_pin)?;
+        }
         let mut started = Vec::new();
         for i in 0..self.record.hosts.len() {
             let host = &self.record.hosts[i];
@@ -244,7 +254,7 @@ impl Lab {
                 return Err(e);
             }
         }
-        agents::wait_ready(started, READY_TIMEOUT).await?;
+        agents::wait_ready(trust, started, READY_TIMEOUT).await?;
         inventory::write(&self.record, &self.inventory_path())?;
         info!(lab = %self.record.name, hosts = self.record.hosts.len(), "lab is up");
         Ok(())
@@ -339,6 +349,15 @@ impl Lab {
         })
     }
 
+    /// The state dir this lab belongs to (`<state-dir>/labs/NAME` is its directory).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.dir.clone())
+    }
+
     /// `<state-dir>/labs/NAME/inventory.yaml`.
     pub fn inventory_path(&self) -> PathBuf {
         self.dir.join(INVENTORY_FILE)
@@ -347,17 +366,24 @@ impl Lab {
     /// Every host with its agent's state and, when the agent answers, its facts. Hosts are
     /// asked in parallel.
     pub async fn host_reports(&self) -> Vec<HostReport> {
+        let trust = crate::trust::Trust::load(&self.state_dir())
+            .map(std::sync::Arc::new)
+            .map_err(|e| agents::error_chain(&e));
         let mut set = tokio::task::JoinSet::new();
         for (i, host) in self.record.hosts.iter().cloned().enumerate() {
+            let trust = trust.clone();
             set.spawn(async move {
                 let alive = matches!(agents::agent_process(&host), AgentProcess::Ours(_));
-                let (facts, error) = if alive {
-                    match agents::get_facts(&host, RPC_TIMEOUT).await {
-                        Ok(f) => (Some(HostFacts::from(f)), None),
-                        Err(e) => (None, Some(agents::error_chain(&e))),
-                    }
-                } else {
+                let (facts, error) = if !alive {
                     (None, Some("agent is not running".to_string()))
+                } else {
+                    match &trust {
+                        Err(e) => (None, Some(e.clone())),
+                        Ok(trust) => match agents::get_facts(trust, &host, RPC_TIMEOUT).await {
+                            Ok(f) => (Some(HostFacts::from(f)), None),
+                            Err(e) => (None, Some(agents::error_chain(&e))),
+                        },
+                    }
                 };
                 let report = HostReport {
                     name: host.name,
@@ -391,7 +417,8 @@ impl Lab {
         } else {
             Vec::new()
         };
-        let mut client = crate::agent_client::connect(&h.endpoint, RPC_TIMEOUT)
+        let trust = crate::trust::Trust::load(&self.state_dir())?;
+        let mut client = crate::agent_client::connect(&trust, &h.endpoint, RPC_TIMEOUT)
             .await
             .map_err(|source| LabError::Connect {
                 host: h.name.clone(),

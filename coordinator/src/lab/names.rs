@@ -220,9 +220,9 @@ pub fn namespace(lab: &LabName, host: &str) -> String {
     format!("haop-{lab}-{host}")
 }
 
-/// `http://ADDRESS:7443`.
+/// `https://ADDRESS:7443` (mTLS once the agent is enrolled).
 pub fn agent_endpoint(address: Ipv4Addr) -> String {
-    format!("http://{address}:{AGENT_PORT}")
+    format!("https://{address}:{AGENT_PORT}")
 }
 
 #[cfg(test)]
@@ -294,7 +294,7 @@ mod tests {
         );
         assert_eq!(
             agent_endpoint(a.address(Role::Etcd, 1)),
-            "http://10.77.3.11:7443"
+            "https://10.77.3.11:7443"
         );
         assert_eq!(a.bridge(), "hbr3");
         assert_eq!(a.veth(2), "hv3x2");

@@ -39,6 +39,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use ca::{CertificateAuthority, LocalCert};
+
+/// Writes a secret file of the state dir (mode 0600) atomically, replacing what was there.
+pub fn write_private_file(path: &std::path::Path, content: &[u8]) -> Result<(), PkiError> {
+    fsio::write_replace(path, content, 0o600)
+}
 pub use inspect::{inspect, CertInfo};
 
 /// File stem of the CA of the control channel between haop and its agents.

@@ -1,0 +1,447 @@
+//! The coordinator's trust material in the state dir, and how agents come to share it.
+//!
+//! `haop init` creates, in `<state-dir>/pki/`: the agent CA and the etcd CA (keys 0600), haop's
+//! own admin certificate for the agent channel (O=`haop:admin`) and haop's own etcd client
+//! certificate. These are the only private keys in the state dir; every host key is born on its
+//! host (see [`crate::pki`]).
+//!
+//! Agents join with a bootstrap token: `haop token create` stores `ID.SECRET` with an expiry in
+//! `<state-dir>/tokens.json` (0600) and prints it with the agent CA's pin. [`enroll`] then runs
+//! the agent's two-step enrollment: it checks the agent's HMAC proof of the token (and that the
+//! token has not expired), checks the names of the agent's CSR against what it expects for that
+//! host, signs it with the agent CA and hands the certificate back; the agent checks it against
+//! its pin. After that every call goes over mTLS ([`Trust::client_tls`]).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use haop_proto::enroll::Token;
+use haop_proto::v1 as pb;
+use haop_proto::v1::enrollment_client::EnrollmentClient;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tracing::info;
+
+use crate::pki::{
+    CertificateAuthority, ExpectedNames, KeyAlgorithm, PkiError, Profile, SigningRequest, AGENT_CA,
+    DEFAULT_LIFETIME, ETCD_CA, ROLE_ADMIN,
+};
+
+/// File names under `<state-dir>/pki/`.
+pub const ADMIN_CERT: &str = "haop-admin";
+pub const ETCD_CLIENT_CERT: &str = "etcd-client";
+const TOKENS_FILE: &str = "tokens.json";
+
+/// Errors of trust operations; each says which file, token or host.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("the state dir {dir} is not initialized: run `haop init` first")]
+    NotInitialized { dir: PathBuf },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token store {path} is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "bootstrap token {id} is unknown to this state dir (haop token list shows the valid ones)"
+    )]
+    UnknownToken { id: String },
+    #[error("bootstrap token {id} expired at {expired}; create a new one with haop token create")]
+    ExpiredToken { id: String, expired: String },
+    #[error("agent at {endpoint} failed the token proof for {id}: it holds a different secret (wrong token)")]
+    WrongToken { endpoint: String, id: String },
+    #[error("enrolling the agent at {endpoint}: {step}")]
+    Rpc {
+        endpoint: String,
+        step: &'static str,
+        #[source]
+        source: Box<tonic::Status>,
+    },
+    #[error("cannot reach the agent at {endpoint} for enrollment")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("no randomness available")]
+    Random,
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrustError + 'a {
+    move |source| TrustError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Options of `haop init`.
+#[derive(Debug, Clone, Copy)]
+pub struct InitOptions {
+    pub algorithm: KeyAlgorithm,
+    pub lifetime: Duration,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            algorithm: KeyAlgorithm::EcdsaP256,
+            lifetime: DEFAULT_LIFETIME,
+        }
+    }
+}
+
+/// What `init` found or made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    pub created: bool,
+    pub pki_dir: PathBuf,
+    pub agent_ca_pin: String,
+}
+
+/// `<state-dir>/pki`.
+pub fn pki_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("pki")
+}
+
+/// Creates the state dir's CAs and haop's own certificates, or reports that they exist.
+pub fn init(state_dir: &Path, opts: InitOptions) -> Result<InitReport, TrustError> {
+    let dir = pki_dir(state_dir);
+    if dir.join(format!("{AGENT_CA}.crt")).exists() {
+        let ca = CertificateAuthority::load(&dir, AGENT_CA)?;
+        return Ok(InitReport {
+            created: false,
+            pki_dir: dir,
+            agent_ca_pin: ca.sha256_pin(),
+        });
+    }
+    std::fs::create_dir_all(state_dir).map_err(io("create", state_dir))?;
+    let agent_ca = CertificateAuthority::create(
+        &dir,
+        AGENT_CA,
+        "haop agent CA",
+        opts.algorithm,
+        opts.lifetime,
+    )?;
+    let etcd_ca =
+        CertificateAuthority::create(&dir, ETCD_CA, "etcd", opts.algorithm, opts.lifetime)?;
+    agent_ca.issue_local(
+        &dir,
+        ADMIN_CERT,
+        opts.algorithm,
+        &SigningRequest {
+            profile: Profile::Client,
+            lifetime: opts.lifetime,
+            expected: ExpectedNames::none(),
+            organization: Some(ROLE_ADMIN.to_string()),
+            common_name: "haop".to_string(),
+        },
+    )?;
+    etcd_ca.issue_local(
+        &dir,
+        ETCD_CLIENT_CERT,
+        opts.algorithm,
+        &SigningRequest {
+            profile: Profile::Client,
+            lifetime: opts.lifetime,
+            expected: ExpectedNames::none(),
+            organization: None,
+            common_name: "haop".to_string(),
+        },
+    )?;
+    info!(dir = %dir.display(), "state dir initialized");
+    Ok(InitReport {
+        created: true,
+        pki_dir: dir,
+        agent_ca_pin: agent_ca.sha256_pin(),
+    })
+}
+
+/// The loaded trust material of a state dir.
+#[derive(Debug)]
+pub struct Trust {
+    pub state_dir: PathBuf,
+    pub agent_ca: CertificateAuthority,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+}
+
+impl Trust {
+    pub fn load(state_dir: &Path) -> Result<Trust, TrustError> {
+        let dir = pki_dir(state_dir);
+        if !dir.join(format!("{AGENT_CA}.crt")).exists() {
+            return Err(TrustError::NotInitialized {
+                dir: state_dir.to_path_buf(),
+            });
+        }
+        let agent_ca = CertificateAuthority::load(&dir, AGENT_CA)?;
+        let read = |name: String| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(|source| TrustError::Io {
+                action: "read",
+                path: p,
+                source,
+            })
+        };
+        Ok(Trust {
+            state_dir: state_dir.to_path_buf(),
+            admin_cert_pem: read(format!("{ADMIN_CERT}.crt"))?,
+            admin_key_pem: read(format!("{ADMIN_CERT}.key"))?,
+            agent_ca,
+        })
+    }
+
+    /// TLS for calling agents: trust the agent CA, present the admin certificate.
+    pub fn client_tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.agent_ca.cert_pem()))
+            .identity(Identity::from_pem(
+                &self.admin_cert_pem,
+                &self.admin_key_pem,
+            ))
+    }
+
+    pub fn tokens(&self) -> TokenStore {
+        TokenStore::new(&self.state_dir)
+    }
+}
+
+/// A stored token: its secret and when it stops working.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredToken {
+    token: String,
+    expires_unix: i64,
+}
+
+/// Bootstrap tokens in `<state-dir>/tokens.json` (0600).
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    path: PathBuf,
+}
+
+/// A token as listed (without its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub expires_unix: i64,
+    pub expired: bool,
+}
+
+impl TokenStore {
+    pub fn new(state_dir: &Path) -> Self {
+        TokenStore {
+            path: state_dir.join(TOKENS_FILE),
+        }
+    }
+
+    fn load(&self) -> Result<BTreeMap<String, StoredToken>, TrustError> {
+        match std::fs::read(&self.path) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|source| TrustError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io("read", &self.path)(e)),
+        }
+    }
+
+    fn save(&self, all: &BTreeMap<String, StoredToken>) -> Result<(), TrustError> {
+        let data = serde_json::to_vec_pretty(all).expect("tokens serialize");
+        crate::pki::write_private_file(&self.path, &data).map_err(TrustError::from)
+    }
+
+    /// Creates a token valid for `ttl`; drops tokens that expired long ago.
+    pub fn create(&self, ttl: Duration) -> Result<(Token, i64), TrustError> {
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut raw = [0u8; 22];
+        getrandom::fill(&mut raw).map_err(|_| TrustError::Random)?;
+        let chars: String = raw
+            .iter()
+            .map(|b| alphabet[(*b as usize) % alphabet.len()] as char)
+            .collect();
+        let token = Token::parse(&format!("{}.{}", &chars[..6], &chars[6..]))
+            .expect("generated tokens have the right shape");
+        let now = now_unix();
+        let expires = now + ttl.as_secs() as i64;
+        let mut all = self.load()?;
+        all.retain(|_, t| t.expires_unix > now - 7 * 24 * 3600);
+        all.insert(
+            token.id.clone(),
+            StoredToken {
+                token: token.expose(),
+                expires_unix: expires,
+            },
+        );
+        self.save(&all)?;
+        Ok((token, expires))
+    }
+
+    /// The valid token `id`: unknown and expired tokens are refused with their reason.
+    pub fn get(&self, id: &str) -> Result<Token, TrustError> {
+        let all = self.load()?;
+        let stored = all
+            .get(id)
+            .ok_or_else(|| TrustError::UnknownToken { id: id.into() })?;
+        if stored.expires_unix <= now_unix() {
+            return Err(TrustError::ExpiredToken {
+                id: id.into(),
+                expired: format_unix(stored.expires_unix),
+            });
+        }
+        Token::parse(&stored.token).map_err(|_| TrustError::UnknownToken { id: id.into() })
+    }
+
+    pub fn list(&self) -> Result<Vec<TokenInfo>, TrustError> {
+        let now = now_unix();
+        Ok(self
+            .load()?
+            .into_iter()
+            .map(|(id, t)| TokenInfo {
+                id,
+                expires_unix: t.expires_unix,
+                expired: t.expires_unix <= now,
+            })
+            .collect())
+    }
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// RFC 3339 for a Unix time.
+pub fn format_unix(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Who the coordinator expects at an endpoint: the names its serving certificate may carry.
+#[derive(Debug, Clone)]
+pub struct ExpectedAgent {
+    pub hostname: String,
+    pub fqdn: Option<String>,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What enrollment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolled {
+    /// The agent was enrolled now.
+    Now { token_id: String },
+    /// It already was (it refused enrollment as already enrolled).
+    Already,
+}
+
+/// The plaintext endpoint an unenrolled agent serves enrollment on: `https://A:P` -> `http://A:P`.
+pub fn bootstrap_endpoint(endpoint: &str) -> String {
+    endpoint
+        .strip_prefix("https://")
+        .map(|rest| format!("http://{rest}"))
+        .unwrap_or_else(|| endpoint.to_string())
+}
+
+/// Enrolls the agent at `endpoint` (its https endpoint), or finds it already enrolled.
+pub async fn enroll(
+    trust: &Trust,
+    endpoint: &str,
+    expected: &ExpectedAgent,
+    timeout: Duration,
+) -> Result<Enrolled, TrustError> {
+    let plain = bootstrap_endpoint(endpoint);
+    let rpc = |step: &'static str| {
+        let endpoint = endpoint.to_string();
+        move |s: tonic::Status| TrustError::Rpc {
+            endpoint,
+            step,
+            source: Box::new(s),
+        }
+    };
+    let channel = Endpoint::from_shared(plain.clone())
+        .map_err(|source| TrustError::Connect {
+            endpoint: plain.clone(),
+            source,
+        })?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|source| TrustError::Connect {
+            endpoint: plain.clone(),
+            source,
+        })?;
+    let mut client = EnrollmentClient::new(channel);
+    let mut nonce = vec![0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|_| TrustError::Random)?;
+    let names = ExpectedNames::for_host(
+        &expected.hostname,
+        expected.fqdn.as_deref(),
+        &expected.addresses,
+    );
+    let challenge = match client
+        .challenge(pb::ChallengeRequest {
+            coordinator_nonce: nonce.clone(),
+            token_id: String::new(),
+            dns_names: names.dns.clone(),
+            ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s)
+            if s.code() == tonic::Code::FailedPrecondition
+                && s.message().contains("already enrolled") =>
+        {
+            return Ok(Enrolled::Already)
+        }
+        Err(s) => return Err(rpc("challenge")(s)),
+    };
+    let token = trust.tokens().get(&challenge.token_id)?;
+    if !token.verify(
+        &nonce,
+        &challenge.agent_nonce,
+        &challenge.csr_pem,
+        &challenge.token_proof,
+    ) {
+        return Err(TrustError::WrongToken {
+            endpoint: endpoint.to_string(),
+            id: challenge.token_id,
+        });
+    }
+    let cert_pem = trust.agent_ca.sign_csr(
+        &challenge.csr_pem,
+        &SigningRequest {
+            profile: Profile::Server,
+            lifetime: DEFAULT_LIFETIME,
+            expected: names,
+            organization: None,
+            common_name: expected.hostname.clone(),
+        },
+    )?;
+    client
+        .complete(pb::CompleteRequest {
+            ca_pem: trust.agent_ca.cert_pem().to_string(),
+            cert_pem,
+            agent_nonce: challenge.agent_nonce,
+        })
+        .await
+        .map_err(rpc("complete"))?;
+    info!(endpoint = %endpoint, host = %expected.hostname, token = %token.id, "agent enrolled");
+    Ok(Enrolled::Now { token_id: token.id })
+}
