@@ -5,6 +5,8 @@
 //! its tests).
 
 pub mod agent_client;
+pub mod etcd_config;
+pub mod inventory;
 pub mod lab;
 pub mod pki;
 pub mod trust;

@@ -1,0 +1,207 @@
+//! Rendering an etcd member's configuration: `/etc/etcd.env` and `etcd.service`.
+//!
+//! The seed hand-writes one long `ExecStart` per host with client and peer certificate auth
+//! turned off. haop renders the same settings from data, with both turned on, as etcd's own
+//! `ETCD_*` environment variables in `/etc/etcd.env` (etcd reads them natively, and a diff of
+//! one variable per line is readable in `haop plan`), and one unit file that is identical on
+//! every host. Pure functions: no IO.
+
+use std::net::IpAddr;
+
+/// Where the member's certificates live on its host (the seed's paths, `.crt`/`.key` names).
+pub const PKI_DIR: &str = "/etc/kubernetes/pki/etcd";
+pub const ENV_FILE: &str = "/etc/etcd.env";
+pub const UNIT_NAME: &str = "etcd.service";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/etcd";
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+impl Member {
+    pub fn peer_url(&self, port: u16) -> String {
+        format!("https://{}:{port}", url_host(self.address))
+    }
+
+    pub fn client_url(&self, port: u16) -> String {
+        format!("https://{}:{port}", url_host(self.address))
+    }
+}
+
+fn url_host(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// `new` to form a cluster, `existing` to join one (after `member add`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Everything that makes one member's configuration.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub member: Member,
+    /// `name=https://addr:2380` for every member the cluster starts with (or, when joining, the
+    /// list etcd answered to `member add`).
+    pub initial_cluster: Vec<Member>,
+    pub state: ClusterState,
+    pub cluster_token: String,
+    pub data_dir: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub binary: String,
+    /// Extra `--flag=value` arguments from the inventory, passed as they are.
+    pub extra_flags: Vec<String>,
+}
+
+impl MemberConfig {
+    pub fn cert(&self, name: &str) -> String {
+        format!("{PKI_DIR}/{name}")
+    }
+
+    /// `/etc/etcd.env`: one `ETCD_*` variable per line.
+    pub fn env_file(&self) -> String {
+        let m = &self.member;
+        let initial: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.peer_url(self.peer_port)))
+            .collect();
+        let vars = [
+            ("ETCD_NAME", m.name.clone()),
+            ("ETCD_DATA_DIR", self.data_dir.clone()),
+            (
+                "ETCD_LISTEN_CLIENT_URLS",
+                format!(
+                    "{},https://127.0.0.1:{}",
+                    m.client_url(self.client_port),
+                    self.client_port
+                ),
+            ),
+            ("ETCD_ADVERTISE_CLIENT_URLS", m.client_url(self.client_port)),
+            ("ETCD_LISTEN_PEER_URLS", m.peer_url(self.peer_port)),
+            (
+                "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+                m.peer_url(self.peer_port),
+            ),
+            ("ETCD_INITIAL_CLUSTER", initial.join(",")),
+            ("ETCD_INITIAL_CLUSTER_TOKEN", self.cluster_token.clone()),
+            (
+                "ETCD_INITIAL_CLUSTER_STATE",
+                match self.state {
+                    ClusterState::New => "new".into(),
+                    ClusterState::Existing => "existing".into(),
+                },
+            ),
+            ("ETCD_CERT_FILE", self.cert("server.crt")),
+            ("ETCD_KEY_FILE", self.cert("server.key")),
+            ("ETCD_TRUSTED_CA_FILE", self.cert("ca.crt")),
+            ("ETCD_CLIENT_CERT_AUTH", "true".into()),
+            ("ETCD_PEER_CERT_FILE", self.cert("peer.crt")),
+            ("ETCD_PEER_KEY_FILE", self.cert("peer.key")),
+            ("ETCD_PEER_TRUSTED_CA_FILE", self.cert("ca.crt")),
+            ("ETCD_PEER_CLIENT_CERT_AUTH", "true".into()),
+        ];
+        let mut out = String::from(
+            "# Managed by haop: etcd member configuration (etcd reads ETCD_* variables).\n",
+        );
+        for (k, v) in vars {
+            out.push_str(&format!("{k}={v}\n"));
+        }
+        out
+    }
+
+    /// `etcd.service`, the same on every host but for extra flags.
+    pub fn unit_file(&self) -> String {
+        let mut exec = self.binary.clone();
+        for f in &self.extra_flags {
+            exec.push(' ');
+            exec.push_str(f);
+        }
+        format!(
+            "# Managed by haop.\n\
+             [Unit]\n\
+             Description=etcd key-value store (member of a haop cluster)\n\
+             Documentation=https://etcd.io/docs/\n\
+             After=network-online.target\n\
+             Wants=network-online.target\n\
+             \n\
+             [Service]\n\
+             Type=notify\n\
+             EnvironmentFile={ENV_FILE}\n\
+             ExecStart={exec}\n\
+             Restart=always\n\
+             RestartSec=1s\n\
+             LimitNOFILE=65536\n\
+             TimeoutStartSec=0\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> MemberConfig {
+        let ms: Vec<Member> = (1..=3)
+            .map(|i| Member {
+                name: format!("etcd{i}"),
+                address: format!("10.0.0.{i}").parse().unwrap(),
+            })
+            .collect();
+        MemberConfig {
+            member: ms[0].clone(),
+            initial_cluster: ms,
+            state: ClusterState::New,
+            cluster_token: "c1".into(),
+            data_dir: DEFAULT_DATA_DIR.into(),
+            client_port: 2379,
+            peer_port: 2380,
+            binary: "/usr/bin/etcd".into(),
+            extra_flags: vec![],
+        }
+    }
+
+    #[test]
+    fn env_turns_certificate_auth_on_everywhere() {
+        let env = cfg().env_file();
+        assert!(env.contains("ETCD_CLIENT_CERT_AUTH=true\n"));
+        assert!(env.contains("ETCD_PEER_CLIENT_CERT_AUTH=true\n"));
+        assert!(env.contains(
+            "ETCD_INITIAL_CLUSTER=etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380,etcd3=https://10.0.0.3:2380\n"
+        ));
+        assert!(
+            env.contains("ETCD_LISTEN_CLIENT_URLS=https://10.0.0.1:2379,https://127.0.0.1:2379\n")
+        );
+        assert!(env.contains("ETCD_INITIAL_CLUSTER_STATE=new\n"));
+        assert!(!env.to_lowercase().contains("cert-auth=false"));
+    }
+
+    #[test]
+    fn joining_member_says_existing() {
+        let mut c = cfg();
+        c.state = ClusterState::Existing;
+        assert!(c
+            .env_file()
+            .contains("ETCD_INITIAL_CLUSTER_STATE=existing\n"));
+    }
+
+    #[test]
+    fn unit_reads_the_env_file() {
+        let u = cfg().unit_file();
+        assert!(u.contains("EnvironmentFile=/etc/etcd.env\n"));
+        assert!(u.contains("ExecStart=/usr/bin/etcd\n"));
+        assert!(u.contains("Restart=always\n"));
+    }
+}
