@@ -364,6 +364,12 @@ pub async fn enroll(
     expected: &ExpectedAgent,
     timeout: Duration,
 ) -> Result<Enrolled, TrustError> {
+    // An enrolled agent speaks mTLS only: try that first, so re-running is harmless.
+    if let Ok(mut c) = crate::agent_client::connect(trust, endpoint, timeout).await {
+        if c.who_am_i(pb::WhoAmIRequest {}).await.is_ok() {
+            return Ok(Enrolled::Already);
+        }
+    }
     let plain = bootstrap_endpoint(endpoint);
     let rpc = |step: &'static str| {
         let endpoint = endpoint.to_string();
