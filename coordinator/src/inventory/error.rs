@@ -74,9 +74,12 @@ pub enum InventoryError {
         message: String,
         hint: Option<String>,
     },
-    /// At least one error; every problem found, warnings included, in file order.
+    /// At least one error; every problem found, warnings included, each field's own checks in file order, then the checks across fields.
     #[error("{}", render_invalid(file, problems))]
-    Invalid { file: String, problems: Vec<Problem> },
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
 }
 
 impl InventoryError {
@@ -140,7 +143,10 @@ mod tests {
         };
         let e = InventoryError::Invalid {
             file: "inv.yaml".into(),
-            problems: vec![p(Severity::Error, "hosts[0].name"), p(Severity::Warning, "hosts")],
+            problems: vec![
+                p(Severity::Error, "hosts[0].name"),
+                p(Severity::Warning, "hosts"),
+            ],
         };
         assert_eq!(
             e.to_string(),

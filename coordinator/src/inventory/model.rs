@@ -14,8 +14,8 @@ use super::raw::{
     RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawUpload, RawVip,
 };
 use super::types::{
-    url, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime, Role,
-    Sha256Hex, Version,
+    max_prefix, url, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime,
+    Role, Sha256Hex, Version,
 };
 use crate::pki::KeyAlgorithm;
 
@@ -182,23 +182,24 @@ impl Host {
     /// The host's network: from the address's prefix when the file gives one, otherwise a
     /// /24 (IPv4) or /64 (IPv6) is assumed; the flag says whether it was assumed.
     pub fn subnet(&self) -> (Cidr, bool) {
-        let (prefix, assumed) = match self.prefix_len {
-            Some(p) => (p, false),
-            None => (assumed_prefix(self.address), true),
-        };
-        let cidr = Cidr::new(self.address, prefix)
-            .expect("validation checked the prefix against the address family")
-            .network();
-        (cidr, assumed)
+        subnet_of(self.address, self.prefix_len)
     }
 }
 
-/// The prefix length assumed for an address given without one.
-pub(crate) fn assumed_prefix(addr: IpAddr) -> u8 {
-    match addr {
-        IpAddr::V4(_) => 24,
-        IpAddr::V6(_) => 64,
-    }
+/// The network of `addr` with `prefix` (capped at the family's length), or with the assumed
+/// /24 (IPv4) or /64 (IPv6); the flag says whether it was assumed.
+pub(crate) fn subnet_of(addr: IpAddr, prefix: Option<u8>) -> (Cidr, bool) {
+    let (prefix, assumed) = match prefix {
+        Some(p) => (p.min(max_prefix(addr)), false),
+        None => match addr {
+            IpAddr::V4(_) => (24, true),
+            IpAddr::V6(_) => (64, true),
+        },
+    };
+    let cidr = Cidr::new(addr, prefix)
+        .expect("the prefix fits the address family")
+        .network();
+    (cidr, assumed)
 }
 
 impl Inventory {

@@ -7,10 +7,13 @@
 //! and [`super::validate`] can report every problem at once with the field and a hint. Only
 //! structural errors (YAML syntax, an unknown key, a list where a map belongs) stop at serde.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an inventory: a map with cluster, hosts and optional etcd, vip, kubernetes and pki"
+)]
 pub(crate) struct RawInventory {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
@@ -18,26 +21,29 @@ pub(crate) struct RawInventory {
     pub allow_even_etcd: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_single_etcd: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub hosts: Vec<RawHost>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub etcd: RawEtcd,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<RawVip>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub kubernetes: RawKubernetes,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub pki: RawPki,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a host: a map with name, address, roles and optional agent and fqdn"
+)]
 pub(crate) struct RawHost {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
@@ -46,7 +52,10 @@ pub(crate) struct RawHost {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "etcd settings: a map with binary, data_dir, client_port, peer_port, extra_flags, version, token"
+)]
 pub(crate) struct RawEtcd {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<RawBinary>,
@@ -56,7 +65,11 @@ pub(crate) struct RawEtcd {
     pub client_port: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_port: Option<i64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub extra_flags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -66,7 +79,10 @@ pub(crate) struct RawEtcd {
 
 /// `path: /usr/bin/etcd` or `upload: {file, sha256}`: exactly one of the two.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an etcd binary source: a map with `path` or `upload`"
+)]
 pub(crate) struct RawBinary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -75,7 +91,10 @@ pub(crate) struct RawBinary {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an upload: a map with file and sha256"
+)]
 pub(crate) struct RawUpload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
@@ -84,7 +103,10 @@ pub(crate) struct RawUpload {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a VIP: a map with address, interface and router_id"
+)]
 pub(crate) struct RawVip {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
@@ -95,7 +117,10 @@ pub(crate) struct RawVip {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "Kubernetes settings: a map with enabled, version, pod_subnet, service_subnet, cni_manifest"
+)]
 pub(crate) struct RawKubernetes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -110,12 +135,25 @@ pub(crate) struct RawKubernetes {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "PKI settings: a map with key_algorithm and lifetime"
+)]
 pub(crate) struct RawPki {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_algorithm: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<String>,
+}
+
+/// A key written with nothing after it (`etcd:` with every line below commented out) means
+/// the defaults, as if it were absent.
+fn null_is_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 fn is_false(b: &bool) -> bool {

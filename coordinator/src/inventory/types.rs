@@ -20,7 +20,10 @@ fn check_label(s: &str) -> Result<(), String> {
         return Err("is empty".to_string());
     }
     if s.len() > 63 {
-        return Err(format!("is {} characters long; at most 63 are allowed", s.len()));
+        return Err(format!(
+            "is {} characters long; at most 63 are allowed",
+            s.len()
+        ));
     }
     if let Some(c) = s
         .chars()
@@ -348,7 +351,10 @@ impl FromStr for Version {
             if p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()) {
                 return Err(format!("{p:?} is not a number"));
             }
-            nums.push(p.parse::<u64>().map_err(|_| format!("{p:?} is too large"))?);
+            nums.push(
+                p.parse::<u64>()
+                    .map_err(|_| format!("{p:?} is too large"))?,
+            );
         }
         Ok(Version {
             major: nums[0],
@@ -459,9 +465,10 @@ impl FromStr for AgentEndpoint {
             "http" => false,
             other => return Err(format!("scheme {other:?} is not http or https")),
         };
-        if let Some(c) = authority.chars().find(|c| {
-            matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control()
-        }) {
+        if let Some(c) = authority
+            .chars()
+            .find(|c| matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control())
+        {
             return Err(format!(
                 "contains {c:?} after the scheme; expected only HOST:PORT"
             ));
@@ -580,9 +587,15 @@ mod tests {
         let e: AgentEndpoint = "https://10.0.0.1:7443".parse().unwrap();
         assert!(e.is_tls());
         assert_eq!(e.port(), 7443);
-        assert_eq!("http://h.example".parse::<AgentEndpoint>().unwrap().port(), 80);
         assert_eq!(
-            "https://[fd00::1]:9".parse::<AgentEndpoint>().unwrap().port(),
+            "http://h.example".parse::<AgentEndpoint>().unwrap().port(),
+            80
+        );
+        assert_eq!(
+            "https://[fd00::1]:9"
+                .parse::<AgentEndpoint>()
+                .unwrap()
+                .port(),
             9
         );
         assert_eq!(

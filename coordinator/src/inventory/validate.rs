@@ -7,13 +7,14 @@
 //! inventory is built only when no error was found; warnings come along with it.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use super::error::{Problem, Severity};
 use super::model::{
-    EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings, Vip,
+    subnet_of, EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings, Vip,
     DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT, DEFAULT_ROUTER_ID, DEFAULT_VIP_INTERFACE,
 };
 use super::raw::{RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawVip};
@@ -55,7 +56,7 @@ const LABEL_HINT: &str =
      with a letter or digit (it becomes the etcd member and Kubernetes node name)";
 
 /// Checks `raw` (read from `file`); the inventory when no problem is an error, and every
-/// problem found, in file order.
+/// problem found: each field's own checks in file order, then the checks across fields.
 pub(crate) fn validate(raw: RawInventory, file: &str) -> (Option<Inventory>, Vec<Problem>) {
     let mut c = Checker {
         file,
@@ -90,6 +91,8 @@ struct PartHost {
     name: Option<HostName>,
     address: Option<(IpAddr, Option<u8>)>,
     roles: Vec<Role>,
+    /// Every role given is known (the counts of etcd members and masters are certain).
+    roles_ok: bool,
     agent: Option<AgentEndpoint>,
     fqdn: Option<Option<Fqdn>>,
 }
@@ -155,12 +158,17 @@ impl Checker<'_> {
         if let Some(e) = &etcd {
             self.agent_ports(&hosts, e);
         }
-        if !raw.hosts.is_empty() {
+        // With an unknown role reported, which hosts are etcd members or masters is not
+        // known: the checks that count them would only repeat that mistake.
+        let roles_known = hosts.iter().all(|h| h.roles_ok);
+        if !raw.hosts.is_empty() && roles_known {
             self.etcd_count(&hosts, raw.allow_even_etcd, raw.allow_single_etcd);
         }
         let vip = raw.vip.as_ref().and_then(|v| self.vip(v, &hosts));
-        self.vip_needed(raw.vip.is_some(), &hosts);
-        let kubernetes = self.kubernetes(&raw.kubernetes, &hosts, vip.as_ref());
+        if roles_known {
+            self.vip_needed(raw.vip.is_some(), &hosts);
+        }
+        let kubernetes = self.kubernetes(&raw.kubernetes, &hosts, vip.as_ref(), roles_known);
         let pki = self.pki(&raw.pki);
 
         let hosts = hosts
@@ -244,7 +252,11 @@ impl Checker<'_> {
                 }
             },
         };
+        let problems_before = self.problems.len();
         let roles = self.roles(i, &raw.roles);
+        let roles_ok = !self.problems[problems_before..]
+            .iter()
+            .any(Problem::is_error);
         let agent = match raw.agent.as_deref() {
             None => address.map(|(a, _)| AgentEndpoint::for_address(a)),
             Some(s) => match AgentEndpoint::from_str(s) {
@@ -278,6 +290,7 @@ impl Checker<'_> {
             name,
             address,
             roles,
+            roles_ok,
             agent,
             fqdn,
         }
@@ -326,19 +339,22 @@ impl Checker<'_> {
         let mut fqdns: HashMap<&str, usize> = HashMap::new();
         for (i, h) in hosts.iter().enumerate() {
             if let Some(n) = &h.name {
-                if let Some(first) = names.insert(n.as_str(), i) {
-                    names.insert(n.as_str(), first);
+                if let Some(first) = seen_before(&mut names, n.as_str(), i) {
                     self.error(
                         &format!("hosts[{i}].name"),
-                        format!("duplicate host name {:?}: hosts[{first}] has it too", n.as_str()),
+                        format!(
+                            "duplicate host name {:?}: hosts[{first}] has it too",
+                            n.as_str()
+                        ),
                         "host names must be unique: each is an etcd member and a Kubernetes \
                          node name",
                     );
                 }
             }
+            let mut address_taken = false;
             if let Some((a, _)) = h.address {
-                if let Some(first) = addresses.insert(a, i) {
-                    addresses.insert(a, first);
+                if let Some(first) = seen_before(&mut addresses, a, i) {
+                    address_taken = true;
                     self.error(
                         &format!("hosts[{i}].address"),
                         format!(
@@ -349,9 +365,9 @@ impl Checker<'_> {
                     );
                 }
             }
-            if let Some(e) = &h.agent {
-                if let Some(first) = agents.insert(e.as_str(), i) {
-                    agents.insert(e.as_str(), first);
+            // With a duplicate address, a duplicate (default) endpoint is the same mistake.
+            if let Some(e) = h.agent.as_ref().filter(|_| !address_taken) {
+                if let Some(first) = seen_before(&mut agents, e.as_str(), i) {
                     self.error(
                         &format!("hosts[{i}].agent"),
                         format!(
@@ -364,8 +380,7 @@ impl Checker<'_> {
                 }
             }
             if let Some(Some(f)) = &h.fqdn {
-                if let Some(first) = fqdns.insert(f.as_str(), i) {
-                    fqdns.insert(f.as_str(), first);
+                if let Some(first) = seen_before(&mut fqdns, f.as_str(), i) {
                     self.error(
                         &format!("hosts[{i}].fqdn"),
                         format!(
@@ -446,16 +461,22 @@ impl Checker<'_> {
                 ),
                 "use three etcd hosts, or set `allow_single_etcd: true` for a test cluster",
             );
-        } else if n % 2 == 0 && !allow_even {
+        } else if n.is_multiple_of(2) && !allow_even {
             let quorum = n / 2 + 1;
+            let survives = match n - quorum {
+                0 => "no failed member".to_string(),
+                1 => "one failed member".to_string(),
+                k => format!("{k} failed members"),
+            };
             self.warning(
                 "hosts",
                 format!(
-                    "{n} etcd members ({}): an even count needs a quorum of {quorum} and so \
-                     survives only {} failed member(s), like {} members would",
+                    "{n} etcd members ({}): the quorum is {quorum}, so the cluster survives {} \
+                     and no more than with {} {}",
                     etcd.join(", "),
-                    n - quorum,
-                    n - 1
+                    survives,
+                    n - 1,
+                    if n - 1 == 1 { "member" } else { "members" }
                 ),
                 format!(
                     "use an odd count ({} or {}), or set `allow_even_etcd: true` (e.g. during \
@@ -557,7 +578,11 @@ impl Checker<'_> {
                 None
             }
             (Some(p), None) => self
-                .host_path("etcd.binary.path", p, "the etcd binary's path, e.g. /usr/bin/etcd")
+                .host_path(
+                    "etcd.binary.path",
+                    p,
+                    "the etcd binary's path, e.g. /usr/bin/etcd",
+                )
                 .map(EtcdBinary::Path),
             (None, Some(u)) => {
                 let file = match u.file.as_deref() {
@@ -791,9 +816,12 @@ impl Checker<'_> {
             if !h.roles.contains(&Role::Master) {
                 continue;
             }
-            let (subnet, was_assumed) = host_subnet(addr, prefix);
+            let (subnet, was_assumed) = subnet_of(addr, prefix);
             if !subnet.contains(vip) {
-                let name = h.name.as_ref().map_or(format!("hosts[{i}]"), |n| n.to_string());
+                let name = h
+                    .name
+                    .as_ref()
+                    .map_or(format!("hosts[{i}]"), |n| n.to_string());
                 outside.push(format!("{name} ({subnet})"));
                 if was_assumed {
                     assumed.push((name.clone(), addr));
@@ -817,7 +845,10 @@ impl Checker<'_> {
         }
         self.error(
             "vip.address",
-            format!("{vip} is outside the subnet of master {}", outside.join(", ")),
+            format!(
+                "{vip} is outside the subnet of master {}",
+                outside.join(", ")
+            ),
             hint,
         );
     }
@@ -827,7 +858,11 @@ impl Checker<'_> {
             .iter()
             .enumerate()
             .filter(|(_, h)| h.roles.contains(&Role::Master))
-            .map(|(i, h)| h.name.as_ref().map_or(format!("hosts[{i}]"), |n| n.to_string()))
+            .map(|(i, h)| {
+                h.name
+                    .as_ref()
+                    .map_or(format!("hosts[{i}]"), |n| n.to_string())
+            })
             .collect();
         if !has_vip && masters.len() >= 2 {
             self.error(
@@ -855,9 +890,10 @@ impl Checker<'_> {
         raw: &RawKubernetes,
         hosts: &[PartHost],
         vip: Option<&Vip>,
+        roles_known: bool,
     ) -> Option<KubernetesSettings> {
         let enabled = raw.enabled.unwrap_or(true);
-        if enabled && !hosts.iter().any(|h| h.roles.contains(&Role::Master)) {
+        if enabled && roles_known && !hosts.iter().any(|h| h.roles.contains(&Role::Master)) {
             self.error(
                 "kubernetes.enabled",
                 "Kubernetes is enabled but no host has the role master",
@@ -1025,6 +1061,12 @@ impl Checker<'_> {
     }
 }
 
+/// The index that had `key` first, when that was not `i`; records `i` otherwise.
+fn seen_before<K: Hash + Eq>(seen: &mut HashMap<K, usize>, key: K, i: usize) -> Option<usize> {
+    let first = *seen.entry(key).or_insert(i);
+    (first != i).then_some(first)
+}
+
 /// `10.0.0.5` or `10.0.0.5/24`; on failure, the reason (to follow the quoted value) and a hint.
 fn parse_host_address(s: &str) -> Result<(IpAddr, Option<u8>), (String, String)> {
     let (addr_text, prefix_text) = match s.split_once('/') {
@@ -1070,17 +1112,6 @@ fn unusable_address(a: IpAddr) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-fn host_subnet(addr: IpAddr, prefix: Option<u8>) -> (Cidr, bool) {
-    let (p, assumed) = match prefix {
-        Some(p) => (p, false),
-        None => (super::model::assumed_prefix(addr), true),
-    };
-    let net = Cidr::new(addr, p)
-        .map(|c| c.network())
-        .unwrap_or_else(|_| Cidr::new(addr, max_prefix(addr)).expect("the full prefix fits"));
-    (net, assumed)
 }
 
 /// The candidate nearest to `word` when it is a plausible typo (edit distance at most 2).
@@ -1132,7 +1163,14 @@ mod tests {
             parse_host_address("fd00::5").unwrap(),
             ("fd00::5".parse().unwrap(), None)
         );
-        for bad in ["10.0.0.300", "10.0.0.5/33", "10.0.0.5/0", "127.0.0.1", "0.0.0.0", ""] {
+        for bad in [
+            "10.0.0.300",
+            "10.0.0.5/33",
+            "10.0.0.5/0",
+            "127.0.0.1",
+            "0.0.0.0",
+            "",
+        ] {
             assert!(parse_host_address(bad).is_err(), "{bad}");
         }
     }
