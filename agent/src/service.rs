@@ -725,6 +725,8 @@ impl Agent for AgentService {
             role: caller.role.as_str().to_string(),
             hostname: crate::facts::hostname(self.fs()),
             enrolled: self.inner.identity.is_enrolled(),
+            serving_cert_pem: std::fs::read_to_string(self.inner.identity.cert_path())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -1,6 +1,7 @@
 //! `haop`: the coordinator CLI. Parses arguments, sets up tracing and calls the library.
 
 mod agent;
+mod certs;
 mod lab;
 mod trust;
 
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Create the state dir's two CAs (agent channel, etcd) and haop's own certificates.
     Init(trust::InitArgs),
+    /// Certificates: where they are and when they expire.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Bootstrap tokens that agents enroll with.
     #[command(subcommand)]
     Token(trust::TokenCommand),
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Init(args) => trust::init(&cli.state_dir, args),
             Command::Token(cmd) => trust::token(&cli.state_dir, cmd),
+            Command::Certs(cmd) => certs::run(&cli.state_dir, cmd).await,
             Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
             Command::Agent(args) => agent::run(&cli.state_dir, args).await,
         }

@@ -5,8 +5,24 @@
 //! its tests).
 
 pub mod agent_client;
+pub mod certs;
 pub mod etcd_config;
 pub mod inventory;
 pub mod lab;
 pub mod pki;
 pub mod trust;
+
+/// An error and its sources, `: `-separated, for one line of output.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -370,5 +370,35 @@ async fn tls_etcd_cluster_through_agents() {
     let get = etcdctl(&st, &ep2, true, &["get", "/haop/tls", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "yes");
 
+    // `haop certs list`: every certificate, from the state dir and every host, soonest first.
+    let (inv, _) =
+        haop_coordinator::inventory::Inventory::load(&lab.inventory_path()).expect("inventory");
+    let rows = haop_coordinator::certs::list(state.path(), &inv, Duration::from_secs(5))
+        .await
+        .expect("certs list");
+    assert!(rows.iter().all(|r| r.error.is_none()), "{rows:#?}");
+    for h in lab.hosts() {
+        for path in [
+            "/etc/kubernetes/pki/etcd/server.crt",
+            "/etc/kubernetes/pki/etcd/peer.crt",
+            "/etc/kubernetes/pki/etcd/ca.crt",
+            "agent serving certificate",
+        ] {
+            assert!(
+                rows.iter().any(|r| r.location == h.name && r.path == path),
+                "{} {path} missing",
+                h.name
+            );
+        }
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r.location == "state-dir" && r.path.ends_with("etcd-ca.crt")));
+    assert!(rows.windows(2).all(|w| w[0].days_left <= w[1].days_left));
+    assert!(
+        rows.iter().all(|r| r.days_left > 1000),
+        "default lifetime is 43800h"
+    );
+
     lab.down().expect("lab down");
 }

@@ -1,0 +1,88 @@
+//! `haop certs`: the certificates haop issued, and when they expire.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use haop_coordinator::inventory::Inventory;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Every certificate in the state dir and on every host of the inventory (etcd server,
+    /// peer and CA certificates, each agent's serving certificate), soonest expiry first.
+    /// Exits 1 when one could not be read or expires within 30 days.
+    List {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// Per-host timeout, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+}
+
+/// Loads an inventory, printing its warnings; errors list every problem.
+pub fn load_inventory(path: &Path) -> anyhow::Result<Inventory> {
+    let (inv, warnings) = Inventory::load(path)?;
+    for w in warnings {
+        eprintln!("{w}");
+    }
+    Ok(inv)
+}
+
+pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CertsCommand::List {
+            inventory,
+            output,
+            timeout,
+        } => {
+            let inv = load_inventory(&inventory)?;
+            let rows = haop_coordinator::certs::list(state_dir, &inv, Duration::from_secs(timeout))
+                .await?;
+            let bad = rows.iter().any(|r| r.error.is_some() || r.days_left < 30);
+            if output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<10} {:<44} {:>9} {:<24} {:<26} SANS",
+                    "WHERE", "PATH", "DAYS LEFT", "USAGES", "SUBJECT"
+                );
+                for r in &rows {
+                    if let Some(e) = &r.error {
+                        println!("{:<10} {:<44} {:>9} {e}", r.location, r.path, "ERROR");
+                        continue;
+                    }
+                    let usages = if r.is_ca {
+                        "CA".to_string()
+                    } else {
+                        r.usages.join(",")
+                    };
+                    println!(
+                        "{:<10} {:<44} {:>9} {:<24} {:<26} {}",
+                        r.location,
+                        r.path,
+                        r.days_left,
+                        usages,
+                        r.subject,
+                        r.sans.join(",")
+                    );
+                }
+            }
+            Ok(if bad {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `haop certs list`: every certificate haop made, wherever it is, soonest expiry first.
+//!
+//! kubeadm does not watch the certificates of an external etcd at all, so an expired peer
+//! certificate is found when the cluster stops. This module collects them: the CAs and haop's own
+//! certificates in the state dir, and on every host of the inventory the etcd certificates and
+//! the agent's serving certificate, asked from all hosts at once with a timeout each, so one dead
+//! host shows as an error row and never delays the others.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haop_proto::v1 as pb;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::agent_client;
+use crate::etcd_config::PKI_DIR;
+use crate::inventory::Inventory;
+use crate::pki::{inspect, CertInfo};
+use crate::trust::{pki_dir, Trust};
+
+/// Certificate files an etcd host holds.
+pub const HOST_CERTS: &[&str] = &["ca.crt", "server.crt", "peer.crt"];
+
+/// One certificate, or one place that could not be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertRow {
+    /// "state-dir" or the host's name.
+    pub location: String,
+    pub path: String,
+    pub subject: String,
+    pub issuer: String,
+    pub sans: Vec<String>,
+    pub usages: Vec<String>,
+    pub is_ca: bool,
+    /// RFC 3339.
+    pub not_after: String,
+    pub days_left: i64,
+    /// Set when the certificate could not be read; the other fields are then empty.
+    pub error: Option<String>,
+}
+
+fn row(location: &str, path: &str, info: &CertInfo, now: OffsetDateTime) -> CertRow {
+    let mut sans = info.dns_names.clone();
+    sans.extend(info.ip_addresses.iter().cloned());
+    CertRow {
+        location: location.to_string(),
+        path: path.to_string(),
+        subject: info.subject.clone(),
+        issuer: info.issuer.clone(),
+        sans,
+        usages: info.extended_key_usages.clone(),
+        is_ca: info.is_ca,
+        not_after: info
+            .not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        days_left: info.days_left(now),
+        error: None,
+    }
+}
+
+fn error_row(location: &str, path: &str, error: String) -> CertRow {
+    CertRow {
+        location: location.to_string(),
+        path: path.to_string(),
+        subject: String::new(),
+        issuer: String::new(),
+        sans: Vec::new(),
+        usages: Vec::new(),
+        is_ca: false,
+        not_after: String::new(),
+        days_left: i64::MIN,
+        error: Some(error),
+    }
+}
+
+fn rows_of(location: &str, path: &str, pem: &str, now: OffsetDateTime) -> Vec<CertRow> {
+    match inspect(pem) {
+        Ok(infos) => infos.iter().map(|i| row(location, path, i, now)).collect(),
+        Err(e) => vec![error_row(location, path, e.to_string())],
+    }
+}
+
+/// Certificates in `<state-dir>/pki`.
+pub fn state_dir_rows(state_dir: &Path, now: OffsetDateTime) -> Vec<CertRow> {
+    let dir = pki_dir(state_dir);
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut paths: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    paths.sort();
+    for p in paths {
+        let shown = p.display().to_string();
+        match std::fs::read_to_string(&p) {
+            Ok(pem) => out.extend(rows_of("state-dir", &shown, &pem, now)),
+            Err(e) => out.push(error_row("state-dir", &shown, e.to_string())),
+        }
+    }
+    out
+}
+
+async fn host_rows(
+    trust: Arc<Trust>,
+    name: String,
+    endpoint: String,
+    etcd: bool,
+    timeout: Duration,
+    now: OffsetDateTime,
+) -> Vec<CertRow> {
+    let work = async {
+        let mut out = Vec::new();
+        let mut c = match agent_client::connect(&trust, &endpoint, timeout).await {
+            Ok(c) => c,
+            Err(e) => return vec![error_row(&name, &endpoint, crate::error_chain(&e))],
+        };
+        match c.who_am_i(pb::WhoAmIRequest {}).await {
+            Ok(w) => {
+                let pem = w.into_inner().serving_cert_pem;
+                if !pem.is_empty() {
+                    out.extend(rows_of(&name, "agent serving certificate", &pem, now));
+                }
+            }
+            Err(s) => out.push(error_row(&name, "agent", s.message().to_string())),
+        }
+        if etcd {
+            for file in HOST_CERTS {
+                let path = format!("{PKI_DIR}/{file}");
+                match c
+                    .read_file(pb::ReadFileRequest {
+                        path: path.clone(),
+                        max_bytes: 256 * 1024,
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        let pem = String::from_utf8_lossy(&r.into_inner().content).into_owned();
+                        out.extend(rows_of(&name, &path, &pem, now));
+                    }
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => out.push(error_row(&name, &path, s.message().to_string())),
+                }
+            }
+        }
+        out
+    };
+    match tokio::time::timeout(timeout * 3, work).await {
+        Ok(rows) => rows,
+        Err(_) => vec![error_row(&name, &endpoint, "no answer in time".into())],
+    }
+}
+
+/// Every certificate of the state dir and of every host, soonest expiry first; rows that could
+/// not be read come first of all.
+pub async fn list(
+    state_dir: &Path,
+    inventory: &Inventory,
+    timeout: Duration,
+) -> Result<Vec<CertRow>, crate::trust::TrustError> {
+    let now = OffsetDateTime::now_utc();
+    let trust = Arc::new(Trust::load(state_dir)?);
+    let mut rows = state_dir_rows(state_dir, now);
+    let mut set = tokio::task::JoinSet::new();
+    for h in &inventory.hosts {
+        set.spawn(host_rows(
+            trust.clone(),
+            h.name.as_str().to_string(),
+            h.agent.as_str().to_string(),
+            h.has_role(crate::inventory::Role::Etcd),
+            timeout,
+            now,
+        ));
+    }
+    for r in set.join_all().await {
+        rows.extend(r);
+    }
+    rows.sort_by(|a, b| {
+        a.days_left
+            .cmp(&b.days_left)
+            .then_with(|| a.location.cmp(&b.location))
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    Ok(rows)
+}
