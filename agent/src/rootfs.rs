@@ -9,7 +9,8 @@
 //! 1. a private mount namespace (unshare), with mount propagation off, so nothing below leaks to
 //!    the machine and everything disappears with the agent's last process;
 //! 2. the machine's `/usr` bind-mounted read-only into DIR (with the merged-usr links `bin`, `sbin`,
-//!    `lib`, `lib64`), and `/dev`, `/proc`, `/sys` bind-mounted, so programs from Debian's
+//!    `lib`, `lib64`), except `/usr/local`, which stays the host's own and writable (uploaded
+//!    binaries go there), and `/dev`, `/proc`, `/sys` bind-mounted, so programs from Debian's
 //!    packages run unchanged (on a lab host `/proc/sys/net` is the host's network namespace);
 //! 3. chroot into DIR.
 //!
@@ -86,9 +87,20 @@ pub fn enter(root: &Path) -> Result<(), RootError> {
             bind(&host, &inside, true, &r)?;
         }
     }
+    // The host's own /usr/local (where uploaded binaries go) must stay writable and belong to
+    // this host: keep a handle on the root's usr/local before the machine's /usr covers it,
+    // then mount it back over the read-only /usr/local.
+    let local = root.join("usr/local");
+    let handle = root.join(".haop-usr-local");
+    std::fs::create_dir_all(&local).map_err(io_step(format!("create {}", local.display())))?;
+    bind(&local, &handle, false, &r)?;
     for name in SHARED_DIRS {
         bind(&Path::new("/").join(name), &root.join(name), true, &r)?;
     }
+    bind(&handle, &local, false, &r)?;
+    nix::mount::umount2(&handle, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(nix_step("release the usr/local handle"))?;
+    let _ = std::fs::remove_dir(&handle);
     for name in MACHINE_VIEWS {
         bind(&Path::new("/").join(name), &root.join(name), false, &r)?;
     }
