@@ -228,7 +228,16 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let result = (|| {
             let path = host_path(&req.path)?;
-            let (_, real) = self.fs().resolve(&path)?;
+            // Stat is read-only and reveals no content, so it may look outside the managed
+            // roots (preflight checks that /usr/sbin/keepalived exists); the digest is given
+            // only inside them.
+            let (real, managed) = match self.fs().resolve(&path) {
+                Ok((_, real)) => (real, true),
+                Err(crate::paths::PathError::OutsideManagedRoots { .. }) => {
+                    (self.fs().real(&path), false)
+                }
+                Err(e) => return Err(e.into()),
+            };
             let meta = match std::fs::symlink_metadata(&real) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -245,7 +254,7 @@ impl Agent for AgentService {
             } else {
                 "other"
             };
-            let sha256 = if meta.is_file() && meta.len() <= 64 * 1024 * 1024 {
+            let sha256 = if managed && meta.is_file() && meta.len() <= 64 * 1024 * 1024 {
                 files::sha256_file(&real)?
             } else {
                 String::new()

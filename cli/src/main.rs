@@ -3,6 +3,7 @@
 mod agent;
 mod certs;
 mod lab;
+mod runbook;
 mod trust;
 
 use std::path::PathBuf;
@@ -35,6 +36,15 @@ struct Cli {
 enum Command {
     /// Create the state dir's two CAs (agent channel, etcd) and haop's own certificates.
     Init(trust::InitArgs),
+    /// Show, per host, each step and a diff of every file that `apply` would change. Changes
+    /// nothing.
+    Plan(runbook::PlanArgs),
+    /// Run the runbook: preflight, certificates, etcd with TLS, quorum, keepalived, node
+    /// preparation. Safe to repeat; a killed apply continues when run again.
+    Apply(runbook::ApplyArgs),
+    /// etcd helpers.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
     /// Certificates: where they are and when they expire.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -46,6 +56,17 @@ enum Command {
     Lab(lab::LabCommand),
     /// Talk to one agent directly: facts, units.
     Agent(agent::AgentArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum EtcdCommand {
+    /// Print `export ETCDCTL_*=...` lines (API 3, endpoints, CA, haop's client certificate and
+    /// key) to `eval` before using etcdctl directly.
+    Env {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +86,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Init(args) => trust::init(&cli.state_dir, args),
             Command::Token(cmd) => trust::token(&cli.state_dir, cmd),
+            Command::Plan(args) => runbook::plan(&cli.state_dir, args).await,
+            Command::Apply(args) => runbook::apply(&cli.state_dir, args).await,
+            Command::Etcd(EtcdCommand::Env { inventory }) => {
+                runbook::etcd_env(&cli.state_dir, &inventory)
+            }
             Command::Certs(cmd) => certs::run(&cli.state_dir, cmd).await,
             Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
             Command::Agent(args) => agent::run(&cli.state_dir, args).await,

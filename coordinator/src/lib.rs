@@ -6,10 +6,14 @@
 
 pub mod agent_client;
 pub mod certs;
+pub mod etcd_api;
 pub mod etcd_config;
 pub mod inventory;
 pub mod lab;
 pub mod pki;
+pub mod quorum;
+pub mod render;
+pub mod runbook;
 pub mod trust;
 
 /// An error and its sources, `: `-separated, for one line of output.

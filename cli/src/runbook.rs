@@ -1,0 +1,187 @@
+//! `haop plan`, `haop apply` and `haop etcd env`: the runbook from one inventory file.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use haop_coordinator::runbook::{self, Change, Event, Outcome, Runbook};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::certs::load_inventory;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The inventory file.
+    #[arg(short = 'f', long = "file")]
+    inventory: PathBuf,
+    /// Exit 0 when there is nothing to do and 2 when there are changes (as
+    /// `terraform plan -detailed-exitcode`), so scripts can check convergence.
+    #[arg(long)]
+    exit_code: bool,
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    /// Seconds to wait for each agent.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The inventory file.
+    #[arg(short = 'f', long = "file")]
+    inventory: PathBuf,
+    /// Seconds to wait for each agent.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+fn load(state_dir: &Path, inventory: &Path) -> anyhow::Result<Runbook> {
+    let inv = load_inventory(inventory)?;
+    Ok(Runbook::load(state_dir, inv)?)
+}
+
+pub async fn plan(state_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let rb = load(state_dir, &args.inventory)?;
+    let planned = runbook::plan(&rb, Duration::from_secs(args.timeout)).await?;
+    let changes = planned.iter().filter(|p| p.change.is_change()).count();
+    if args.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&planned)?);
+    } else {
+        let mut host = String::new();
+        for p in &planned {
+            if !p.change.is_change() {
+                continue;
+            }
+            if p.host != host {
+                println!("\n{}:", p.host);
+                host = p.host.clone();
+            }
+            match &p.change {
+                Change::Unchanged => {}
+                Change::Create { detail } => println!("  + [{}] {detail}", p.phase),
+                Change::Run { detail } => println!("  > [{}] {detail}", p.phase),
+                Change::Update { detail, diff } => {
+                    println!("  ~ [{}] {detail}", p.phase);
+                    for line in diff.lines() {
+                        println!("      {line}");
+                    }
+                }
+            }
+        }
+        println!(
+            "\nPlan: {changes} of {} steps would change something{}.",
+            planned.len(),
+            if changes == 0 { " (nothing to do)" } else { "" }
+        );
+    }
+    Ok(if args.exit_code && changes > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn apply(state_dir: &Path, args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let rb = load(state_dir, &args.inventory)?;
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = ProgressBar::new(rb.steps.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        Some(b)
+    } else {
+        None
+    };
+    let bar = Mutex::new(bar);
+    let on_event = |e: Event<'_>| {
+        let line = match &e {
+            Event::Resuming { last_phase } => Some(format!(
+                "the previous apply was interrupted (last phase: {last_phase}); continuing: every step is safe to repeat"
+            )),
+            Event::PhaseStarted(p) => Some(format!("== {p}")),
+            Event::StepStarted { .. } => None,
+            Event::StepDone {
+                host,
+                step,
+                outcome,
+                elapsed,
+            } => Some(format!(
+                "{host:<10} {:<9} {step} ({} ms){}",
+                match outcome {
+                    Outcome::Changed => "changed",
+                    Outcome::Unchanged => "ok",
+                    Outcome::Failed(_) => "FAILED",
+                },
+                elapsed.as_millis(),
+                match outcome {
+                    Outcome::Failed(why) => format!(": {why}"),
+                    _ => String::new(),
+                }
+            )),
+        };
+        let guard = bar.lock().unwrap_or_else(|p| p.into_inner());
+        match (guard.as_ref(), line) {
+            (Some(b), Some(l)) => {
+                if matches!(e, Event::StepDone { .. }) {
+                    b.inc(1);
+                }
+                b.println(l);
+            }
+            (None, Some(l)) => eprintln!("{l}"),
+            _ => {}
+        }
+    };
+    let result = runbook::apply(&rb, Duration::from_secs(args.timeout), &on_event).await;
+    if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        b.finish_and_clear();
+    }
+    let report = result?;
+    println!(
+        "Apply complete: {} changed, {} unchanged, in {:.1} s.",
+        report.changed,
+        report.unchanged,
+        report.elapsed_ms as f64 / 1000.0
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `haop etcd env`: `export ETCDCTL_*=...` lines for etcdctl with haop's client certificate.
+pub fn etcd_env(state_dir: &Path, inventory: &Path) -> anyhow::Result<ExitCode> {
+    let inv = load_inventory(inventory)?;
+    let pki = haop_coordinator::trust::pki_dir(state_dir);
+    let pki = std::fs::canonicalize(&pki).unwrap_or(pki);
+    let q = |p: PathBuf| shell_quote(&p.display().to_string());
+    println!("export ETCDCTL_API=3");
+    println!(
+        "export ETCDCTL_ENDPOINTS={}",
+        shell_quote(&inv.etcd_client_urls().join(","))
+    );
+    println!("export ETCDCTL_CACERT={}", q(pki.join("etcd-ca.crt")));
+    println!("export ETCDCTL_CERT={}", q(pki.join("etcd-client.crt")));
+    println!("export ETCDCTL_KEY={}", q(pki.join("etcd-client.key")));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/.,:_-=+@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}

@@ -1,0 +1,358 @@
+use super::*;
+use crate::quorum::check::check_plan;
+
+const NOW: u64 = 1_000_000;
+
+fn url(i: u64) -> String {
+    format!("https://10.0.0.{i}:2380")
+}
+
+fn voter(i: u64) -> ObservedMember {
+    ObservedMember {
+        id: 0x100 + i,
+        name: format!("etcd{i}"),
+        peer_urls: vec![url(i)],
+        is_learner: false,
+        reachable: Some(true),
+        healthy: Some(true),
+        raft_index: Some(5_000),
+        active_since_ms: Some(NOW),
+        is_leader: i == 1,
+    }
+}
+
+fn dead(mut m: ObservedMember, last_seen_ms: u64) -> ObservedMember {
+    m.reachable = Some(false);
+    m.healthy = Some(false);
+    m.raft_index = None;
+    m.active_since_ms = Some(last_seen_ms);
+    m.is_leader = false;
+    m
+}
+
+fn seed() -> Observation {
+    Observation {
+        members: (1..=3).map(voter).collect(),
+        now_ms: NOW,
+        desired: (1..=3)
+            .map(|i| DesiredMember {
+                name: format!("etcd{i}"),
+                peer_url: url(i),
+            })
+            .collect(),
+    }
+}
+
+fn snap() -> Action {
+    Action::Snapshot {
+        from: "etcd1".into(),
+    }
+}
+
+/// The seed's chapter: etcd3 SIGKILLed and wiped, recovered round by round as the executor
+/// would, observing again after every plan.
+#[test]
+fn seed_scenario_recovers_a_wiped_member_in_safe_rounds() {
+    let mut obs = seed();
+    obs.members[2] = dead(voter(3), NOW - 1_000);
+    let id = obs.members[2].id;
+
+    // Round 1: just crashed, etcd still counts it as active: stop it and wait, do not fail.
+    assert_eq!(
+        plan_recover(&obs, "etcd3").unwrap(),
+        [
+            Action::StopUnit {
+                host: "etcd3".into()
+            },
+            Action::WaitUntilInactive {
+                member: "etcd3".into(),
+                until_ms: NOW + 4_000
+            },
+        ]
+    );
+    // heal picks the same member.
+    assert_eq!(plan_heal(&obs), plan_recover(&obs, "etcd3"));
+
+    // Round 2: past the window: snapshot, remove, then wipe (never wipe a member).
+    obs.now_ms = NOW + 4_000;
+    assert_eq!(
+        plan_recover(&obs, "etcd3").unwrap(),
+        [
+            Action::StopUnit {
+                host: "etcd3".into()
+            },
+            snap(),
+            Action::Remove {
+                name: "etcd3".into(),
+                member_id: id
+            },
+            Action::Wipe {
+                host: "etcd3".into(),
+                member_id: id
+            },
+        ]
+    );
+
+    // Round 3: removed: add as a learner and start it into the existing cluster.
+    obs.members.pop();
+    let initial = format!("etcd1={},etcd2={},etcd3={}", url(1), url(2), url(3));
+    assert_eq!(
+        plan_recover(&obs, "etcd3").unwrap(),
+        [
+            snap(),
+            Action::AddLearner {
+                name: "etcd3".into(),
+                peer_url: url(3)
+            },
+            Action::StartExisting {
+                name: "etcd3".into(),
+                initial_cluster: initial.clone()
+            },
+        ]
+    );
+
+    // Interrupted between add and start: the unstarted learner (no name yet) is started again.
+    let mut learner = ObservedMember {
+        id: 0x999,
+        name: String::new(),
+        is_learner: true,
+        ..dead(voter(3), 0)
+    };
+    learner.active_since_ms = None;
+    obs.members.push(learner);
+    assert_eq!(
+        plan_recover(&obs, "etcd3").unwrap(),
+        [Action::StartExisting {
+            name: "etcd3".into(),
+            initial_cluster: initial
+        }]
+    );
+
+    // Round 4: started, still lagging: wait, do not promote.
+    let learner = &mut obs.members[2];
+    learner.name = "etcd3".into();
+    learner.reachable = Some(true);
+    learner.healthy = Some(true);
+    learner.raft_index = Some(1_200);
+    assert_eq!(
+        plan_recover(&obs, "etcd3").unwrap(),
+        [Action::WaitUntilCaughtUp {
+            name: "etcd3".into(),
+            learner_index: 1_200,
+            leader_index: 5_000
+        }]
+    );
+
+    // Round 5: caught up: snapshot, promote.
+    obs.members[2].raft_index = Some(4_990);
+    assert_eq!(
+        plan_recover(&obs, "etcd3").unwrap(),
+        [
+            snap(),
+            Action::Promote {
+                name: "etcd3".into(),
+                member_id: 0x999
+            }
+        ]
+    );
+
+    // Done.
+    obs.members[2].is_learner = false;
+    assert_eq!(
+        plan_recover(&obs, "etcd3"),
+        Err(Refusal::AlreadyHealthy {
+            name: "etcd3".into()
+        })
+    );
+    assert_eq!(plan_heal(&obs), Err(Refusal::NothingToDo));
+}
+
+#[test]
+fn two_of_three_dead_is_refused_with_quorum_lost_and_no_actions() {
+    let mut obs = seed();
+    obs.members[1] = dead(voter(2), 0);
+    obs.members[2] = dead(voter(3), 0);
+    let want = Refusal::QuorumLost {
+        healthy: 1,
+        voters: 3,
+        needed: 2,
+    };
+    assert_eq!(plan_recover(&obs, "etcd3"), Err(want.clone()));
+    assert_eq!(plan_recover(&obs, "etcd2"), Err(want.clone()));
+    assert_eq!(plan_heal(&obs), Err(want.clone()));
+    let msg = want.to_string();
+    assert!(
+        msg.contains("1 of 3 voters are healthy") && msg.contains("haop etcd restore"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_pending_learner_blocks_adding_another() {
+    let mut obs = seed();
+    obs.desired.push(DesiredMember {
+        name: "etcd4".into(),
+        peer_url: url(4),
+    });
+    obs.desired.push(DesiredMember {
+        name: "etcd5".into(),
+        peer_url: url(5),
+    });
+    let mut learner = voter(4);
+    learner.is_learner = true;
+    learner.raft_index = Some(10);
+    obs.members.push(learner);
+    assert_eq!(
+        plan_recover(&obs, "etcd5"),
+        Err(Refusal::LearnerPending {
+            name: "etcd4".into()
+        })
+    );
+    // heal finishes the pending learner first instead.
+    assert_eq!(
+        plan_heal(&obs).unwrap(),
+        [Action::WaitUntilCaughtUp {
+            name: "etcd4".into(),
+            learner_index: 10,
+            leader_index: 5_000
+        }]
+    );
+    // A learner outside the inventory blocks heal entirely.
+    obs.desired.retain(|d| d.name != "etcd4");
+    assert_eq!(
+        plan_heal(&obs),
+        Err(Refusal::LearnerPending {
+            name: "etcd4".into()
+        })
+    );
+}
+
+#[test]
+fn a_learner_not_caught_up_is_not_promoted() {
+    let mut obs = seed();
+    obs.members[2].is_learner = true;
+    for (index, promote) in [(4_899, false), (4_900, true), (0, false), (5_100, true)] {
+        obs.members[2].raft_index = Some(index);
+        let plan = plan_recover(&obs, "etcd3").unwrap();
+        let promoted = plan.iter().any(|a| matches!(a, Action::Promote { .. }));
+        assert_eq!(
+            promoted, promote,
+            "learner at {index}, leader at 5000: {plan:?}"
+        );
+    }
+    // Without the leader's index the planner cannot know: no action.
+    obs.members[0].raft_index = None;
+    assert_eq!(
+        plan_recover(&obs, "etcd3"),
+        Err(Refusal::StateUnknown {
+            member: "etcd1".into(),
+            field: UnknownField::RaftIndex
+        })
+    );
+}
+
+#[test]
+fn unknown_state_means_no_action() {
+    for (reachable, healthy, field) in [
+        (None, Some(false), UnknownField::Reachability),
+        (Some(true), None, UnknownField::Health),
+        (None, None, UnknownField::Reachability),
+    ] {
+        let mut obs = seed();
+        obs.members[1] = dead(voter(2), 0);
+        obs.members[2].reachable = reachable;
+        obs.members[2].healthy = healthy;
+        let want = Err(Refusal::StateUnknown {
+            member: "etcd3".into(),
+            field,
+        });
+        assert_eq!(plan_recover(&obs, "etcd2"), want);
+        assert_eq!(plan_heal(&obs), want);
+    }
+}
+
+#[test]
+fn no_healthy_leader_means_no_action() {
+    let mut obs = seed();
+    obs.members[2] = dead(voter(3), 0);
+    obs.members[0].is_leader = false;
+    assert_eq!(plan_heal(&obs), Err(Refusal::NoHealthyLeader));
+    obs.members[0].is_leader = true;
+    obs.members[1].is_leader = true;
+    assert_eq!(plan_heal(&obs), Err(Refusal::NoHealthyLeader));
+}
+
+#[test]
+fn other_refusals() {
+    let obs = seed();
+    assert_eq!(
+        plan_recover(&obs, "etcd9"),
+        Err(Refusal::NotInInventory {
+            name: "etcd9".into()
+        })
+    );
+    let empty = Observation {
+        members: vec![],
+        ..seed()
+    };
+    assert_eq!(plan_heal(&empty), Err(Refusal::NoMembersObserved));
+}
+
+#[test]
+fn a_dead_learner_that_ran_is_removed_not_restarted() {
+    let mut obs = seed();
+    let mut learner = dead(voter(3), NOW);
+    learner.is_learner = true;
+    obs.members[2] = learner;
+    let id = obs.members[2].id;
+    // No wait: etcd's active check guards voters only.
+    assert_eq!(
+        plan_heal(&obs).unwrap(),
+        [
+            Action::StopUnit {
+                host: "etcd3".into()
+            },
+            snap(),
+            Action::Remove {
+                name: "etcd3".into(),
+                member_id: id
+            },
+            Action::Wipe {
+                host: "etcd3".into(),
+                member_id: id
+            },
+        ]
+    );
+}
+
+#[test]
+fn the_plan_check_refuses_a_change_below_quorum() {
+    let mut obs = seed();
+    obs.members[1] = dead(voter(2), 0);
+    let bad = [
+        snap(),
+        Action::Remove {
+            name: "etcd3".into(),
+            member_id: obs.members[2].id,
+        },
+    ];
+    let err = check_plan(&obs, &bad).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "2 of 3 voters are healthy; removing etcd3 would leave 1 of 2, below the quorum of 2"
+    );
+    let twice = [
+        Action::AddLearner {
+            name: "a".into(),
+            peer_url: url(7),
+        },
+        Action::AddLearner {
+            name: "b".into(),
+            peer_url: url(8),
+        },
+    ];
+    assert_eq!(
+        check_plan(&obs, &twice),
+        Err(Refusal::LearnerPending { name: "b".into() })
+    );
+}

@@ -1,0 +1,103 @@
+//! What the planner reads ([`Observation`]) and what it asks for ([`Action`]).
+//!
+//! Members are named by their etcd name, which haop sets to the inventory host name; a member
+//! added but never started has an empty name in etcd and is matched by its peer URL instead.
+
+/// One member as etcd's member list and the agents report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedMember {
+    /// etcd's member ID.
+    pub id: u64,
+    /// etcd's member name; empty for a member added but never started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub is_learner: bool,
+    /// Whether the member's client endpoint answered; `None` when not asked or the answer is
+    /// unknown (the planner then takes no action at all).
+    pub reachable: Option<bool>,
+    /// Whether its health check passed; `None` when unknown. A check that timed out is
+    /// `Some(false)`, not `None`.
+    pub healthy: Option<bool>,
+    /// Its raft index from `endpoint status`; needed for the leader and a learner to promote.
+    pub raft_index: Option<u64>,
+    /// When the member was last seen connected (ms, same clock as [`Observation::now_ms`]).
+    /// etcd keeps counting a member as active for [`super::ACTIVE_WINDOW_MS`] after that.
+    pub active_since_ms: Option<u64>,
+    pub is_leader: bool,
+}
+
+impl ObservedMember {
+    /// Reachable and healthy, both known.
+    pub fn is_healthy(&self) -> bool {
+        self.reachable == Some(true) && self.healthy == Some(true)
+    }
+}
+
+/// One etcd member the inventory wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredMember {
+    /// The inventory host name, used as the etcd member name.
+    pub name: String,
+    pub peer_url: String,
+}
+
+/// A snapshot of the cluster as seen at `now_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub members: Vec<ObservedMember>,
+    pub now_ms: u64,
+    /// From the inventory, in inventory order (heal repairs members in this order).
+    pub desired: Vec<DesiredMember>,
+}
+
+/// One step for the executor. See the module docs for the plan contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Stop (and keep stopped) the etcd unit on `host`, so a crash-looping member cannot rejoin
+    /// under its old member ID. Idempotent.
+    StopUnit { host: String },
+    /// Save a snapshot from the healthy member `from`. Precedes every membership change.
+    Snapshot { from: String },
+    /// etcd still counts `member` as active; observe again (and plan again) at `until_ms`.
+    /// A barrier: always the last action of its plan.
+    WaitUntilInactive { member: String, until_ms: u64 },
+    /// `etcdctl member remove` (voter or learner).
+    Remove { name: String, member_id: u64 },
+    /// Remove the data dir of `host`, fenced: the executor verifies the host identity, that
+    /// `member_id` is no longer a member and that the unit is stopped. Only ever after `Remove`.
+    Wipe { host: String, member_id: u64 },
+    /// `etcdctl member add --learner`.
+    AddLearner { name: String, peer_url: String },
+    /// Render etcd.env with `--initial-cluster-state existing` and this `initial_cluster`
+    /// (`name=url,...`, what `member add` answers), then start the unit.
+    StartExisting {
+        name: String,
+        initial_cluster: String,
+    },
+    /// The learner lags the leader; observe again (and plan again) later. A barrier.
+    WaitUntilCaughtUp {
+        name: String,
+        learner_index: u64,
+        leader_index: u64,
+    },
+    /// `etcdctl member promote`: the learner becomes a voter.
+    Promote { name: String, member_id: u64 },
+}
+
+impl Action {
+    /// Whether this action changes etcd's membership (needs quorum and a snapshot first).
+    pub fn is_membership_change(&self) -> bool {
+        matches!(
+            self,
+            Action::Remove { .. } | Action::AddLearner { .. } | Action::Promote { .. }
+        )
+    }
+
+    /// Whether the executor must stop here, observe again and plan again.
+    pub fn is_barrier(&self) -> bool {
+        matches!(
+            self,
+            Action::WaitUntilInactive { .. } | Action::WaitUntilCaughtUp { .. }
+        )
+    }
+}

@@ -1,0 +1,607 @@
+//! Checking and running one step against one host's agent.
+//!
+//! [`check`] reads what the host has (files, units, certificates) and says what would change,
+//! with a unified diff for files: this is all `haop plan` does, and it changes nothing.
+//! [`run`] makes the host match through the agent's ensure RPCs and reports whether anything
+//! changed; running it again on a converged host changes nothing.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haop_proto::v1 as pb;
+use tonic::Code;
+
+use super::steps::{Action, Issuer, Step};
+use crate::agent_client::Client;
+use crate::pki::{inspect, CertificateAuthority, SigningRequest};
+use crate::trust::Trust;
+
+/// What a step would change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Change {
+    Unchanged,
+    /// Something new: a file, a certificate, a unit.
+    Create {
+        detail: String,
+    },
+    /// A file that differs: its unified diff.
+    Update {
+        detail: String,
+        diff: String,
+    },
+    /// Something to do that is not a file: start a unit, apply kernel settings, wait.
+    Run {
+        detail: String,
+    },
+}
+
+impl Change {
+    pub fn is_change(&self) -> bool {
+        !matches!(self, Change::Unchanged)
+    }
+}
+
+/// Errors of one step; the executor adds the host and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("agent refused {rpc}: {message}")]
+    Rpc {
+        rpc: &'static str,
+        code: Code,
+        message: String,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+}
+
+fn rpc(name: &'static str) -> impl Fn(tonic::Status) -> StepError {
+    move |s| StepError::Rpc {
+        rpc: name,
+        code: s.code(),
+        message: s.message().to_string(),
+    }
+}
+
+/// What steps share during one run.
+#[derive(Debug)]
+pub struct RunContext {
+    pub trust: Arc<Trust>,
+    pub etcd_ca: CertificateAuthority,
+    pub state_dir: PathBuf,
+    pub cert_lifetime: Duration,
+    /// Certificates with fewer days left are issued again.
+    pub renew_within_days: i64,
+}
+
+/// A unified diff of two texts, labelled with the path.
+pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(path, path)
+        .to_string()
+}
+
+async fn read_text(c: &mut Client, path: &str) -> Result<Option<(String, u32)>, StepError> {
+    match c
+        .read_file(pb::ReadFileRequest {
+            path: path.to_string(),
+            max_bytes: 0,
+        })
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            Ok(Some((
+                String::from_utf8_lossy(&r.content).into_owned(),
+                r.mode,
+            )))
+        }
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(rpc("ReadFile")(s)),
+    }
+}
+
+fn file_change(path: &str, current: Option<(String, u32)>, wanted: &str, mode: u32) -> Change {
+    match current {
+        None => Change::Create {
+            detail: format!("create {path} (mode {mode:04o})"),
+        },
+        Some((text, m)) if text == wanted => {
+            if m == mode {
+                Change::Unchanged
+            } else {
+                Change::Update {
+                    detail: format!("mode of {path} {m:04o} -> {mode:04o}"),
+                    diff: String::new(),
+                }
+            }
+        }
+        Some((text, _)) => Change::Update {
+            detail: format!("update {path}"),
+            diff: unified_diff(path, &text, wanted),
+        },
+    }
+}
+
+/// Whether the certificate at `cert_path` is one haop would issue now: signed by our CA, the
+/// expected names, far from expiry. Answers the reason when it is not.
+async fn certificate_problem(
+    c: &mut Client,
+    ctx: &RunContext,
+    cert_path: &str,
+    key_path: &str,
+    names: &crate::pki::ExpectedNames,
+) -> Result<Option<String>, StepError> {
+    let Some((pem, _)) = read_text(c, cert_path).await? else {
+        return Ok(Some(format!("create {cert_path}")));
+    };
+    let key = c
+        .stat(pb::StatRequest {
+            path: key_path.to_string(),
+        })
+        .await
+        .map_err(rpc("Stat"))?
+        .into_inner();
+    if !key.exists {
+        return Ok(Some(format!("{key_path} is missing")));
+    }
+    let Ok(infos) = inspect(&pem) else {
+        return Ok(Some(format!("{cert_path} does not parse")));
+    };
+    let Some(info) = infos.first() else {
+        return Ok(Some(format!("{cert_path} holds no certificate")));
+    };
+    let ca = inspect(ctx.etcd_ca.cert_pem())?;
+    let ca_ski = ca.first().and_then(|c| c.subject_key_id.clone());
+    if info.authority_key_id.is_none() || info.authority_key_id != ca_ski {
+        return Ok(Some(format!("{cert_path} is not signed by haop's CA")));
+    }
+    let mut have: Vec<String> = info.dns_names.clone();
+    have.extend(info.ip_addresses.iter().cloned());
+    let mut want = names.to_strings();
+    have.sort();
+    want.sort();
+    if have != want {
+        return Ok(Some(format!(
+            "{cert_path} names [{}] differ from [{}]",
+            have.join(", "),
+            want.join(", ")
+        )));
+    }
+    let days = info.days_left(time::OffsetDateTime::now_utc());
+    if days < ctx.renew_within_days {
+        return Ok(Some(format!("{cert_path} expires in {days} days")));
+    }
+    Ok(None)
+}
+
+/// What `step` would change on the host behind `c` (`None` for cluster-wide steps).
+pub async fn check(
+    step: &Step,
+    c: Option<&mut Client>,
+    ctx: &RunContext,
+) -> Result<Change, StepError> {
+    let Some(c) = c else {
+        return match &step.action {
+            Action::EtcdQuorum { endpoints, members } => {
+                let healthy = super::quorum_wait::quorum_is_healthy(
+                    &ctx.state_dir,
+                    endpoints,
+                    *members,
+                    Duration::from_secs(3),
+                )
+                .await;
+                Ok(if healthy {
+                    Change::Unchanged
+                } else {
+                    Change::Run {
+                        detail: format!("wait for a quorum of {members} members"),
+                    }
+                })
+            }
+            _ => Err(StepError::Failed("a host step without its host".into())),
+        };
+    };
+    match &step.action {
+        Action::File {
+            path,
+            content,
+            mode,
+        } => {
+            let current = read_text(c, path).await?;
+            Ok(file_change(
+                path,
+                current,
+                &String::from_utf8_lossy(content),
+                *mode,
+            ))
+        }
+        Action::HostsBlock { block } => {
+            let current = read_text(c, "/etc/hosts").await?;
+            let cluster = block_cluster(block);
+            let old = current.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
+            let new = super::steps::merge_hosts_block(&old, &cluster, block);
+            Ok(if old == new {
+                Change::Unchanged
+            } else {
+                Change::Update {
+                    detail: "update /etc/hosts".into(),
+                    diff: unified_diff("/etc/hosts", &old, &new),
+                }
+            })
+        }
+        Action::Upload { path, sha256, .. } => {
+            let st = c
+                .stat(pb::StatRequest { path: path.clone() })
+                .await
+                .map_err(rpc("Stat"))?
+                .into_inner();
+            Ok(if st.exists && st.sha256 == *sha256 {
+                Change::Unchanged
+            } else {
+                Change::Create {
+                    detail: format!("upload {path} (sha256 {})", &sha256[..12]),
+                }
+            })
+        }
+        Action::Certificate {
+            cert_path,
+            key_path,
+            names,
+            ..
+        } => Ok(
+            match certificate_problem(c, ctx, cert_path, key_path, names).await? {
+                None => Change::Unchanged,
+                Some(why) => Change::Create {
+                    detail: format!("issue {cert_path}: {why}"),
+                },
+            },
+        ),
+        Action::Unit { name, content, .. } => {
+            let path = format!("/etc/systemd/system/{name}");
+            let current = read_text(c, &path).await?;
+            Ok(file_change(&path, current, content, 0o644))
+        }
+        Action::Running { unit, .. } => {
+            let s = c
+                .unit_status(pb::UnitStatusRequest { name: unit.clone() })
+                .await
+                .map_err(rpc("UnitStatus"))?
+                .into_inner();
+            Ok(if s.active_state == "active" && s.enabled {
+                Change::Unchanged
+            } else {
+                Change::Run {
+                    detail: format!("start and enable {unit} (now {})", s.active_state),
+                }
+            })
+        }
+        Action::Modules { name, modules } => {
+            let path = format!("/etc/modules-load.d/{name}.conf");
+            let current = read_text(c, &path).await?;
+            Ok(file_change(&path, current, &modules_file(modules), 0o644))
+        }
+        Action::Sysctls { name, values } => {
+            let path = format!("/etc/sysctl.d/{name}.conf");
+            let current = read_text(c, &path).await?;
+            Ok(file_change(&path, current, &sysctl_file(values), 0o644))
+        }
+        Action::SwapOff => {
+            let f = c
+                .get_facts(pb::GetFactsRequest {})
+                .await
+                .map_err(rpc("GetFacts"))?
+                .into_inner();
+            let swap = f.swap.unwrap_or_default();
+            Ok(if swap.devices.is_empty() && swap.fstab_entries == 0 {
+                Change::Unchanged
+            } else {
+                Change::Run {
+                    detail: format!(
+                        "swap off ({} active, {} fstab lines)",
+                        swap.devices.len(),
+                        swap.fstab_entries
+                    ),
+                }
+            })
+        }
+        Action::EtcdQuorum { .. } => {
+            Err(StepError::Failed("the quorum step is cluster-wide".into()))
+        }
+    }
+}
+
+/// The cluster name in a hosts block's first line.
+fn block_cluster(block: &str) -> String {
+    block
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# BEGIN haop "))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The agent's own rendering of a modules-load.d file (LoadModules writes this).
+pub fn modules_file(modules: &[String]) -> String {
+    let mut s = String::from("# Managed by haop.\n");
+    for m in modules {
+        s.push_str(m);
+        s.push('\n');
+    }
+    s
+}
+
+/// The agent's own rendering of a sysctl.d file (ApplySysctl writes this).
+pub fn sysctl_file(values: &std::collections::BTreeMap<String, String>) -> String {
+    let mut s = String::from("# Managed by haop.\n");
+    for (k, v) in values {
+        s.push_str(&format!("{k} = {v}\n"));
+    }
+    s
+}
+
+/// Makes the host match `step`; answers whether anything changed. `changed_paths` are the
+/// files this run changed on this host so far (a `Running` step restarts on them).
+pub async fn run(
+    step: &Step,
+    c: Option<&mut Client>,
+    ctx: &RunContext,
+    changed_paths: &HashSet<String>,
+) -> Result<bool, StepError> {
+    let Some(c) = c else {
+        return match &step.action {
+            Action::EtcdQuorum { endpoints, members } => super::quorum_wait::wait_for_quorum(
+                &ctx.state_dir,
+                endpoints,
+                *members,
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(StepError::Failed),
+            _ => Err(StepError::Failed("a host step without its host".into())),
+        };
+    };
+    match &step.action {
+        Action::File {
+            path,
+            content,
+            mode,
+        } => Ok(c
+            .write_file(pb::WriteFileRequest {
+                path: path.clone(),
+                content: content.clone(),
+                mode: *mode,
+                create_parents: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc("WriteFile"))?
+            .into_inner()
+            .changed),
+        Action::HostsBlock { block } => {
+            let current = read_text(c, "/etc/hosts").await?;
+            let (old, mode) = current.unwrap_or((String::new(), 0o644));
+            let new = super::steps::merge_hosts_block(&old, &block_cluster(block), block);
+            if new == old {
+                return Ok(false);
+            }
+            Ok(c.write_file(pb::WriteFileRequest {
+                path: "/etc/hosts".into(),
+                content: new.into_bytes(),
+                mode,
+                create_parents: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc("WriteFile"))?
+            .into_inner()
+            .changed)
+        }
+        Action::Upload {
+            path,
+            local,
+            sha256,
+            mode,
+        } => {
+            let data = std::fs::read(local)
+                .map_err(|e| StepError::Failed(format!("cannot read {}: {e}", local.display())))?;
+            let mut msgs = vec![pb::UploadChunk {
+                header: Some(pb::UploadHeader {
+                    path: path.clone(),
+                    mode: *mode,
+                    sha256: sha256.clone(),
+                    size: data.len() as u64,
+                    create_parents: true,
+                }),
+                data: Vec::new(),
+            }];
+            for chunk in data.chunks(1024 * 1024) {
+                msgs.push(pb::UploadChunk {
+                    header: None,
+                    data: chunk.to_vec(),
+                });
+            }
+            Ok(c.upload_file(tokio_stream::iter(msgs))
+                .await
+                .map_err(rpc("UploadFile"))?
+                .into_inner()
+                .changed)
+        }
+        Action::Certificate {
+            key_path,
+            cert_path,
+            ca_path,
+            issuer,
+            profile,
+            common_name,
+            names,
+        } => {
+            if certificate_problem(c, ctx, cert_path, key_path, names)
+                .await?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            let ca = match issuer {
+                Issuer::Etcd => &ctx.etcd_ca,
+            };
+            let csr = c
+                .create_csr(pb::CreateCsrRequest {
+                    key_path: key_path.clone(),
+                    common_name: common_name.clone(),
+                    dns_names: names.dns.clone(),
+                    ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc("CreateCsr"))?
+                .into_inner();
+            let cert = ca.sign_csr(
+                &csr.csr_pem,
+                &SigningRequest {
+                    profile: *profile,
+                    lifetime: ctx.cert_lifetime,
+                    expected: names.clone(),
+                    organization: None,
+                    common_name: common_name.clone(),
+                },
+            )?;
+            c.install_certificate(pb::InstallCertificateRequest {
+                cert_path: cert_path.clone(),
+                cert_pem: cert,
+                key_path: key_path.clone(),
+                ca_path: ca_path.clone(),
+                ca_pem: ca.cert_pem().to_string(),
+            })
+            .await
+            .map_err(rpc("InstallCertificate"))?;
+            Ok(true)
+        }
+        Action::Unit {
+            name,
+            content,
+            data_dirs,
+        } => Ok(c
+            .ensure_unit(pb::EnsureUnitRequest {
+                name: name.clone(),
+                content: content.clone(),
+                data_dirs: data_dirs.clone(),
+            })
+            .await
+            .map_err(rpc("EnsureUnit"))?
+            .into_inner()
+            .changed),
+        Action::Running { unit, restart_on } => {
+            let act = |c: &mut Client, a: pb::Action| {
+                let mut c = c.clone();
+                let unit = unit.clone();
+                async move {
+                    c.unit_action(pb::UnitActionRequest {
+                        name: unit,
+                        action: a as i32,
+                    })
+                    .await
+                    .map_err(rpc("UnitAction"))
+                    .map(|r| r.into_inner())
+                }
+            };
+            let enabled = act(c, pb::Action::Enable).await?.changed;
+            let restart = restart_on.iter().any(|p| changed_paths.contains(p));
+            let status = c
+                .unit_status(pb::UnitStatusRequest { name: unit.clone() })
+                .await
+                .map_err(rpc("UnitStatus"))?
+                .into_inner();
+            let started = if status.active_state == "active" && restart {
+                act(c, pb::Action::Restart).await?.changed
+            } else {
+                act(c, pb::Action::Start).await?.changed
+            };
+            Ok(enabled || started)
+        }
+        Action::Modules { name, modules } => Ok(c
+            .load_modules(pb::LoadModulesRequest {
+                name: name.clone(),
+                modules: modules.clone(),
+            })
+            .await
+            .map_err(rpc("LoadModules"))?
+            .into_inner()
+            .changed),
+        Action::Sysctls { name, values } => Ok(c
+            .apply_sysctl(pb::ApplySysctlRequest {
+                name: name.clone(),
+                values: values.clone().into_iter().collect(),
+            })
+            .await
+            .map_err(rpc("ApplySysctl"))?
+            .into_inner()
+            .changed),
+        Action::SwapOff => Ok(c
+            .disable_swap(pb::DisableSwapRequest {})
+            .await
+            .map_err(rpc("DisableSwap"))?
+            .into_inner()
+            .changed),
+        Action::EtcdQuorum { .. } => {
+            Err(StepError::Failed("the quorum step is cluster-wide".into()))
+        }
+    }
+}
+
+/// The file paths a step writes, for restart tracking.
+pub fn paths_of(step: &Step) -> Vec<String> {
+    match &step.action {
+        Action::File { path, .. } | Action::Upload { path, .. } => vec![path.clone()],
+        Action::HostsBlock { .. } => vec!["/etc/hosts".into()],
+        Action::Certificate {
+            cert_path, ca_path, ..
+        } => vec![cert_path.clone(), ca_path.clone()],
+        Action::Unit { name, .. } => vec![format!("/etc/systemd/system/{name}")],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_changes() {
+        assert_eq!(
+            file_change("/x", Some(("a\n".into(), 0o644)), "a\n", 0o644),
+            Change::Unchanged
+        );
+        assert!(matches!(
+            file_change("/x", None, "a\n", 0o644),
+            Change::Create { .. }
+        ));
+        let Change::Update { diff, .. } =
+            file_change("/x", Some(("a\nb\n".into(), 0o644)), "a\nc\n", 0o644)
+        else {
+            panic!("expected an update");
+        };
+        assert!(diff.contains("-b\n") && diff.contains("+c\n"), "{diff}");
+        assert!(diff.starts_with("--- /x\n+++ /x\n"), "{diff}");
+    }
+
+    #[test]
+    fn rendered_like_the_agent_renders() {
+        let mut v = std::collections::BTreeMap::new();
+        v.insert("net.ipv4.ip_forward".to_string(), "1".to_string());
+        assert_eq!(
+            sysctl_file(&v),
+            "# Managed by haop.\nnet.ipv4.ip_forward = 1\n"
+        );
+        assert_eq!(
+            modules_file(&["overlay".into()]),
+            "# Managed by haop.\noverlay\n"
+        );
+    }
+}

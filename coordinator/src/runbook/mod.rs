@@ -1,0 +1,340 @@
+//! The runbook: `haop plan` and `haop apply` from one inventory file.
+//!
+//! The seed's procedure (hosts entries, certificates, etcd units with TLS, a parallel start and
+//! a quorum, keepalived, node preparation) as data and an executor:
+//!
+//! * [`steps::desired`] is pure: inventory in, every step out, in phase order.
+//! * [`actions::check`] asks a host what a step would change (diffs for files); [`plan`] does
+//!   that for every step and changes nothing.
+//! * [`apply`] runs preflight on every host first (every missing prerequisite reported at once,
+//!   nothing changed), then the phases in order: hosts in parallel within a phase, steps of one
+//!   host in order, each an idempotent ensure through the agent. A journal in the state dir
+//!   records every step; an apply that was killed is simply run again: every step compares
+//!   before it acts, so the rerun continues where the state of the hosts is, and a converged
+//!   cluster reports zero changes.
+
+pub mod actions;
+pub mod journal;
+pub mod preflight;
+pub mod quorum_wait;
+pub mod steps;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+pub use actions::{Change, RunContext, StepError};
+pub use steps::{Action, Context, Phase, Step, CLUSTER};
+
+use crate::agent_client::{self, Client};
+use crate::inventory::Inventory;
+use crate::pki::{CertificateAuthority, ETCD_CA};
+use crate::trust::{pki_dir, Trust};
+
+/// Errors of plan and apply; each names the host and step when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum RunbookError {
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("preflight found {} problem(s); nothing was changed:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Preflight(Vec<String>),
+    #[error("phase {phase} failed on {} step(s):\n{}\nFix the cause and run `haop apply` again: every step is safe to repeat.", .failures.len(), .failures.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
+    Phase { phase: Phase, failures: Vec<String> },
+    #[error("cannot reach the agent of {host} at {endpoint}")]
+    Unreachable {
+        host: String,
+        endpoint: String,
+        #[source]
+        source: agent_client::ConnectError,
+    },
+    #[error("state dir secret {path}")]
+    Secret {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One step and what it would change.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Planned {
+    pub phase: Phase,
+    pub host: String,
+    pub step: String,
+    pub change: Change,
+}
+
+/// What happened to one step during apply.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Changed,
+    Unchanged,
+    Failed(String),
+}
+
+/// Events apply reports as it goes (for a progress display).
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    PhaseStarted(Phase),
+    StepStarted {
+        host: &'a str,
+        step: &'a str,
+    },
+    StepDone {
+        host: &'a str,
+        step: &'a str,
+        outcome: &'a Outcome,
+        elapsed: Duration,
+    },
+    Resuming {
+        last_phase: String,
+    },
+}
+
+/// The outcome of apply.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ApplyReport {
+    pub changed: usize,
+    pub unchanged: usize,
+    pub elapsed_ms: u128,
+}
+
+/// The state dir's VRRP password for `cluster` (8 characters: keepalived uses no more),
+/// generated once and kept with mode 0600.
+pub fn vrrp_password(state_dir: &Path, cluster: &str) -> Result<String, RunbookError> {
+    let path = state_dir.join("secrets").join(format!("{cluster}.vrrp"));
+    match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(RunbookError::Secret { path, source }),
+    }
+    let alphabet = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|e| RunbookError::Secret {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let pw: String = raw
+        .iter()
+        .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+        .collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| RunbookError::Secret {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    crate::pki::write_private_file(&path, pw.as_bytes())?;
+    Ok(pw)
+}
+
+/// Everything a plan or apply needs, loaded once.
+#[derive(Debug)]
+pub struct Runbook {
+    pub inventory: Inventory,
+    pub steps: Vec<Step>,
+    pub ctx: Arc<RunContext>,
+}
+
+impl Runbook {
+    pub fn load(state_dir: &Path, inventory: Inventory) -> Result<Runbook, RunbookError> {
+        let trust = Arc::new(Trust::load(state_dir)?);
+        let etcd_ca = CertificateAuthority::load(&pki_dir(state_dir), ETCD_CA)?;
+        let context = Context {
+            etcd_ca_pem: etcd_ca.cert_pem().to_string(),
+            vrrp_password: vrrp_password(state_dir, inventory.cluster.as_str())?,
+        };
+        let steps = steps::desired(&inventory, &context);
+        let lifetime = inventory.pki.lifetime.duration();
+        Ok(Runbook {
+            steps,
+            ctx: Arc::new(RunContext {
+                trust,
+                etcd_ca,
+                state_dir: state_dir.to_path_buf(),
+                cert_lifetime: lifetime,
+                renew_within_days: 30,
+            }),
+            inventory,
+        })
+    }
+
+    /// Connects to every host's agent at once; answers the clients and every failure.
+    pub async fn connect_all(
+        &self,
+        timeout: Duration,
+    ) -> (HashMap<String, Client>, Vec<RunbookError>) {
+        let mut set = tokio::task::JoinSet::new();
+        for h in &self.inventory.hosts {
+            let trust = self.ctx.trust.clone();
+            let name = h.name.as_str().to_string();
+            let endpoint = h.agent.as_str().to_string();
+            set.spawn(async move {
+                let r = agent_client::connect(&trust, &endpoint, timeout).await;
+                (name, endpoint, r)
+            });
+        }
+        let mut clients = HashMap::new();
+        let mut errors = Vec::new();
+        for (name, endpoint, r) in set.join_all().await {
+            match r {
+                Ok(c) => {
+                    clients.insert(name, c);
+                }
+                Err(source) => errors.push(RunbookError::Unreachable {
+                    host: name,
+                    endpoint,
+                    source,
+                }),
+            }
+        }
+        (clients, errors)
+    }
+}
+
+fn by_host(steps: &[&Step]) -> BTreeMap<String, Vec<Step>> {
+    let mut m: BTreeMap<String, Vec<Step>> = BTreeMap::new();
+    for s in steps {
+        m.entry(s.host.clone()).or_default().push((*s).clone());
+    }
+    m
+}
+
+/// Checks every step against the hosts; changes nothing.
+pub async fn plan(rb: &Runbook, timeout: Duration) -> Result<Vec<Planned>, RunbookError> {
+    let (clients, errors) = rb.connect_all(timeout).await;
+    if !errors.is_empty() {
+        return Err(RunbookError::Preflight(
+            errors.iter().map(|e| crate::error_chain(e)).collect(),
+        ));
+    }
+    let all: Vec<&Step> = rb.steps.iter().collect();
+    let mut set = tokio::task::JoinSet::new();
+    for (host, steps) in by_host(&all) {
+        let mut client = clients.get(&host).cloned();
+        let ctx = rb.ctx.clone();
+        set.spawn(async move {
+            let mut out = Vec::new();
+            for s in steps {
+                let change = match actions::check(&s, client.as_mut(), &ctx).await {
+                    Ok(c) => c,
+                    Err(e) => Change::Run {
+                        detail: format!("cannot check: {}", crate::error_chain(&e)),
+                    },
+                };
+                out.push(Planned {
+                    phase: s.phase,
+                    host: s.host.clone(),
+                    step: s.name.clone(),
+                    change,
+                });
+            }
+            out
+        });
+    }
+    let mut planned: Vec<Planned> = set.join_all().await.into_iter().flatten().collect();
+    let order: HashMap<(String, String), usize> = rb
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ((s.host.clone(), s.name.clone()), i))
+        .collect();
+    planned.sort_by_key(|p| order.get(&(p.host.clone(), p.step.clone())).copied());
+    Ok(planned)
+}
+
+/// Runs the runbook: preflight, then every phase. `on_event` sees progress.
+pub async fn apply(
+    rb: &Runbook,
+    timeout: Duration,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<ApplyReport, RunbookError> {
+    let start = Instant::now();
+    let (clients, errors) = rb.connect_all(timeout).await;
+    let mut problems: Vec<String> = errors.iter().map(|e| crate::error_chain(e)).collect();
+    problems.extend(preflight::check(rb, &clients).await);
+    if !problems.is_empty() {
+        return Err(RunbookError::Preflight(problems));
+    }
+    let journal = journal::Journal::open(&rb.ctx.state_dir, rb.inventory.cluster.as_str());
+    if let Some(last) = journal.interrupted_phase() {
+        on_event(Event::Resuming { last_phase: last });
+    }
+    journal.record_start();
+    let changed_paths: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
+    let mut report = ApplyReport::default();
+    for phase in Phase::ALL {
+        let steps: Vec<&Step> = rb.steps.iter().filter(|s| s.phase == phase).collect();
+        if steps.is_empty() {
+            continue;
+        }
+        on_event(Event::PhaseStarted(phase));
+        let mut set = tokio::task::JoinSet::new();
+        for (host, host_steps) in by_host(&steps) {
+            let mut client = clients.get(&host).cloned();
+            let ctx = rb.ctx.clone();
+            let changed_paths = changed_paths.clone();
+            set.spawn(async move {
+                let mut results = Vec::new();
+                for s in host_steps {
+                    let t = Instant::now();
+                    let paths = changed_paths
+                        .lock()
+                        .await
+                        .get(&host)
+                        .cloned()
+                        .unwrap_or_default();
+                    let outcome = match actions::run(&s, client.as_mut(), &ctx, &paths).await {
+                        Ok(true) => {
+                            let mut cp = changed_paths.lock().await;
+                            cp.entry(host.clone())
+                                .or_default()
+                                .extend(actions::paths_of(&s));
+                            Outcome::Changed
+                        }
+                        Ok(false) => Outcome::Unchanged,
+                        Err(e) => Outcome::Failed(crate::error_chain(&e)),
+                    };
+                    let failed = matches!(outcome, Outcome::Failed(_));
+                    results.push((s, outcome, t.elapsed()));
+                    if failed {
+                        break;
+                    }
+                }
+                results
+            });
+        }
+        let mut failures = Vec::new();
+        for results in set.join_all().await {
+            for (s, outcome, elapsed) in results {
+                on_event(Event::StepDone {
+                    host: &s.host,
+                    step: &s.name,
+                    outcome: &outcome,
+                    elapsed,
+                });
+                journal.record_step(phase, &s.host, &s.name, &outcome);
+                match outcome {
+                    Outcome::Changed => report.changed += 1,
+                    Outcome::Unchanged => report.unchanged += 1,
+                    Outcome::Failed(why) => {
+                        failures.push(format!("{} / {}: {why}", s.host, s.name))
+                    }
+                }
+            }
+        }
+        if !failures.is_empty() {
+            return Err(RunbookError::Phase { phase, failures });
+        }
+    }
+    journal.record_end(&report);
+    report.elapsed_ms = start.elapsed().as_millis();
+    Ok(report)
+}

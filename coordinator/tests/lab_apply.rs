@@ -1,0 +1,186 @@
+//! `haop apply` end to end on a lab, through the real `haop` binary: a healthy three-member
+//! etcd over TLS (checked with etcdctl through `haop etcd env`), a client without a certificate
+//! refused, a second apply and a plan that find nothing to do, and an apply killed at several
+//! points that converges when run again, with exactly three members.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use haop_coordinator::lab::{LabGuard, LabSpec};
+
+fn haop_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    for d in [dir, dir.parent().unwrap()] {
+        let p = d.join("haop");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "the haop binary is not built next to {}: run cargo build first",
+        exe.display()
+    );
+}
+
+fn haop(state: &Path, args: &[&str]) -> Output {
+    Command::new(haop_bin())
+        .env("HAOP_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run haop")
+}
+
+/// etcdctl with the environment `haop etcd env` prints.
+fn etcdctl(state: &Path, inventory: &str, args: &[&str], with_cert: bool) -> Output {
+    let env = haop(state, &["etcd", "env", "-f", inventory]);
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    let mut cmd = Command::new("/usr/bin/etcdctl");
+    cmd.env_clear();
+    for line in String::from_utf8_lossy(&env.stdout).lines() {
+        let (k, v) = line
+            .strip_prefix("export ")
+            .and_then(|l| l.split_once('='))
+            .expect("export K=V");
+        if !with_cert && (k == "ETCDCTL_CERT" || k == "ETCDCTL_KEY") {
+            continue;
+        }
+        cmd.env(k, v.trim_matches('\''));
+    }
+    cmd.args(["--command-timeout=5s", "--dial-timeout=2s"])
+        .args(args)
+        .output()
+        .expect("run etcdctl")
+}
+
+fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
+        "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
+    );
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_converges_and_survives_being_killed() {
+    if !require_root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-ap", std::process::id() % 100_000);
+    let lab = LabGuard::up(st, &name, LabSpec::default())
+        .await
+        .expect("lab up");
+    let inv = lab.inventory_path().display().to_string();
+
+    // Killed at several points, then run to the end: it converges.
+    for delay_ms in [150u64, 600, 1500] {
+        let mut child = Command::new(haop_bin())
+            .env("HAOP_STATE_DIR", st)
+            .args(["apply", "-f", &inv])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // By pid: the coordinator we started, nothing else.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+    }
+    let out = haop(st, &["apply", "-f", &inv]);
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Three healthy voters over TLS.
+    let health = etcdctl(st, &inv, &["endpoint", "health"], true);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let members = etcdctl(st, &inv, &["member", "list"], true);
+    let text = String::from_utf8_lossy(&members.stdout).to_string();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().all(|l| l.contains("started")), "{text}");
+    assert!(etcdctl(st, &inv, &["put", "/haop/e2e", "ok"], true)
+        .status
+        .success());
+    // Without a client certificate etcd refuses.
+    assert!(!etcdctl(st, &inv, &["get", "/haop/e2e"], false)
+        .status
+        .success());
+
+    // Converged: apply changes nothing, plan has nothing to do.
+    let again = haop(st, &["apply", "-f", &inv]);
+    let says = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(says.contains("0 changed"), "{says}");
+    let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&plan.stdout),
+        String::from_utf8_lossy(&plan.stderr)
+    );
+
+    // A file changed by hand shows in plan as a diff, with exit code 2, and apply repairs it.
+    let env = lab.hosts()[0].root_dir.join("etc/etcd.env");
+    let original = std::fs::read_to_string(&env).unwrap();
+    std::fs::write(
+        &env,
+        original.replace("ETCD_CLIENT_CERT_AUTH=true", "ETCD_CLIENT_CERT_AUTH=false"),
+    )
+    .unwrap();
+    let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
+    let shown = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("-ETCD_CLIENT_CERT_AUTH=false")
+            && shown.contains("+ETCD_CLIENT_CERT_AUTH=true"),
+        "{shown}"
+    );
+    let fix = haop(st, &["apply", "-f", &inv]);
+    assert!(
+        fix.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fix.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&env).unwrap(), original);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !etcdctl(st, &inv, &["endpoint", "health"], true)
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "etcd not healthy after the repair"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let get = etcdctl(st, &inv, &["get", "/haop/e2e", "--print-value-only"], true);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "ok");
+
+    lab.down().expect("lab down");
+}
