@@ -72,6 +72,13 @@ pub enum EtcdApiError {
         #[source]
         source: etcd_client::Error,
     },
+    #[error("connection to etcd at {endpoint} broke during {op}; its outcome is unknown")]
+    ConnectionLost {
+        endpoint: String,
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
     #[error("etcd at {endpoint} did not answer {op} within {timeout:?}")]
     Timeout {
         endpoint: String,
@@ -151,6 +158,7 @@ impl EtcdApiError {
                 | EtcdApiError::NoLeader { .. }
                 | EtcdApiError::Timeout { .. }
                 | EtcdApiError::Unreachable { .. }
+                | EtcdApiError::ConnectionLost { .. }
                 | EtcdApiError::NoEndpointAnswered { .. }
                 | EtcdApiError::NotEnoughStartedMembers { .. }
         )
@@ -382,7 +390,9 @@ impl EtcdClient {
                 let e = classify(endpoint, op, e);
                 if matches!(
                     e,
-                    EtcdApiError::Unreachable { .. } | EtcdApiError::Rpc { .. }
+                    EtcdApiError::Unreachable { .. }
+                        | EtcdApiError::ConnectionLost { .. }
+                        | EtcdApiError::Rpc { .. }
                 ) {
                     self.forget(endpoint);
                 }
@@ -424,9 +434,12 @@ impl EtcdClient {
                 Err(e) => {
                     let move_on = match (&e, failover) {
                         (EtcdApiError::Unreachable { .. }, _) => true,
-                        (EtcdApiError::Timeout { .. } | EtcdApiError::Rpc { .. }, f) => {
-                            f == Failover::Read
-                        }
+                        (
+                            EtcdApiError::Timeout { .. }
+                            | EtcdApiError::ConnectionLost { .. }
+                            | EtcdApiError::Rpc { .. },
+                            f,
+                        ) => f == Failover::Read,
                         (EtcdApiError::NoLeader { .. }, Failover::Read) => true,
                         _ => false,
                     };
@@ -883,6 +896,12 @@ fn classify(endpoint: &str, op: &'static str, e: etcd_client::Error) -> EtcdApiE
             op,
             source: e,
         }
+    } else if is_transport_failure(status) {
+        EtcdApiError::ConnectionLost {
+            endpoint,
+            op,
+            source: e,
+        }
     } else {
         EtcdApiError::Rpc {
             endpoint,
@@ -898,6 +917,19 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
         if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether the request failed in the transport (a connection that broke) rather than with an
+/// answer of etcd.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<tonic::transport::Error>().is_some() {
             return true;
         }
         source = e.source();

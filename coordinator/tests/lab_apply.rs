@@ -1,7 +1,9 @@
 //! `haop apply` end to end on a lab, through the real `haop` binary: a healthy three-member
 //! etcd over TLS (checked with etcdctl through `haop etcd env`), a client without a certificate
 //! refused, a second apply and a plan that find nothing to do, and an apply killed at several
-//! points that converges when run again, with exactly three members.
+//! points that converges when run again, with exactly three members; keepalived holding the
+//! VIP on exactly one master and moving it when keepalived stops there; node preparation
+//! persisted on masters and workers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -78,9 +80,12 @@ async fn apply_converges_and_survives_being_killed() {
     let state = tempfile::tempdir().unwrap();
     let st = state.path();
     let name = format!("t{}-ap", std::process::id() % 100_000);
-    let lab = LabGuard::up(st, &name, LabSpec::default())
-        .await
-        .expect("lab up");
+    let spec = LabSpec {
+        etcd: 3,
+        masters: 2,
+        workers: 1,
+    };
+    let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
     let inv = lab.inventory_path().display().to_string();
 
     // Killed at several points, then run to the end: it converges.
@@ -181,6 +186,115 @@ async fn apply_converges_and_survives_being_killed() {
     }
     let get = etcdctl(st, &inv, &["get", "/haop/e2e", "--print-value-only"], true);
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "ok");
+
+    // The VIP: on exactly one master, the first (MASTER, priority 101).
+    let (inventory, _) =
+        haop_coordinator::inventory::Inventory::load(&lab.inventory_path()).unwrap();
+    let vip = inventory
+        .vip
+        .as_ref()
+        .expect("a lab with two masters has a VIP")
+        .address
+        .to_string();
+    let holders = |lab: &LabGuard| -> Vec<String> {
+        lab.hosts()
+            .iter()
+            .filter(|h| h.name.starts_with("master"))
+            .filter(|h| {
+                let out = Command::new("/usr/sbin/ip")
+                    .args(["-n", &h.namespace, "-o", "addr", "show"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .any(|w| w.split('/').next() == Some(vip.as_str()))
+            })
+            .map(|h| h.name.clone())
+            .collect()
+    };
+    let wait_holder = |want: &str, lab: &LabGuard| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let h = holders(lab);
+            if h == [want] {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "VIP {vip} held by {h:?}, expected only {want}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_holder("master1", &lab);
+    // keepalived stops on master1: the VIP moves to master2, and comes back when it returns.
+    let stop = haop(
+        st,
+        &[
+            "agent",
+            "--lab",
+            &name,
+            "--host",
+            "master1",
+            "unit",
+            "keepalived.service",
+            "stop",
+        ],
+    );
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    wait_holder("master2", &lab);
+    let start = haop(
+        st,
+        &[
+            "agent",
+            "--lab",
+            &name,
+            "--host",
+            "master1",
+            "unit",
+            "keepalived.service",
+            "start",
+        ],
+    );
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    wait_holder("master1", &lab);
+
+    // Node preparation persisted on masters and workers (a lab host loads no module into the
+    // shared kernel, but the files are what a real host boots with).
+    for h in lab.hosts().iter().filter(|h| !h.name.starts_with("etcd")) {
+        let sysctl = std::fs::read_to_string(h.root_dir.join("etc/sysctl.d/k8s.conf")).unwrap();
+        assert!(sysctl.contains("net.ipv4.ip_forward = 1"), "{sysctl}");
+        let modules =
+            std::fs::read_to_string(h.root_dir.join("etc/modules-load.d/k8s.conf")).unwrap();
+        assert!(modules.contains("br_netfilter"), "{modules}");
+        let containerd =
+            std::fs::read_to_string(h.root_dir.join("etc/containerd/config.toml")).unwrap();
+        assert!(containerd.contains("SystemdCgroup = true"), "{containerd}");
+        let fwd = Command::new("/usr/sbin/ip")
+            .args([
+                "netns",
+                "exec",
+                &h.namespace,
+                "cat",
+                "/proc/sys/net/ipv4/ip_forward",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&fwd.stdout).trim(),
+            "1",
+            "{}",
+            h.name
+        );
+    }
 
     lab.down().expect("lab down");
 }

@@ -224,9 +224,8 @@ pub async fn check(
         }
         Action::HostsBlock { block } => {
             let current = read_text(c, "/etc/hosts").await?;
-            let cluster = block_cluster(block);
             let old = current.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
-            let new = super::steps::merge_hosts_block(&old, &cluster, block);
+            let new = crate::render::hosts::merge_hosts_block(&old, block);
             Ok(if old == new {
                 Change::Unchanged
             } else {
@@ -317,16 +316,6 @@ pub async fn check(
     }
 }
 
-/// The cluster name in a hosts block's first line.
-fn block_cluster(block: &str) -> String {
-    block
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("# BEGIN haop "))
-        .unwrap_or("")
-        .to_string()
-}
-
 /// The agent's own rendering of a modules-load.d file (LoadModules writes this).
 pub fn modules_file(modules: &[String]) -> String {
     let mut s = String::from("# Managed by haop.\n");
@@ -387,7 +376,7 @@ pub async fn run(
         Action::HostsBlock { block } => {
             let current = read_text(c, "/etc/hosts").await?;
             let (old, mode) = current.unwrap_or((String::new(), 0o644));
-            let new = super::steps::merge_hosts_block(&old, &block_cluster(block), block);
+            let new = crate::render::hosts::merge_hosts_block(&old, block);
             if new == old {
                 return Ok(false);
             }

@@ -52,6 +52,8 @@ pub enum RunbookError {
         #[source]
         source: agent_client::ConnectError,
     },
+    #[error("cannot render the runbook: {0}")]
+    Render(String),
     #[error("state dir secret {path}")]
     Secret {
         path: PathBuf,
@@ -151,7 +153,7 @@ impl Runbook {
             etcd_ca_pem: etcd_ca.cert_pem().to_string(),
             vrrp_password: vrrp_password(state_dir, inventory.cluster.as_str())?,
         };
-        let steps = steps::desired(&inventory, &context);
+        let steps = steps::desired(&inventory, &context).map_err(RunbookError::Render)?;
         let lifetime = inventory.pki.lifetime.duration();
         Ok(Runbook {
             steps,

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use crate::etcd_config::{ClusterState, Member, MemberConfig, ENV_FILE, PKI_DIR, UNIT_NAME};
 use crate::inventory::{EtcdBinary, Host, Inventory, Role};
 use crate::pki::{ExpectedNames, Profile};
+use crate::render::{self, keepalived, nodeprep, RenderedFile};
 
 /// The runbook's phases, in the order they run. Hosts run in parallel within a phase unless
 /// [`Phase::serial`] says otherwise.
@@ -159,58 +160,6 @@ fn names_of(h: &Host) -> ExpectedNames {
     )
 }
 
-/// The /etc/hosts block for every host of the inventory.
-pub fn hosts_block(inv: &Inventory) -> String {
-    let mut out = format!("# BEGIN haop {}\n", inv.cluster.as_str());
-    for h in &inv.hosts {
-        match &h.fqdn {
-            Some(f) => out.push_str(&format!(
-                "{} {} {}\n",
-                h.address,
-                f.as_str(),
-                h.name.as_str()
-            )),
-            None => out.push_str(&format!("{} {}\n", h.address, h.name.as_str())),
-        }
-    }
-    out.push_str(&format!("# END haop {}\n", inv.cluster.as_str()));
-    out
-}
-
-/// Replaces haop's block of `cluster` in an /etc/hosts text, or appends it; other lines stay.
-pub fn merge_hosts_block(existing: &str, cluster: &str, block: &str) -> String {
-    let begin = format!("# BEGIN haop {cluster}");
-    let end = format!("# END haop {cluster}");
-    let mut out = String::new();
-    let mut inside = false;
-    let mut replaced = false;
-    for line in existing.split_inclusive('\n') {
-        let t = line.trim_end();
-        if t == begin {
-            inside = true;
-            if !replaced {
-                out.push_str(block);
-                replaced = true;
-            }
-            continue;
-        }
-        if inside {
-            if t == end {
-                inside = false;
-            }
-            continue;
-        }
-        out.push_str(line);
-    }
-    if !replaced {
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
-        out.push_str(block);
-    }
-    out
-}
-
 /// The etcd member configuration of `h` for forming the cluster.
 pub fn member_config(inv: &Inventory, h: &Host) -> MemberConfig {
     let binary = match &inv.etcd.binary {
@@ -230,8 +179,9 @@ pub fn member_config(inv: &Inventory, h: &Host) -> MemberConfig {
     }
 }
 
-/// Every step of the runbook for `inv`, in phase order (host order within a phase).
-pub fn desired(inv: &Inventory, ctx: &Context) -> Vec<Step> {
+/// Every step of the runbook for `inv`, in phase order (host order within a phase). Fails only
+/// when a renderer refuses the inventory (which validation should have caught).
+pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
     let mut steps = Vec::new();
     let push = |steps: &mut Vec<Step>, phase, host: &str, name: String, action| {
         steps.push(Step {
@@ -241,7 +191,7 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Vec<Step> {
             action,
         })
     };
-    let block = hosts_block(inv);
+    let block = render::hosts::hosts_block(inv);
     for h in &inv.hosts {
         push(
             &mut steps,
@@ -362,8 +312,101 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Vec<Step> {
             },
         );
     }
+    let masters = inv.masters();
+    if inv.vip.is_some() && !masters.is_empty() {
+        let password = keepalived::VrrpPassword::try_from(ctx.vrrp_password.as_str())
+            .map_err(|e| format!("the state dir's VRRP password: {e}"))?;
+        let script = keepalived::check_apiserver_script(inv).map_err(|e| e.to_string())?;
+        let unit = keepalived::keepalived_unit();
+        for h in &masters {
+            let conf = keepalived::keepalived_conf(inv, h, &password).map_err(|e| e.to_string())?;
+            for f in [conf, script.clone()] {
+                push(
+                    &mut steps,
+                    Phase::Keepalived,
+                    h.name.as_str(),
+                    format!("file {}", f.path),
+                    file(f),
+                );
+            }
+            push(
+                &mut steps,
+                Phase::Keepalived,
+                h.name.as_str(),
+                format!("unit {}", keepalived::UNIT_NAME),
+                Action::Unit {
+                    name: keepalived::UNIT_NAME.into(),
+                    content: unit.content.clone(),
+                    data_dirs: Vec::new(),
+                },
+            );
+            push(
+                &mut steps,
+                Phase::Keepalived,
+                h.name.as_str(),
+                format!("unit {} running", keepalived::UNIT_NAME),
+                Action::Running {
+                    unit: keepalived::UNIT_NAME.into(),
+                    restart_on: vec![keepalived::CONF_PATH.into(), keepalived::UNIT_PATH.into()],
+                },
+            );
+        }
+    }
+    for h in inv
+        .hosts
+        .iter()
+        .filter(|h| h.has_role(Role::Master) || h.has_role(Role::Worker))
+    {
+        let n = h.name.as_str();
+        push(
+            &mut steps,
+            Phase::NodePrep,
+            n,
+            format!(
+                "kernel modules (/etc/modules-load.d/{}.conf)",
+                nodeprep::FILE_NAME
+            ),
+            Action::Modules {
+                name: nodeprep::FILE_NAME.into(),
+                modules: nodeprep::modules(),
+            },
+        );
+        push(
+            &mut steps,
+            Phase::NodePrep,
+            n,
+            format!("sysctls (/etc/sysctl.d/{}.conf)", nodeprep::FILE_NAME),
+            Action::Sysctls {
+                name: nodeprep::FILE_NAME.into(),
+                values: nodeprep::sysctls(),
+            },
+        );
+        push(
+            &mut steps,
+            Phase::NodePrep,
+            n,
+            "swap off".into(),
+            Action::SwapOff,
+        );
+        let containerd = nodeprep::containerd_config();
+        push(
+            &mut steps,
+            Phase::NodePrep,
+            n,
+            format!("file {}", containerd.path),
+            file(containerd),
+        );
+    }
     let _ = &ctx.etcd_ca_pem;
-    steps
+    Ok(steps)
+}
+
+fn file(f: RenderedFile) -> Action {
+    Action::File {
+        path: f.path,
+        content: f.content.into_bytes(),
+        mode: f.mode,
+    }
 }
 
 pub fn profile_name(p: Profile) -> &'static str {
@@ -380,29 +423,4 @@ pub fn names_with(inv: &Inventory, role: Role) -> Vec<String> {
         .iter()
         .map(|h| h.name.as_str().to_string())
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_block_merges_idempotently_and_keeps_other_lines() {
-        let block = "# BEGIN haop c\n10.0.0.1 etcd1\n# END haop c\n";
-        let base = "127.0.0.1 localhost\n::1 localhost\n";
-        let once = merge_hosts_block(base, "c", block);
-        assert_eq!(once, format!("{base}{block}"));
-        assert_eq!(merge_hosts_block(&once, "c", block), once);
-        let newer = "# BEGIN haop c\n10.0.0.2 etcd2\n# END haop c\n";
-        let updated = merge_hosts_block(&once, "c", newer);
-        assert_eq!(updated, format!("{base}{newer}"));
-        // Another cluster's block is left alone.
-        let other = merge_hosts_block(&updated, "d", "# BEGIN haop d\n# END haop d\n");
-        assert!(other.contains("10.0.0.2 etcd2") && other.contains("# BEGIN haop d"));
-        // A file without a final newline.
-        assert_eq!(
-            merge_hosts_block("127.0.0.1 localhost", "c", block),
-            format!("127.0.0.1 localhost\n{block}")
-        );
-    }
 }
