@@ -265,6 +265,7 @@ pub fn default_managed_roots() -> Vec<HostPath> {
         "/etc/haop",
         "/etc/etcd",
         "/etc/etcd.env",
+        "/etc/etcd.bootstrap.env",
         "/etc/kubernetes",
         "/etc/keepalived",
         "/etc/containerd",

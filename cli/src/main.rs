@@ -2,8 +2,10 @@
 
 mod agent;
 mod certs;
+mod etcd;
 mod lab;
 mod runbook;
+mod status;
 mod trust;
 
 use std::path::PathBuf;
@@ -44,7 +46,7 @@ enum Command {
     Apply(runbook::ApplyArgs),
     /// etcd helpers.
     #[command(subcommand)]
-    Etcd(EtcdCommand),
+    Etcd(etcd::EtcdCommand),
     /// Certificates: where they are and when they expire.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -56,17 +58,9 @@ enum Command {
     Lab(lab::LabCommand),
     /// Talk to one agent directly: facts, units.
     Agent(agent::AgentArgs),
-}
-
-#[derive(Debug, Subcommand)]
-enum EtcdCommand {
-    /// Print `export ETCDCTL_*=...` lines (API 3, endpoints, CA, haop's client certificate and
-    /// key) to `eval` before using etcdctl directly.
-    Env {
-        /// The inventory file.
-        #[arg(short = 'f', long = "file")]
-        inventory: PathBuf,
-    },
+    /// The cluster's health: hosts, etcd, units, VIP, certificates, drift. Exits 0 healthy,
+    /// 1 degraded, 2 down (no etcd quorum, or no VIP holder).
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,12 +82,11 @@ fn main() -> ExitCode {
             Command::Token(cmd) => trust::token(&cli.state_dir, cmd),
             Command::Plan(args) => runbook::plan(&cli.state_dir, args).await,
             Command::Apply(args) => runbook::apply(&cli.state_dir, args).await,
-            Command::Etcd(EtcdCommand::Env { inventory }) => {
-                runbook::etcd_env(&cli.state_dir, &inventory)
-            }
+            Command::Etcd(cmd) => etcd::run(&cli.state_dir, cmd).await,
             Command::Certs(cmd) => certs::run(&cli.state_dir, cmd).await,
             Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
             Command::Agent(args) => agent::run(&cli.state_dir, args).await,
+            Command::Status(args) => status::run(&cli.state_dir, args).await,
         }
     });
     match result {

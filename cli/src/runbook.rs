@@ -158,30 +158,3 @@ pub async fn apply(state_dir: &Path, args: ApplyArgs) -> anyhow::Result<ExitCode
     );
     Ok(ExitCode::SUCCESS)
 }
-
-/// `haop etcd env`: `export ETCDCTL_*=...` lines for etcdctl with haop's client certificate.
-pub fn etcd_env(state_dir: &Path, inventory: &Path) -> anyhow::Result<ExitCode> {
-    let inv = load_inventory(inventory)?;
-    let pki = haop_coordinator::trust::pki_dir(state_dir);
-    let pki = std::fs::canonicalize(&pki).unwrap_or(pki);
-    let q = |p: PathBuf| shell_quote(&p.display().to_string());
-    println!("export ETCDCTL_API=3");
-    println!(
-        "export ETCDCTL_ENDPOINTS={}",
-        shell_quote(&inv.etcd_client_urls().join(","))
-    );
-    println!("export ETCDCTL_CACERT={}", q(pki.join("etcd-ca.crt")));
-    println!("export ETCDCTL_CERT={}", q(pki.join("etcd-client.crt")));
-    println!("export ETCDCTL_KEY={}", q(pki.join("etcd-client.key")));
-    Ok(ExitCode::SUCCESS)
-}
-
-fn shell_quote(s: &str) -> String {
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/.,:_-=+@".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}

@@ -264,7 +264,7 @@ pub struct SnapshotInfo {
     pub size: u64,
     /// Hex SHA-256 of the whole file (etcd's own trailing checksum included).
     pub sha256: String,
-    /// The store revision the endpoint reported, when it did.
+    /// The store revision in the stream's header, when etcd sends one (3.4 does not).
     pub revision: Option<i64>,
 }
 

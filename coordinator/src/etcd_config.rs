@@ -11,6 +11,22 @@ use std::net::IpAddr;
 /// Where the member's certificates live on its host (the seed's paths, `.crt`/`.key` names).
 pub const PKI_DIR: &str = "/etc/kubernetes/pki/etcd";
 pub const ENV_FILE: &str = "/etc/etcd.env";
+/// How the member first joins: `ETCD_INITIAL_CLUSTER` and `ETCD_INITIAL_CLUSTER_STATE`. Apply
+/// writes it only when it is missing; recovery rewrites it (state `existing`, the cluster from
+/// `member add`). etcd ignores both once its data dir holds a member, so keeping them apart
+/// from etcd.env lets a recovered member and a freshly formed one share the same etcd.env, and
+/// a converged cluster plan nothing.
+pub const BOOTSTRAP_ENV_FILE: &str = "/etc/etcd.bootstrap.env";
+
+/// The bootstrap file once the member has joined. etcd ignores it while the data dir holds the
+/// member; with an empty data dir etcd refuses to start ("couldn't find local name in the
+/// initial cluster configuration") instead of rejoining under its old member ID with no log,
+/// which could elect a leader that lost acknowledged writes. `haop etcd recover` re-adds such a
+/// member properly.
+pub const SEALED_BOOTSTRAP_ENV: &str = "# Managed by haop: sealed after this member joined. A member whose data is lost must be\n\
+# brought back with `haop etcd recover`, not by starting it again.\n\
+ETCD_INITIAL_CLUSTER=haop-sealed=https://127.0.0.1:1\n\
+ETCD_INITIAL_CLUSTER_STATE=existing\n";
 pub const UNIT_NAME: &str = "etcd.service";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/etcd";
 
@@ -70,11 +86,6 @@ impl MemberConfig {
     /// `/etc/etcd.env`: one `ETCD_*` variable per line.
     pub fn env_file(&self) -> String {
         let m = &self.member;
-        let initial: Vec<String> = self
-            .initial_cluster
-            .iter()
-            .map(|p| format!("{}={}", p.name, p.peer_url(self.peer_port)))
-            .collect();
         let vars = [
             ("ETCD_NAME", m.name.clone()),
             ("ETCD_DATA_DIR", self.data_dir.clone()),
@@ -92,15 +103,7 @@ impl MemberConfig {
                 "ETCD_INITIAL_ADVERTISE_PEER_URLS",
                 m.peer_url(self.peer_port),
             ),
-            ("ETCD_INITIAL_CLUSTER", initial.join(",")),
             ("ETCD_INITIAL_CLUSTER_TOKEN", self.cluster_token.clone()),
-            (
-                "ETCD_INITIAL_CLUSTER_STATE",
-                match self.state {
-                    ClusterState::New => "new".into(),
-                    ClusterState::Existing => "existing".into(),
-                },
-            ),
             ("ETCD_CERT_FILE", self.cert("server.crt")),
             ("ETCD_KEY_FILE", self.cert("server.key")),
             ("ETCD_TRUSTED_CA_FILE", self.cert("ca.crt")),
@@ -117,6 +120,32 @@ impl MemberConfig {
             out.push_str(&format!("{k}={v}\n"));
         }
         out
+    }
+
+    /// `name=https://addr:2380,...` of the initial members.
+    pub fn initial_cluster_string(&self) -> String {
+        self.initial_cluster
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.peer_url(self.peer_port)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `/etc/etcd.bootstrap.env` for forming the cluster (state `new`, the inventory's members),
+    /// or for joining it with `initial_cluster` as `member add` answered.
+    pub fn bootstrap_env_file(&self, initial_cluster: Option<&str>) -> String {
+        let state = match self.state {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        };
+        let cluster = initial_cluster
+            .map(str::to_string)
+            .unwrap_or_else(|| self.initial_cluster_string());
+        format!(
+            "# Managed by haop: how this member first joined (ignored by etcd once it has data).\n\
+             ETCD_INITIAL_CLUSTER={cluster}\n\
+             ETCD_INITIAL_CLUSTER_STATE={state}\n"
+        )
     }
 
     /// `etcd.service`, the same on every host but for extra flags.
@@ -137,6 +166,7 @@ impl MemberConfig {
              [Service]\n\
              Type=notify\n\
              EnvironmentFile={ENV_FILE}\n\
+             EnvironmentFile={BOOTSTRAP_ENV_FILE}\n\
              ExecStart={exec}\n\
              Restart=always\n\
              RestartSec=1s\n\
@@ -178,13 +208,14 @@ mod tests {
         let env = cfg().env_file();
         assert!(env.contains("ETCD_CLIENT_CERT_AUTH=true\n"));
         assert!(env.contains("ETCD_PEER_CLIENT_CERT_AUTH=true\n"));
-        assert!(env.contains(
+        assert!(!env.contains("ETCD_INITIAL_CLUSTER="));
+        assert!(cfg().bootstrap_env_file(None).contains(
             "ETCD_INITIAL_CLUSTER=etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380,etcd3=https://10.0.0.3:2380\n"
         ));
         assert!(
             env.contains("ETCD_LISTEN_CLIENT_URLS=https://10.0.0.1:2379,https://127.0.0.1:2379\n")
         );
-        assert!(env.contains("ETCD_INITIAL_CLUSTER_STATE=new\n"));
+        assert!(cfg().bootstrap_env_file(None).contains("ETCD_INITIAL_CLUSTER_STATE=new\n"));
         assert!(!env.to_lowercase().contains("cert-auth=false"));
     }
 
@@ -192,15 +223,16 @@ mod tests {
     fn joining_member_says_existing() {
         let mut c = cfg();
         c.state = ClusterState::Existing;
-        assert!(c
-            .env_file()
-            .contains("ETCD_INITIAL_CLUSTER_STATE=existing\n"));
+        let b = c.bootstrap_env_file(Some("a=https://x:2380"));
+        assert!(b.contains("ETCD_INITIAL_CLUSTER_STATE=existing\n"));
+        assert!(b.contains("ETCD_INITIAL_CLUSTER=a=https://x:2380\n"));
+        assert_eq!(c.env_file(), cfg().env_file(), "etcd.env does not depend on how it joined");
     }
 
     #[test]
     fn unit_reads_the_env_file() {
         let u = cfg().unit_file();
-        assert!(u.contains("EnvironmentFile=/etc/etcd.env\n"));
+        assert!(u.contains("EnvironmentFile=/etc/etcd.env\nEnvironmentFile=/etc/etcd.bootstrap.env\n"));
         assert!(u.contains("ExecStart=/usr/bin/etcd\n"));
         assert!(u.contains("Restart=always\n"));
     }

@@ -12,8 +12,10 @@ pub mod inventory;
 pub mod lab;
 pub mod pki;
 pub mod quorum;
+pub mod recover;
 pub mod render;
 pub mod runbook;
+pub mod status;
 pub mod trust;
 
 /// An error and its sources, `: `-separated, for one line of output.

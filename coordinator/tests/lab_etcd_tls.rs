@@ -202,6 +202,14 @@ async fn tls_etcd_cluster_through_agents() {
         })
         .await
         .expect("etcd.env");
+        c.write_file(pb::WriteFileRequest {
+            path: "/etc/etcd.bootstrap.env".into(),
+            content: cfg.bootstrap_env_file(None).into_bytes(),
+            mode: 0o640,
+            ..Default::default()
+        })
+        .await
+        .expect("etcd.bootstrap.env");
         c.ensure_unit(pb::EnsureUnitRequest {
             name: UNIT_NAME.into(),
             content: cfg.unit_file(),

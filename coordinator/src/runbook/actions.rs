@@ -87,7 +87,10 @@ pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
         .to_string()
 }
 
-async fn read_text(c: &mut Client, path: &str) -> Result<Option<(String, u32)>, StepError> {
+pub(crate) async fn read_text(
+    c: &mut Client,
+    path: &str,
+) -> Result<Option<(String, u32)>, StepError> {
     match c
         .read_file(pb::ReadFileRequest {
             path: path.to_string(),
@@ -107,7 +110,12 @@ async fn read_text(c: &mut Client, path: &str) -> Result<Option<(String, u32)>, 
     }
 }
 
-fn file_change(path: &str, current: Option<(String, u32)>, wanted: &str, mode: u32) -> Change {
+pub(crate) fn file_change(
+    path: &str,
+    current: Option<(String, u32)>,
+    wanted: &str,
+    mode: u32,
+) -> Change {
     match current {
         None => Change::Create {
             detail: format!("create {path} (mode {mode:04o})"),
@@ -222,6 +230,20 @@ pub async fn check(
                 *mode,
             ))
         }
+        Action::FileIfAbsent { path, mode, .. } => {
+            let st = c
+                .stat(pb::StatRequest { path: path.clone() })
+                .await
+                .map_err(rpc("Stat"))?
+                .into_inner();
+            Ok(if st.exists {
+                Change::Unchanged
+            } else {
+                Change::Create {
+                    detail: format!("create {path} (mode {mode:04o})"),
+                }
+            })
+        }
         Action::HostsBlock { block } => {
             let current = read_text(c, "/etc/hosts").await?;
             let old = current.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
@@ -313,6 +335,10 @@ pub async fn check(
         Action::EtcdQuorum { .. } => {
             Err(StepError::Failed("the quorum step is cluster-wide".into()))
         }
+        Action::KubeadmConfig { .. }
+        | Action::KubeadmInit { .. }
+        | Action::KubeadmJoin { .. }
+        | Action::Cni { .. } => super::kubeadm::check(&step.action, c, &ctx.state_dir).await,
     }
 }
 
@@ -373,6 +399,31 @@ pub async fn run(
             .map_err(rpc("WriteFile"))?
             .into_inner()
             .changed),
+        Action::FileIfAbsent {
+            path,
+            content,
+            mode,
+        } => {
+            let st = c
+                .stat(pb::StatRequest { path: path.clone() })
+                .await
+                .map_err(rpc("Stat"))?
+                .into_inner();
+            if st.exists {
+                return Ok(false);
+            }
+            Ok(c.write_file(pb::WriteFileRequest {
+                path: path.clone(),
+                content: content.clone(),
+                mode: *mode,
+                create_parents: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc("WriteFile"))?
+            .into_inner()
+            .changed)
+        }
         Action::HostsBlock { block } => {
             let current = read_text(c, "/etc/hosts").await?;
             let (old, mode) = current.unwrap_or((String::new(), 0o644));
@@ -541,13 +592,19 @@ pub async fn run(
         Action::EtcdQuorum { .. } => {
             Err(StepError::Failed("the quorum step is cluster-wide".into()))
         }
+        Action::KubeadmConfig { .. }
+        | Action::KubeadmInit { .. }
+        | Action::KubeadmJoin { .. }
+        | Action::Cni { .. } => super::kubeadm::run(&step.action, &step.host, c, ctx).await,
     }
 }
 
 /// The file paths a step writes, for restart tracking.
 pub fn paths_of(step: &Step) -> Vec<String> {
     match &step.action {
-        Action::File { path, .. } | Action::Upload { path, .. } => vec![path.clone()],
+        Action::File { path, .. }
+        | Action::FileIfAbsent { path, .. }
+        | Action::Upload { path, .. } => vec![path.clone()],
         Action::HostsBlock { .. } => vec!["/etc/hosts".into()],
         Action::Certificate {
             cert_path, ca_path, ..

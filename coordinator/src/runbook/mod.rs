@@ -15,6 +15,7 @@
 
 pub mod actions;
 pub mod journal;
+pub mod kubeadm;
 pub mod preflight;
 pub mod quorum_wait;
 pub mod steps;
@@ -270,7 +271,7 @@ pub async fn apply(
         on_event(Event::Resuming { last_phase: last });
     }
     journal.record_start();
-    let changed_paths: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
+    let changed_paths: ChangedPaths = Arc::default();
     let mut report = ApplyReport::default();
     for phase in Phase::ALL {
         let steps: Vec<&Step> = rb.steps.iter().filter(|s| s.phase == phase).collect();
@@ -278,43 +279,43 @@ pub async fn apply(
             continue;
         }
         on_event(Event::PhaseStarted(phase));
-        let mut set = tokio::task::JoinSet::new();
-        for (host, host_steps) in by_host(&steps) {
-            let mut client = clients.get(&host).cloned();
-            let ctx = rb.ctx.clone();
-            let changed_paths = changed_paths.clone();
-            set.spawn(async move {
-                let mut results = Vec::new();
-                for s in host_steps {
-                    let t = Instant::now();
-                    let paths = changed_paths
-                        .lock()
-                        .await
-                        .get(&host)
-                        .cloned()
-                        .unwrap_or_default();
-                    let outcome = match actions::run(&s, client.as_mut(), &ctx, &paths).await {
-                        Ok(true) => {
-                            let mut cp = changed_paths.lock().await;
-                            cp.entry(host.clone())
-                                .or_default()
-                                .extend(actions::paths_of(&s));
-                            Outcome::Changed
-                        }
-                        Ok(false) => Outcome::Unchanged,
-                        Err(e) => Outcome::Failed(crate::error_chain(&e)),
-                    };
-                    let failed = matches!(outcome, Outcome::Failed(_));
-                    results.push((s, outcome, t.elapsed()));
-                    if failed {
-                        break;
-                    }
+        let mut all_results = Vec::new();
+        if phase.serial() {
+            // One host after the other; the first failure stops the phase.
+            for (host, host_steps) in by_host(&steps) {
+                let client = clients.get(&host).cloned();
+                let results = run_host(
+                    host,
+                    host_steps,
+                    client,
+                    rb.ctx.clone(),
+                    changed_paths.clone(),
+                )
+                .await;
+                let failed = results
+                    .iter()
+                    .any(|(_, o, _)| matches!(o, Outcome::Failed(_)));
+                all_results.push(results);
+                if failed {
+                    break;
                 }
-                results
-            });
+            }
+        } else {
+            let mut set = tokio::task::JoinSet::new();
+            for (host, host_steps) in by_host(&steps) {
+                let client = clients.get(&host).cloned();
+                set.spawn(run_host(
+                    host,
+                    host_steps,
+                    client,
+                    rb.ctx.clone(),
+                    changed_paths.clone(),
+                ));
+            }
+            all_results = set.join_all().await;
         }
         let mut failures = Vec::new();
-        for results in set.join_all().await {
+        for results in all_results {
             for (s, outcome, elapsed) in results {
                 on_event(Event::StepDone {
                     host: &s.host,
@@ -339,4 +340,43 @@ pub async fn apply(
     journal.record_end(&report);
     report.elapsed_ms = start.elapsed().as_millis();
     Ok(report)
+}
+
+type ChangedPaths = Arc<Mutex<HashMap<String, HashSet<String>>>>;
+
+/// Runs the steps of one host in order; stops at the first failure.
+async fn run_host(
+    host: String,
+    host_steps: Vec<Step>,
+    mut client: Option<Client>,
+    ctx: Arc<RunContext>,
+    changed_paths: ChangedPaths,
+) -> Vec<(Step, Outcome, Duration)> {
+    let mut results = Vec::new();
+    for s in host_steps {
+        let t = Instant::now();
+        let paths = changed_paths
+            .lock()
+            .await
+            .get(&host)
+            .cloned()
+            .unwrap_or_default();
+        let outcome = match actions::run(&s, client.as_mut(), &ctx, &paths).await {
+            Ok(true) => {
+                let mut cp = changed_paths.lock().await;
+                cp.entry(host.clone())
+                    .or_default()
+                    .extend(actions::paths_of(&s));
+                Outcome::Changed
+            }
+            Ok(false) => Outcome::Unchanged,
+            Err(e) => Outcome::Failed(crate::error_chain(&e)),
+        };
+        let failed = matches!(outcome, Outcome::Failed(_));
+        results.push((s, outcome, t.elapsed()));
+        if failed {
+            break;
+        }
+    }
+    results
 }

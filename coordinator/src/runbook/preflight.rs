@@ -40,6 +40,16 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
             )),
         }
     }
+    if inv.kubernetes.enabled {
+        if let Some(m) = &inv.kubernetes.cni_manifest {
+            if let Err(e) = std::fs::metadata(m) {
+                problems.push(format!(
+                    "kubernetes.cni_manifest: cannot read {}: {e}",
+                    m.display()
+                ));
+            }
+        }
+    }
     let mut set = tokio::task::JoinSet::new();
     for h in &inv.hosts {
         let Some(mut c) = clients.get(h.name.as_str()).cloned() else {
@@ -61,6 +71,23 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
                 "install keepalived (apt-get install keepalived)".into(),
             ));
         }
+        // Each entry: any one of these paths, or the fix.
+        let mut any_of: Vec<(&'static [&'static str], String)> = Vec::new();
+        if inv.kubernetes.enabled && (h.has_role(Role::Master) || h.has_role(Role::Worker)) {
+            any_of.push((
+                &super::kubeadm::KUBEADM_PATHS,
+                "install kubeadm (kubernetes.enabled is true): the kubeadm phases run it".into(),
+            ));
+            if inv.kubernetes.cni_manifest.is_some()
+                && inv.masters().first().map(|m| m.name.as_str()) == Some(h.name.as_str())
+            {
+                any_of.push((
+                    &super::kubeadm::KUBECTL_PATHS,
+                    "install kubectl on the first master: it applies kubernetes.cni_manifest"
+                        .into(),
+                ));
+            }
+        }
         set.spawn(async move {
             let mut out = Vec::new();
             if let Err(s) = c.who_am_i(pb::WhoAmIRequest {}).await {
@@ -72,6 +99,22 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
                     Ok(true) => {}
                     Ok(false) => out.push(format!("{name}: {path} is missing: {fix}")),
                     Err(e) => out.push(format!("{name}: cannot check {path}: {e}")),
+                }
+            }
+            for (paths, fix) in any_of {
+                let mut found = false;
+                for p in paths {
+                    match exists(&mut c, p).await {
+                        Ok(true) => found = true,
+                        Ok(false) => {}
+                        Err(e) => out.push(format!("{name}: cannot check {p}: {e}")),
+                    }
+                }
+                if !found {
+                    out.push(format!(
+                        "{name}: none of {} is there: {fix}",
+                        paths.join(", ")
+                    ));
                 }
             }
             out

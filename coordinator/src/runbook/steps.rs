@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::etcd_config::{ClusterState, Member, MemberConfig, ENV_FILE, PKI_DIR, UNIT_NAME};
+use crate::etcd_config::{
+    ClusterState, Member, MemberConfig, BOOTSTRAP_ENV_FILE, ENV_FILE, PKI_DIR, UNIT_NAME,
+};
 use crate::inventory::{EtcdBinary, Host, Inventory, Role};
 use crate::pki::{ExpectedNames, Profile};
 use crate::render::{self, keepalived, nodeprep, RenderedFile};
@@ -25,21 +27,39 @@ pub enum Phase {
     EtcdConfig,
     EtcdStart,
     EtcdQuorum,
+    EtcdSeal,
     Keepalived,
     NodePrep,
+    KubeadmConfig,
+    KubeadmInit,
+    KubeadmJoinMasters,
+    KubeadmJoinWorkers,
+    Cni,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 14] = [
         Phase::Hosts,
         Phase::Certificates,
         Phase::EtcdBinary,
         Phase::EtcdConfig,
         Phase::EtcdStart,
         Phase::EtcdQuorum,
+        Phase::EtcdSeal,
         Phase::Keepalived,
         Phase::NodePrep,
+        Phase::KubeadmConfig,
+        Phase::KubeadmInit,
+        Phase::KubeadmJoinMasters,
+        Phase::KubeadmJoinWorkers,
+        Phase::Cni,
     ];
+
+    /// Whether the hosts of this phase run one after the other (in name order) instead of in
+    /// parallel: control-plane nodes join one at a time, as kubeadm's HA guide does them.
+    pub fn serial(self) -> bool {
+        matches!(self, Phase::KubeadmJoinMasters)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,8 +69,14 @@ impl Phase {
             Phase::EtcdConfig => "etcd-config",
             Phase::EtcdStart => "etcd-start",
             Phase::EtcdQuorum => "etcd-quorum",
+            Phase::EtcdSeal => "etcd-seal",
             Phase::Keepalived => "keepalived",
             Phase::NodePrep => "node-prep",
+            Phase::KubeadmConfig => "kubeadm-config",
+            Phase::KubeadmInit => "kubeadm-init",
+            Phase::KubeadmJoinMasters => "kubeadm-join-masters",
+            Phase::KubeadmJoinWorkers => "kubeadm-join-workers",
+            Phase::Cni => "cni",
         }
     }
 }
@@ -72,6 +98,12 @@ pub enum Issuer {
 pub enum Action {
     /// A whole file with this content and mode.
     File {
+        path: String,
+        content: Vec<u8>,
+        mode: u32,
+    },
+    /// A file written only when it is missing (what is there is left alone).
+    FileIfAbsent {
         path: String,
         content: Vec<u8>,
         mode: u32,
@@ -121,6 +153,38 @@ pub enum Action {
     EtcdQuorum {
         endpoints: Vec<String>,
         members: usize,
+    },
+    /// kubeadm-config.yaml when the inventory pins no Kubernetes version: both renderings,
+    /// the one for the kubeadm found on the host is written (see [`super::kubeadm`]).
+    KubeadmConfig {
+        path: String,
+        v1beta3: Vec<u8>,
+        v1beta4: Vec<u8>,
+        mode: u32,
+    },
+    /// `kubeadm init --config CONFIG --upload-certs` unless /etc/kubernetes/admin.conf exists;
+    /// the join commands it prints go to the state dir.
+    KubeadmInit {
+        cluster: String,
+        config_path: String,
+    },
+    /// `kubeadm join` unless /etc/kubernetes/kubelet.conf exists, with the join info of
+    /// `first_master`'s init (made anew there when missing or expired).
+    KubeadmJoin {
+        cluster: String,
+        control_plane: bool,
+        node_name: String,
+        /// The API server's advertise address of a joining control-plane node.
+        advertise_address: Option<String>,
+        first_master: String,
+        first_master_endpoint: String,
+        config_path: String,
+    },
+    /// The CNI manifest uploaded to `path` and `kubectl apply`ed on the first master, again
+    /// whenever its content changes.
+    Cni {
+        local: PathBuf,
+        path: String,
     },
 }
 
@@ -277,6 +341,17 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
             &mut steps,
             Phase::EtcdConfig,
             h.name.as_str(),
+            format!("file {BOOTSTRAP_ENV_FILE} (when missing)"),
+            Action::FileIfAbsent {
+                path: BOOTSTRAP_ENV_FILE.into(),
+                content: cfg.bootstrap_env_file(None).into_bytes(),
+                mode: 0o640,
+            },
+        );
+        push(
+            &mut steps,
+            Phase::EtcdConfig,
+            h.name.as_str(),
             format!("unit {UNIT_NAME}"),
             Action::Unit {
                 name: UNIT_NAME.into(),
@@ -297,6 +372,22 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
                     format!("{PKI_DIR}/server.crt"),
                     format!("{PKI_DIR}/peer.crt"),
                 ],
+            },
+        );
+    }
+    // Once the cluster has formed, a member whose data dir is lost must not start again by
+    // itself under its old member ID (it would rejoin as a voter that lost its log): the
+    // bootstrap file is sealed, and only `haop etcd recover` brings such a member back.
+    for h in &etcd {
+        push(
+            &mut steps,
+            Phase::EtcdSeal,
+            h.name.as_str(),
+            format!("file {BOOTSTRAP_ENV_FILE} (sealed)"),
+            Action::File {
+                path: BOOTSTRAP_ENV_FILE.into(),
+                content: crate::etcd_config::SEALED_BOOTSTRAP_ENV.as_bytes().to_vec(),
+                mode: 0o640,
             },
         );
     }
@@ -396,6 +487,9 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
             format!("file {}", containerd.path),
             file(containerd),
         );
+    }
+    if inv.kubernetes.enabled {
+        steps.extend(super::kubeadm::steps(inv)?);
     }
     let _ = &ctx.etcd_ca_pem;
     Ok(steps)

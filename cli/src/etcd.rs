@@ -1,0 +1,243 @@
+//! `haop etcd ...`: the etcd cluster of an inventory, through etcd's API with haop's client
+//! certificate.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::recover::{Progress, Recovery};
+
+use crate::certs::load_inventory;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// Print `export ETCDCTL_*=...` lines (API 3, endpoints, CA, haop's client certificate and
+    /// key) to `eval` before using etcdctl directly.
+    Env {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
+    /// Members with leader, learner, raft term and index, lag behind the leader, DB size and
+    /// health. Exits 1 when a member does not answer.
+    Members {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Bring the member on HOST back as a healthy voter: snapshot, stop, remove (waiting while
+    /// etcd still counts it as active), fenced wipe, add as learner, start with
+    /// --initial-cluster-state existing, promote. Refuses when that could lose quorum. Safe to
+    /// interrupt and run again.
+    Recover {
+        /// The etcd host to recover, as named in the inventory.
+        host: String,
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// Give up after this many seconds (run again to continue).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a snapshot from the first member that answers (checksummed, atomically written).
+    Save {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// Where to write it; default: the state dir's snapshots/CLUSTER/.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        EtcdCommand::Env { inventory } => env(state_dir, &inventory),
+        EtcdCommand::Members { inventory, output } => members(state_dir, &inventory, output).await,
+        EtcdCommand::Recover {
+            host,
+            inventory,
+            timeout,
+        } => {
+            let inv = load_inventory(&inventory)?;
+            let recovery = Recovery::connect(state_dir, inv).await?;
+            let show = |p: Progress| match p {
+                Progress::Action(a) => eprintln!("  {a}"),
+                Progress::Waiting(w) => eprintln!("  … {w}"),
+                Progress::Done { elapsed } => {
+                    eprintln!("  {host} is a healthy voter ({:.2} s)", elapsed.as_secs_f64())
+                }
+            };
+            eprintln!("recovering {host}:");
+            recovery
+                .recover(&host, Duration::from_secs(timeout), &show)
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Snapshot(SnapshotCommand::Save { inventory, out }) => {
+            let inv = load_inventory(&inventory)?;
+            let client =
+                EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(5))
+                    .await?;
+            let path = out.unwrap_or_else(|| {
+                let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+                state_dir
+                    .join("snapshots")
+                    .join(inv.cluster.as_str())
+                    .join(format!("{stamp}-manual.db"))
+            });
+            let info = client.snapshot(&path).await?;
+            println!(
+                "{} ({} bytes, sha256 {}, from {})",
+                info.path.display(),
+                info.size,
+                info.sha256,
+                info.endpoint
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `haop etcd env`.
+fn env(state_dir: &Path, inventory: &Path) -> anyhow::Result<ExitCode> {
+    let inv = load_inventory(inventory)?;
+    let pki = haop_coordinator::trust::pki_dir(state_dir);
+    let pki = std::fs::canonicalize(&pki).unwrap_or(pki);
+    let q = |p: PathBuf| shell_quote(&p.display().to_string());
+    println!("export ETCDCTL_API=3");
+    println!(
+        "export ETCDCTL_ENDPOINTS={}",
+        shell_quote(&inv.etcd_client_urls().join(","))
+    );
+    println!("export ETCDCTL_CACERT={}", q(pki.join("etcd-ca.crt")));
+    println!("export ETCDCTL_CERT={}", q(pki.join("etcd-client.crt")));
+    println!("export ETCDCTL_KEY={}", q(pki.join("etcd-client.key")));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shell_quote(s: &str) -> String {
+    if s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/.,:_-=+@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct MemberRow {
+    id: String,
+    name: String,
+    endpoint: String,
+    leader: bool,
+    learner: bool,
+    raft_term: Option<u64>,
+    raft_index: Option<u64>,
+    lag: Option<u64>,
+    db_size: Option<i64>,
+    healthy: bool,
+    error: Option<String>,
+}
+
+async fn members(state_dir: &Path, inventory: &Path, output: Format) -> anyhow::Result<ExitCode> {
+    let inv = load_inventory(inventory)?;
+    let client =
+        EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(2)).await?;
+    let members = client.member_list().await?;
+    let endpoints: Vec<String> = members
+        .iter()
+        .map(|m| m.client_urls.first().cloned().unwrap_or_default())
+        .collect();
+    let statuses = client.statuses(&endpoints).await;
+    let leader_index = statuses
+        .iter()
+        .flatten()
+        .filter(|s| s.member_id == s.leader_id)
+        .map(|s| s.raft_index)
+        .next();
+    let rows: Vec<MemberRow> = members
+        .iter()
+        .zip(&endpoints)
+        .zip(statuses)
+        .map(|((m, ep), st)| {
+            let own = st.as_ref().ok().filter(|s| s.member_id == m.id);
+            MemberRow {
+                id: format!("{:x}", m.id),
+                name: if m.name.is_empty() {
+                    "(not started)".into()
+                } else {
+                    m.name.clone()
+                },
+                endpoint: ep.clone(),
+                leader: own.is_some_and(|s| s.leader_id == m.id),
+                learner: m.is_learner,
+                raft_term: own.map(|s| s.raft_term),
+                raft_index: own.map(|s| s.raft_index),
+                lag: own.and_then(|s| leader_index.map(|l| l.saturating_sub(s.raft_index))),
+                db_size: own.map(|s| s.db_size),
+                healthy: own.is_some_and(|s| s.leader_id != 0 && s.errors.is_empty()),
+                error: match &st {
+                    Err(e) => Some(haop_coordinator::error_chain(e)),
+                    Ok(s) if s.member_id != m.id => {
+                        Some("the endpoint answers as another member".into())
+                    }
+                    Ok(_) => None,
+                },
+            }
+        })
+        .collect();
+    let all_ok = rows.iter().all(|r| r.healthy);
+    if output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<17} {:<14} {:<27} {:<7} {:<7} {:>5} {:>8} {:>5} {:>9} HEALTH",
+            "ID", "NAME", "ENDPOINT", "LEADER", "LEARNER", "TERM", "INDEX", "LAG", "DB"
+        );
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        for r in &rows {
+            println!(
+                "{:<17} {:<14} {:<27} {:<7} {:<7} {:>5} {:>8} {:>5} {:>9} {}",
+                r.id,
+                r.name,
+                r.endpoint,
+                if r.leader { "yes" } else { "" },
+                if r.learner { "yes" } else { "" },
+                opt(r.raft_term),
+                opt(r.raft_index),
+                opt(r.lag),
+                r.db_size.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                match &r.error {
+                    None if r.healthy => "healthy".to_string(),
+                    None => "unhealthy".to_string(),
+                    Some(e) => e.clone(),
+                }
+            );
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,93 @@
+//! `haop status`: the cluster's health in one screen, or as JSON/YAML for monitoring; the exit
+//! code is the verdict (0 healthy, 1 degraded, 2 down).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use haop_coordinator::status::{self, StatusOptions, StatusReport};
+
+use crate::certs::load_inventory;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The inventory file.
+    #[arg(short = 'f', long = "file")]
+    inventory: PathBuf,
+    /// table for people; json and yaml follow docs/status-schema.json.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Refresh every 2 s in place until Ctrl-C; exits with the last verdict.
+    #[arg(long)]
+    watch: bool,
+    /// Per-host timeout in seconds: an unreachable host shows as such after this long.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_timeout)]
+    timeout: f64,
+    /// Client certificate for the agents (such as a haop:reader one) instead of the state
+    /// dir's admin certificate; needs --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 300.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds between 0 and 300")),
+    }
+}
+
+/// Pause between two rounds of `--watch`.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+fn color_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn format(report: &StatusReport, output: Format) -> anyhow::Result<String> {
+    Ok(match output {
+        Format::Table => status::table::render(report, color_wanted()),
+        Format::Json => serde_json::to_string_pretty(report)? + "\n",
+        Format::Yaml => serde_yaml_ng::to_string(report)?,
+    })
+}
+
+pub async fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let inv = load_inventory(&args.inventory)?;
+    let options = StatusOptions {
+        timeout: Duration::from_secs_f64(args.timeout),
+        identity: args.cert.zip(args.key),
+    };
+    if !args.watch {
+        let report = status::collect(state_dir, &inv, &options).await?;
+        print!("{}", format(&report, args.output)?);
+        return Ok(ExitCode::from(report.verdict.exit_code));
+    }
+    let mut last = 0u8;
+    loop {
+        let report = status::collect(state_dir, &inv, &options).await?;
+        last = report.verdict.exit_code;
+        let text = format(&report, args.output)?;
+        let mut stdout = std::io::stdout().lock();
+        // Clear the screen and home the cursor, then draw the new round.
+        write!(stdout, "\x1b[2J\x1b[H{text}")?;
+        stdout.flush()?;
+        drop(stdout);
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(ExitCode::from(last))
+}

@@ -1,0 +1,579 @@
+//! `haop etcd recover HOST`: the seed's last chapter, done so that it cannot lose quorum or data.
+//!
+//! A loop of observe, plan, act. [`Recovery::observe`] asks etcd (member list, each member's
+//! status through its own endpoint) into a [`quorum::Observation`]; the pure planner
+//! ([`quorum::plan_recover`]) answers the next safe actions or a typed refusal; [`Recovery`] then
+//! carries the actions out through the etcd API and the host's agent:
+//!
+//! * a snapshot from a healthy member before every membership change (kept in the state dir);
+//! * the member's unit stopped, the member removed (when etcd answers `unhealthy cluster`
+//!   because it still counts the dead member as active, it waits and says so);
+//! * the data dir wiped only after the host's identity, the member's removal and the stopped
+//!   unit are verified (the agent fences the last one itself), and moved aside, not deleted;
+//! * the member added back as a learner, started with `--initial-cluster-state existing` and the
+//!   initial cluster from the `member add` answer, promoted once caught up.
+//!
+//! Waits are bounded and observed again, never slept through. Every step can be interrupted:
+//! run again, the loop sees where the cluster is and continues from there.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use haop_proto::v1 as pb;
+
+use crate::agent_client::{self, Client};
+use crate::etcd_api::{self, EtcdApiError, EtcdClient};
+use crate::etcd_config::{ClusterState, BOOTSTRAP_ENV_FILE, ENV_FILE, UNIT_NAME};
+use crate::inventory::Inventory;
+use crate::quorum::{self, Action, DesiredMember, Observation, ObservedMember, Refusal};
+use crate::runbook::steps::member_config;
+use crate::trust::Trust;
+
+/// Errors of recovery; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("{host} is not an etcd host of the inventory")]
+    UnknownHost { host: String },
+    #[error("recovery refused: {0}")]
+    Refused(Refusal),
+    #[error("no etcd member answers; if quorum is lost, restore from a snapshot (haop etcd restore)")]
+    NoAnswer(#[source] EtcdApiError),
+    #[error("etcd refused {what}")]
+    Etcd {
+        what: String,
+        #[source]
+        source: EtcdApiError,
+    },
+    #[error("agent of {host} refused {what}: {message}")]
+    Agent {
+        host: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("cannot reach the agent of {host}")]
+    Connect {
+        host: String,
+        #[source]
+        source: agent_client::ConnectError,
+    },
+    #[error("fence: {0}; nothing was wiped")]
+    Fence(String),
+    #[error("{what} did not happen within {seconds} s; run the command again to continue")]
+    Timeout { what: String, seconds: u64 },
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+}
+
+/// What recovery reports as it goes.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Action(String),
+    Waiting(String),
+    Done { elapsed: Duration },
+}
+
+/// Everything recovery needs, connected once.
+#[derive(Debug)]
+pub struct Recovery {
+    state_dir: PathBuf,
+    inventory: Inventory,
+    trust: Arc<Trust>,
+    etcd: EtcdClient,
+    agents: tokio::sync::Mutex<HashMap<String, Client>>,
+}
+
+fn now_ms() -> u64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
+}
+
+impl Recovery {
+    pub async fn connect(state_dir: &Path, inventory: Inventory) -> Result<Recovery, RecoverError> {
+        let trust = Arc::new(Trust::load(state_dir)?);
+        let endpoints = inventory.etcd_client_urls();
+        let etcd = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(2))
+            .await
+            .map_err(RecoverError::NoAnswer)?;
+        Ok(Recovery {
+            state_dir: state_dir.to_path_buf(),
+            inventory,
+            trust,
+            etcd,
+            agents: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn agent(&self, host: &str) -> Result<Client, RecoverError> {
+        let mut agents = self.agents.lock().await;
+        if let Some(c) = agents.get(host) {
+            return Ok(c.clone());
+        }
+        let h = self
+            .inventory
+            .host(host)
+            .ok_or_else(|| RecoverError::UnknownHost { host: host.into() })?;
+        let c = agent_client::connect(&self.trust, h.agent.as_str(), Duration::from_secs(5))
+            .await
+            .map_err(|source| RecoverError::Connect {
+                host: host.into(),
+                source,
+            })?;
+        agents.insert(host.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The cluster as the planner sees it.
+    pub async fn observe(&self) -> Result<Observation, RecoverError> {
+        let members = self
+            .etcd
+            .member_list()
+            .await
+            .map_err(RecoverError::NoAnswer)?;
+        let endpoints: Vec<String> = members
+            .iter()
+            .map(|m| m.client_urls.first().cloned().unwrap_or_default())
+            .collect();
+        let asked: Vec<String> = endpoints.iter().filter(|e| !e.is_empty()).cloned().collect();
+        let mut answers: HashMap<String, etcd_api::EndpointStatus> = HashMap::new();
+        for (ep, r) in asked.iter().zip(self.etcd.statuses(&asked).await) {
+            if let Ok(s) = r {
+                answers.insert(ep.clone(), s);
+            }
+        }
+        let leader = answers
+            .values()
+            .filter(|s| s.leader_id != 0)
+            .map(|s| s.leader_id)
+            .next()
+            .unwrap_or(0);
+        let observed = members
+            .iter()
+            .zip(&endpoints)
+            .map(|(m, ep)| {
+                let status = answers.get(ep);
+                // An endpoint that answers as another member (a wiped member that bootstrapped
+                // anew) is not this member.
+                let own = status.filter(|s| s.member_id == m.id);
+                ObservedMember {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_urls: m.peer_urls.clone(),
+                    is_learner: m.is_learner,
+                    reachable: Some(own.is_some()),
+                    healthy: Some(own.is_some_and(|s| s.leader_id != 0 && s.errors.is_empty())),
+                    raft_index: own.map(|s| s.raft_index),
+                    active_since_ms: None,
+                    is_leader: m.id == leader && own.is_some(),
+                }
+            })
+            .collect();
+        let desired = self
+            .inventory
+            .etcd_hosts()
+            .iter()
+            .map(|h| DesiredMember {
+                name: h.name.as_str().to_string(),
+                peer_url: self.inventory.etcd_peer_url(h),
+            })
+            .collect();
+        Ok(Observation {
+            members: observed,
+            now_ms: now_ms(),
+            desired,
+        })
+    }
+
+    fn endpoint_of(&self, name: &str) -> Option<String> {
+        self.inventory
+            .host(name)
+            .map(|h| self.inventory.etcd_client_url(h))
+    }
+
+    /// Recovers the member on `host` until it is a healthy voter again.
+    pub async fn recover(
+        &self,
+        host: &str,
+        deadline: Duration,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), RecoverError> {
+        if !self
+            .inventory
+            .etcd_hosts()
+            .iter()
+            .any(|h| h.name.as_str() == host)
+        {
+            return Err(RecoverError::UnknownHost { host: host.into() });
+        }
+        let start = Instant::now();
+        let mut added_cluster: Option<String> = None;
+        let last_wait = std::sync::Mutex::new(String::new());
+        let progress = &|p: Progress| {
+            if let Progress::Waiting(w) = &p {
+                let mut last = last_wait.lock().unwrap_or_else(|e| e.into_inner());
+                if *last == *w {
+                    return;
+                }
+                *last = w.clone();
+            }
+            progress(p)
+        };
+        loop {
+            if start.elapsed() > deadline {
+                return Err(RecoverError::Timeout {
+                    what: format!("recovery of {host}"),
+                    seconds: deadline.as_secs(),
+                });
+            }
+            let obs = self.observe().await?;
+            let actions = match quorum::plan_recover(&obs, host) {
+                Ok(a) => a,
+                Err(r) if r.is_converged() => {
+                    self.seal(host).await?;
+                    progress(Progress::Done {
+                        elapsed: start.elapsed(),
+                    });
+                    return Ok(());
+                }
+                Err(Refusal::NoHealthyLeader) => {
+                    progress(Progress::Waiting("no single healthy leader yet".into()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(r) => return Err(RecoverError::Refused(r)),
+            };
+            for action in actions {
+                let barrier = action.is_barrier();
+                self.act(&action, &obs, &mut added_cluster, progress).await?;
+                if barrier {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn act(
+        &self,
+        action: &Action,
+        obs: &Observation,
+        added_cluster: &mut Option<String>,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), RecoverError> {
+        match action {
+            Action::StopUnit { host } => {
+                progress(Progress::Action(format!("stop {UNIT_NAME} on {host}")));
+                self.unit(host, pb::Action::Stop).await?;
+            }
+            Action::Snapshot { from } => {
+                let ep = self.endpoint_of(from).unwrap_or_default();
+                let path = self.snapshot_path(from);
+                std::fs::create_dir_all(self.snapshot_dir()).map_err(|e| RecoverError::Etcd {
+                    what: format!("a snapshot from {from}"),
+                    source: EtcdApiError::SnapshotIo {
+                        action: "create",
+                        path: self.snapshot_dir(),
+                        source: e,
+                    },
+                })?;
+                let info = self
+                    .etcd
+                    .snapshot_from(&ep, &path)
+                    .await
+                    .map_err(|source| RecoverError::Etcd {
+                        what: format!("a snapshot from {from}"),
+                        source,
+                    })?;
+                progress(Progress::Action(format!(
+                    "snapshot from {from}: {} ({} bytes, sha256 {})",
+                    info.path.display(),
+                    info.size,
+                    &info.sha256[..12]
+                )));
+                self.prune_snapshots();
+            }
+            Action::WaitUntilInactive { member, until_ms } => {
+                progress(Progress::Waiting(format!(
+                    "etcd still counts {member} as active; waiting until it does not"
+                )));
+                let wait = until_ms.saturating_sub(now_ms()).min(6000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            Action::Remove { name, member_id } => {
+                progress(Progress::Action(format!(
+                    "remove member {name} ({member_id:x})"
+                )));
+                self.retry_unhealthy(&format!("removing {name}"), progress, || async {
+                    self.etcd.member_remove(*member_id).await.map(|_| ())
+                })
+                .await?;
+            }
+            Action::Wipe { host, member_id } => self.wipe(host, *member_id, progress).await?,
+            Action::AddLearner { name, peer_url } => {
+                progress(Progress::Action(format!("add {name} as a learner ({peer_url})")));
+                let (id, members) = self
+                    .retry_unhealthy(&format!("adding {name}"), progress, || async {
+                        self.etcd.member_add_as_learner(&[peer_url.clone()]).await
+                    })
+                    .await?;
+                *added_cluster = Some(etcd_api::initial_cluster(&members, id, name));
+            }
+            Action::StartExisting {
+                name,
+                initial_cluster,
+            } => {
+                let cluster = added_cluster.clone().unwrap_or_else(|| initial_cluster.clone());
+                progress(Progress::Action(format!(
+                    "start {name} with --initial-cluster-state existing ({cluster})"
+                )));
+                self.start_existing(name, &cluster).await?;
+            }
+            Action::WaitUntilCaughtUp {
+                name,
+                learner_index,
+                leader_index,
+            } => {
+                progress(Progress::Waiting(format!(
+                    "learner {name} catching up ({learner_index} of {leader_index})"
+                )));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Action::Promote { name, member_id } => {
+                progress(Progress::Action(format!("promote {name} to voter")));
+                let started = Instant::now();
+                loop {
+                    match self.etcd.member_promote(*member_id).await {
+                        Ok(_) => break,
+                        Err(EtcdApiError::LearnerNotReady { .. })
+                            if started.elapsed() < Duration::from_secs(60) =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(source) => {
+                            return Err(RecoverError::Etcd {
+                                what: format!("promoting {name}"),
+                                source,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        let _ = obs;
+        Ok(())
+    }
+
+    /// Retries while etcd answers `unhealthy cluster` (its 5 s rule after a member died or
+    /// restarted), saying so once.
+    async fn retry_unhealthy<T, F, Fut>(
+        &self,
+        what: &str,
+        progress: &(dyn Fn(Progress) + Sync),
+        mut f: F,
+    ) -> Result<T, RecoverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, EtcdApiError>>,
+    {
+        let started = Instant::now();
+        let mut said = false;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(EtcdApiError::UnhealthyCluster { .. })
+                    if started.elapsed() < Duration::from_secs(30) =>
+                {
+                    if !said {
+                        progress(Progress::Waiting(format!(
+                            "etcd answered `unhealthy cluster` to {what}: it still counts a \
+                             member as active (etcd's 5 s rule); waiting and retrying"
+                        )));
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(RecoverError::Etcd {
+                        what: what.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    async fn unit(&self, host: &str, action: pb::Action) -> Result<(), RecoverError> {
+        let mut c = self.agent(host).await?;
+        c.unit_action(pb::UnitActionRequest {
+            name: UNIT_NAME.into(),
+            action: action as i32,
+        })
+        .await
+        .map_err(|s| RecoverError::Agent {
+            host: host.into(),
+            what: "UnitAction",
+            message: s.message().to_string(),
+        })?;
+        Ok(())
+    }
+
+    async fn wipe(
+        &self,
+        host: &str,
+        member_id: u64,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), RecoverError> {
+        let mut c = self.agent(host).await?;
+        // Fence 1: the agent we reach is the host we mean.
+        let who = c
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .map_err(|s| RecoverError::Agent {
+                host: host.into(),
+                what: "WhoAmI",
+                message: s.message().to_string(),
+            })?
+            .into_inner();
+        if who.hostname != host {
+            return Err(RecoverError::Fence(format!(
+                "the agent for {host} says it is {:?}",
+                who.hostname
+            )));
+        }
+        // Fence 2: the member is no longer in the cluster.
+        let members = self
+            .etcd
+            .member_list()
+            .await
+            .map_err(RecoverError::NoAnswer)?;
+        if members.iter().any(|m| m.id == member_id) {
+            return Err(RecoverError::Fence(format!(
+                "member {member_id:x} of {host} is still in the cluster"
+            )));
+        }
+        // Fence 3 (in the agent): the unit is stopped, the dir is the unit's declared data dir.
+        let data_dir = self.inventory.etcd.data_dir.display().to_string();
+        let r = c
+            .wipe_data_dir(pb::WipeDataDirRequest {
+                unit: UNIT_NAME.into(),
+                path: data_dir.clone(),
+                delete: false,
+            })
+            .await
+            .map_err(|s| RecoverError::Agent {
+                host: host.into(),
+                what: "WipeDataDir",
+                message: s.message().to_string(),
+            })?
+            .into_inner();
+        progress(Progress::Action(if r.changed {
+            format!("wiped {data_dir} on {host} (moved to {})", r.moved_to)
+        } else {
+            format!("{data_dir} on {host} is already empty")
+        }));
+        Ok(())
+    }
+
+    async fn start_existing(&self, name: &str, initial_cluster: &str) -> Result<(), RecoverError> {
+        let h = self
+            .inventory
+            .host(name)
+            .ok_or_else(|| RecoverError::UnknownHost { host: name.into() })?
+            .clone();
+        let mut cfg = member_config(&self.inventory, &h);
+        cfg.state = ClusterState::Existing;
+        let mut c = self.agent(name).await?;
+        let agent_err = |what: &'static str| {
+            let host = name.to_string();
+            move |s: tonic::Status| RecoverError::Agent {
+                host,
+                what,
+                message: s.message().to_string(),
+            }
+        };
+        for (path, content) in [
+            (ENV_FILE, cfg.env_file()),
+            (BOOTSTRAP_ENV_FILE, cfg.bootstrap_env_file(Some(initial_cluster))),
+        ] {
+            c.write_file(pb::WriteFileRequest {
+                path: path.into(),
+                content: content.into_bytes(),
+                mode: 0o640,
+                create_parents: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(agent_err("WriteFile"))?;
+        }
+        c.ensure_unit(pb::EnsureUnitRequest {
+            name: UNIT_NAME.into(),
+            content: cfg.unit_file(),
+            data_dirs: vec![cfg.data_dir.clone()],
+        })
+        .await
+        .map_err(agent_err("EnsureUnit"))?;
+        for a in [pb::Action::Enable, pb::Action::Start] {
+            c.unit_action(pb::UnitActionRequest {
+                name: UNIT_NAME.into(),
+                action: a as i32,
+            })
+            .await
+            .map_err(agent_err("UnitAction"))?;
+        }
+        Ok(())
+    }
+
+    /// Seals the member's bootstrap file again once it is a voter (see
+    /// [`crate::etcd_config::SEALED_BOOTSTRAP_ENV`]).
+    async fn seal(&self, host: &str) -> Result<(), RecoverError> {
+        let mut c = self.agent(host).await?;
+        c.write_file(pb::WriteFileRequest {
+            path: BOOTSTRAP_ENV_FILE.into(),
+            content: crate::etcd_config::SEALED_BOOTSTRAP_ENV.as_bytes().to_vec(),
+            mode: 0o640,
+            create_parents: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| RecoverError::Agent {
+            host: host.into(),
+            what: "WriteFile",
+            message: s.message().to_string(),
+        })?;
+        Ok(())
+    }
+
+    fn snapshot_dir(&self) -> PathBuf {
+        self.state_dir
+            .join("snapshots")
+            .join(self.inventory.cluster.as_str())
+    }
+
+    fn snapshot_path(&self, from: &str) -> PathBuf {
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+            ))
+            .unwrap_or_default();
+        self.snapshot_dir().join(format!("{stamp}-{from}.db"))
+    }
+
+    /// Keeps the newest [`SNAPSHOTS_KEPT`] snapshots of the cluster.
+    fn prune_snapshots(&self) {
+        let Ok(entries) = std::fs::read_dir(self.snapshot_dir()) else {
+            return;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "db"))
+            .collect();
+        files.sort();
+        let excess = files.len().saturating_sub(SNAPSHOTS_KEPT);
+        for old in &files[..excess] {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+}
+
+/// How many snapshots of a cluster the state dir keeps.
+pub const SNAPSHOTS_KEPT: usize = 10;

@@ -1,0 +1,218 @@
+//! The verdict from hand-made reports: what is healthy, degraded and down.
+
+use super::collect::{modules_drift, swap_drift, sysctls_drift};
+use super::*;
+
+fn member(name: &str, healthy: bool, leader: bool) -> MemberStatus {
+    MemberStatus {
+        name: name.into(),
+        in_inventory: true,
+        in_member_list: true,
+        id: Some(format!("{:x}", name.len() * 7 + name.as_bytes()[name.len() - 1] as usize)),
+        endpoint: Some(format!("https://{name}:2379")),
+        healthy,
+        health_latency_ms: healthy.then_some(1.5),
+        error: (!healthy).then(|| "connection refused".into()),
+        is_leader: leader,
+        is_learner: false,
+        raft_term: Some(2),
+        raft_index: Some(10),
+        raft_applied_index: Some(10),
+        raft_lag: Some(0),
+        db_size_bytes: Some(20_480),
+        db_size_in_use_bytes: Some(16_384),
+        db_quota_bytes: DEFAULT_DB_QUOTA_BYTES,
+        version: Some("3.5.16".into()),
+        alarms: vec![],
+        peer_urls: vec![format!("https://{name}:2380")],
+        expected_peer_url: Some(format!("https://{name}:2380")),
+        peer_urls_match: true,
+    }
+}
+
+fn host(name: &str) -> HostStatus {
+    HostStatus {
+        name: name.into(),
+        roles: vec!["etcd".into()],
+        agent_endpoint: format!("https://{name}:7443"),
+        reachable: true,
+        error: None,
+        agent_version: Some("0.1.0".into()),
+        uptime_seconds: Some(100),
+        service_manager: Some("supervisor".into()),
+        clock_skew_ms: Some(3),
+        latency_ms: Some(2),
+    }
+}
+
+fn healthy() -> StatusReport {
+    StatusReport {
+        schema_version: SCHEMA_VERSION,
+        cluster: "c".into(),
+        generated_at: "2025-01-01T00:00:00Z".into(),
+        elapsed_ms: 5,
+        timeout_ms: 2000,
+        verdict: Verdict {
+            health: Health::Healthy,
+            exit_code: 0,
+            summary: String::new(),
+        },
+        problems: vec![],
+        hosts: vec![host("etcd1"), host("etcd2"), host("etcd3"), host("master1")],
+        etcd: EtcdSection {
+            expected_members: 3,
+            healthy_members: 3,
+            quorum_needed: 2,
+            has_quorum: true,
+            leader_id: Some("1".into()),
+            leader: Some("etcd1".into()),
+            member_list_error: None,
+            members: vec![
+                member("etcd1", true, true),
+                member("etcd2", true, false),
+                member("etcd3", true, false),
+            ],
+        },
+        units: vec![],
+        vip: Some(VipSection {
+            address: "10.0.0.10".into(),
+            interface: "eth0".into(),
+            holders: vec!["master1".into()],
+            holder: Some("master1".into()),
+            masters: vec![VipMaster {
+                host: "master1".into(),
+                reachable: true,
+                holds_vip: Some(true),
+                keepalived: Some("active".into()),
+                vrrp_state: "MASTER".into(),
+            }],
+        }),
+        certificates: vec![],
+        drift: vec![],
+    }
+}
+
+#[test]
+fn a_healthy_cluster_has_no_problems() {
+    let (problems, v) = assess(&healthy());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!((v.health, v.exit_code), (Health::Healthy, 0));
+    assert!(v.summary.contains("VIP on master1"), "{}", v.summary);
+}
+
+#[test]
+fn one_member_down_is_degraded_and_named() {
+    let mut r = healthy();
+    r.etcd.members[2] = member("etcd3", false, false);
+    r.etcd.healthy_members = 2;
+    let (problems, v) = assess(&r);
+    assert_eq!(v.exit_code, 1, "{problems:?}");
+    assert!(problems.iter().any(|p| p.host.as_deref() == Some("etcd3")));
+    assert!(v.summary.contains("etcd3"), "{}", v.summary);
+}
+
+#[test]
+fn lost_quorum_or_vip_is_down_and_listed_first() {
+    let mut r = healthy();
+    r.hosts[3].reachable = false;
+    r.etcd.healthy_members = 1;
+    r.etcd.has_quorum = false;
+    let (problems, v) = assess(&r);
+    assert_eq!(v.exit_code, 2);
+    assert_eq!(problems[0].severity, Health::Down);
+
+    let mut r = healthy();
+    let vip = r.vip.as_mut().unwrap();
+    vip.holders.clear();
+    vip.holder = None;
+    vip.masters[0].holds_vip = Some(false);
+    assert_eq!(assess(&r).1.exit_code, 2);
+    // A master that could not be asked may hold it: degraded, not down.
+    let vip = r.vip.as_mut().unwrap();
+    vip.masters[0].holds_vip = None;
+    assert_eq!(assess(&r).1.exit_code, 1);
+}
+
+#[test]
+fn unreachable_host_expiring_cert_skew_and_drift_degrade() {
+    let mut r = healthy();
+    r.hosts[0].reachable = false;
+    assert_eq!(assess(&r).1.exit_code, 1);
+
+    let mut r = healthy();
+    r.hosts[1].clock_skew_ms = Some(-5000);
+    assert_eq!(assess(&r).1.exit_code, 1);
+
+    let mut r = healthy();
+    r.certificates.push(CertSummary {
+        location: "etcd1".into(),
+        certificates: 3,
+        soonest_path: Some("/etc/kubernetes/pki/etcd/peer.crt".into()),
+        soonest_subject: None,
+        soonest_not_after: None,
+        days_left: Some(12),
+        errors: vec![],
+    });
+    let (p, v) = assess(&r);
+    assert_eq!(v.exit_code, 1);
+    assert!(p[0].message.contains("expires in 12 days"), "{p:?}");
+
+    let mut r = healthy();
+    r.drift.push(DriftRow {
+        host: "master1".into(),
+        item: "swap".into(),
+        in_sync: Some(false),
+        detail: "swap active on /dev/sda2".into(),
+    });
+    assert_eq!(assess(&r).1.exit_code, 1);
+}
+
+#[test]
+fn drift_parsing_follows_what_apply_writes() {
+    let modules = "# Managed by haop.\nbr_netfilter\noverlay\nip_vs\nip_vs_rr\nip_vs_wrr\nip_vs_sh\nnf_conntrack\n";
+    assert_eq!(modules_drift(&Ok(Some(modules.into()))).0, Some(true));
+    let (ok, why) = modules_drift(&Ok(Some("overlay\n".into())));
+    assert_eq!(ok, Some(false));
+    assert!(why.contains("br_netfilter"), "{why}");
+    assert_eq!(modules_drift(&Ok(None)).0, Some(false));
+    assert_eq!(modules_drift(&Err("denied".into())).0, None);
+
+    let sysctls = "# Managed by haop.\nnet.bridge.bridge-nf-call-ip6tables = 1\n\
+                   net.bridge.bridge-nf-call-iptables = 1\nnet.ipv4.ip_forward = 1\n";
+    assert_eq!(sysctls_drift(&Ok(Some(sysctls.into()))).0, Some(true));
+    let (ok, why) = sysctls_drift(&Ok(Some(sysctls.replace("ip_forward = 1", "ip_forward=0"))));
+    assert_eq!(ok, Some(false));
+    assert!(why.contains("net.ipv4.ip_forward = 0"), "{why}");
+
+    let mut swap = haop_proto::v1::Swap::default();
+    assert_eq!(swap_drift(Some(&swap)).0, Some(true));
+    swap.fstab_entries = 1;
+    assert_eq!(swap_drift(Some(&swap)).0, Some(false));
+}
+
+#[test]
+fn quota_comes_from_extra_flags() {
+    assert_eq!(db_quota_bytes(&[]), DEFAULT_DB_QUOTA_BYTES);
+    assert_eq!(
+        db_quota_bytes(&["--quota-backend-bytes=8589934592".into()]),
+        8_589_934_592
+    );
+}
+
+#[test]
+fn the_table_puts_problems_first_and_the_verdict_last() {
+    let mut r = healthy();
+    r.etcd.members[2] = member("etcd3", false, false);
+    let (problems, verdict) = assess(&r);
+    r.problems = problems;
+    r.verdict = verdict;
+    let text = table::render(&r, false);
+    assert!(!text.contains('\x1b'));
+    let problems_at = text.find("PROBLEMS").unwrap();
+    assert!(problems_at < text.find("HOSTS").unwrap());
+    assert!(text.trim_end().lines().last().unwrap().starts_with("verdict: degraded"));
+    // In the etcd table, etcd3 comes before the healthy members.
+    let etcd = &text[text.find("ETCD").unwrap()..];
+    assert!(etcd.find("etcd3").unwrap() < etcd.find("etcd1").unwrap(), "{etcd}");
+    assert!(table::render(&r, true).contains("\x1b[31m"));
+}
