@@ -28,6 +28,19 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// Re-issue certificates through the CSR flow (new keys on the hosts) and restart etcd
+    /// members one at a time, each back healthy with the quorum whole before the next.
+    Renew {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// Renew certificates expiring within this many days, such as 30d (or 30).
+        #[arg(long, default_value = "30d")]
+        expiring_within: String,
+        /// Renew every certificate whatever its expiry.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Loads an inventory, printing its warnings; errors list every problem.
@@ -41,6 +54,30 @@ pub fn load_inventory(path: &Path) -> anyhow::Result<Inventory> {
 
 pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        CertsCommand::Renew {
+            inventory,
+            expiring_within,
+            all,
+        } => {
+            let days: i64 = expiring_within
+                .trim_end_matches('d')
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--expiring-within: {expiring_within:?} is not a number of days such as 30d"))?;
+            let inv = load_inventory(&inventory)?;
+            let renewed = haop_coordinator::renew::renew(
+                state_dir,
+                inv,
+                haop_coordinator::renew::RenewOptions {
+                    expiring_within_days: days,
+                    all,
+                    member_timeout: Duration::from_secs(60),
+                },
+                &|line| eprintln!("  {line}"),
+            )
+            .await?;
+            println!("{} certificate(s) renewed.", renewed.len());
+            Ok(ExitCode::SUCCESS)
+        }
         CertsCommand::List {
             inventory,
             output,

@@ -44,7 +44,9 @@ pub struct StatusArgs {
 fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 300.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds between 0 and 300")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 300"
+        )),
     }
 }
 
@@ -74,10 +76,9 @@ pub async fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitCode>
         print!("{}", format(&report, args.output)?);
         return Ok(ExitCode::from(report.verdict.exit_code));
     }
-    let mut last = 0u8;
     loop {
         let report = status::collect(state_dir, &inv, &options).await?;
-        last = report.verdict.exit_code;
+        let last = report.verdict.exit_code;
         let text = format(&report, args.output)?;
         let mut stdout = std::io::stdout().lock();
         // Clear the screen and home the cursor, then draw the new round.
@@ -86,8 +87,7 @@ pub async fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitCode>
         drop(stdout);
         tokio::select! {
             _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::from(last)),
         }
     }
-    Ok(ExitCode::from(last))
 }

@@ -13,6 +13,7 @@ pub mod lab;
 pub mod pki;
 pub mod quorum;
 pub mod recover;
+pub mod renew;
 pub mod render;
 pub mod runbook;
 pub mod status;

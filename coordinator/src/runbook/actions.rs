@@ -74,8 +74,36 @@ pub struct RunContext {
     pub etcd_ca: CertificateAuthority,
     pub state_dir: PathBuf,
     pub cert_lifetime: Duration,
-    /// Certificates with fewer days left are issued again.
-    pub renew_within_days: i64,
+    /// Certificates with less time left are issued again: 30 days, or a third of the lifetime
+    /// when that is shorter (so short-lived certificates converge instead of being re-issued
+    /// on every apply).
+    pub renew_within: Duration,
+    /// Held while an etcd member restarts and comes back (rolling restarts).
+    pub rolling: tokio::sync::Mutex<()>,
+}
+
+/// Waits until the etcd member at `endpoint` answers through the API again.
+async fn wait_member_healthy(ctx: &RunContext, endpoint: &str) -> Result<(), StepError> {
+    let client = crate::etcd_api::EtcdClient::connect(
+        &ctx.state_dir,
+        &[endpoint.to_string()],
+        Duration::from_secs(1),
+    )
+    .await
+    .map_err(|e| StepError::Failed(crate::error_chain(&e)))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if client.health(endpoint).await.is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(StepError::Failed(format!(
+                "the etcd member at {endpoint} did not answer within 60 s of its restart; the \
+                 other members were not restarted"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A unified diff of two texts, labelled with the path.
@@ -182,9 +210,12 @@ async fn certificate_problem(
             want.join(", ")
         )));
     }
-    let days = info.days_left(time::OffsetDateTime::now_utc());
-    if days < ctx.renew_within_days {
-        return Ok(Some(format!("{cert_path} expires in {days} days")));
+    let left = info.not_after - time::OffsetDateTime::now_utc();
+    if left < ctx.renew_within {
+        return Ok(Some(format!(
+            "{cert_path} expires in {} hours",
+            left.whole_hours()
+        )));
     }
     Ok(None)
 }
@@ -476,11 +507,8 @@ pub async fn run(
         Action::Certificate {
             key_path,
             cert_path,
-            ca_path,
-            issuer,
-            profile,
-            common_name,
             names,
+            ..
         } => {
             if certificate_problem(c, ctx, cert_path, key_path, names)
                 .await?
@@ -488,39 +516,7 @@ pub async fn run(
             {
                 return Ok(false);
             }
-            let ca = match issuer {
-                Issuer::Etcd => &ctx.etcd_ca,
-            };
-            let csr = c
-                .create_csr(pb::CreateCsrRequest {
-                    key_path: key_path.clone(),
-                    common_name: common_name.clone(),
-                    dns_names: names.dns.clone(),
-                    ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(rpc("CreateCsr"))?
-                .into_inner();
-            let cert = ca.sign_csr(
-                &csr.csr_pem,
-                &SigningRequest {
-                    profile: *profile,
-                    lifetime: ctx.cert_lifetime,
-                    expected: names.clone(),
-                    organization: None,
-                    common_name: common_name.clone(),
-                },
-            )?;
-            c.install_certificate(pb::InstallCertificateRequest {
-                cert_path: cert_path.clone(),
-                cert_pem: cert,
-                key_path: key_path.clone(),
-                ca_path: ca_path.clone(),
-                ca_pem: ca.cert_pem().to_string(),
-            })
-            .await
-            .map_err(rpc("InstallCertificate"))?;
+            issue_certificate(c, ctx, &step.action, false).await?;
             Ok(true)
         }
         Action::Unit {
@@ -537,7 +533,11 @@ pub async fn run(
             .map_err(rpc("EnsureUnit"))?
             .into_inner()
             .changed),
-        Action::Running { unit, restart_on } => {
+        Action::Running {
+            unit,
+            restart_on,
+            rolling_etcd,
+        } => {
             let act = |c: &mut Client, a: pb::Action| {
                 let mut c = c.clone();
                 let unit = unit.clone();
@@ -559,7 +559,16 @@ pub async fn run(
                 .map_err(rpc("UnitStatus"))?
                 .into_inner();
             let started = if status.active_state == "active" && restart {
-                act(c, pb::Action::Restart).await?.changed
+                match rolling_etcd {
+                    Some(endpoint) => {
+                        // One etcd member at a time, each back before the next.
+                        let _one = ctx.rolling.lock().await;
+                        let changed = act(c, pb::Action::Restart).await?.changed;
+                        wait_member_healthy(ctx, endpoint).await?;
+                        changed
+                    }
+                    None => act(c, pb::Action::Restart).await?.changed,
+                }
             } else {
                 act(c, pb::Action::Start).await?.changed
             };
@@ -650,4 +659,61 @@ mod tests {
             "# Managed by haop.\noverlay\n"
         );
     }
+}
+
+/// Issues the certificate of a [`Action::Certificate`] step through the CSR flow: the host
+/// makes the key (a new one when `rotate`) and a CSR, haop's CA signs it, the host installs it.
+pub async fn issue_certificate(
+    c: &mut Client,
+    ctx: &RunContext,
+    action: &Action,
+    rotate: bool,
+) -> Result<(), StepError> {
+    let Action::Certificate {
+        key_path,
+        cert_path,
+        ca_path,
+        issuer,
+        profile,
+        common_name,
+        names,
+    } = action
+    else {
+        return Err(StepError::Failed("not a certificate step".into()));
+    };
+    let ca = match issuer {
+        Issuer::Etcd => &ctx.etcd_ca,
+    };
+    let csr = c
+        .create_csr(pb::CreateCsrRequest {
+            key_path: key_path.clone(),
+            common_name: common_name.clone(),
+            dns_names: names.dns.clone(),
+            ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
+            rotate,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc("CreateCsr"))?
+        .into_inner();
+    let cert = ca.sign_csr(
+        &csr.csr_pem,
+        &SigningRequest {
+            profile: *profile,
+            lifetime: ctx.cert_lifetime,
+            expected: names.clone(),
+            organization: None,
+            common_name: common_name.clone(),
+        },
+    )?;
+    c.install_certificate(pb::InstallCertificateRequest {
+        cert_path: cert_path.clone(),
+        cert_pem: cert,
+        key_path: key_path.clone(),
+        ca_path: ca_path.clone(),
+        ca_pem: ca.cert_pem().to_string(),
+    })
+    .await
+    .map_err(rpc("InstallCertificate"))?;
+    Ok(())
 }

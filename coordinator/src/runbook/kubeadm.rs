@@ -49,10 +49,11 @@ pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 pub const CNI_PATH: &str = "/etc/kubernetes/cni.yaml";
 /// The sha256 of the manifest kubectl last applied successfully.
 pub const CNI_MARKER: &str = "/etc/kubernetes/cni.yaml.applied-sha256";
-/// Where kubeadm may be installed (the agent's default exec allow-list), in search order.
-pub const KUBEADM_PATHS: [&str; 2] = ["/usr/bin/kubeadm", "/usr/local/bin/kubeadm"];
-/// Where kubectl may be installed.
-pub const KUBECTL_PATHS: [&str; 2] = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"];
+/// Where kubeadm may be installed (the agent's default exec allow-list), in search order: the
+/// order of `PATH`, so a binary the operator put in /usr/local/bin wins over the package's.
+pub const KUBEADM_PATHS: [&str; 2] = ["/usr/local/bin/kubeadm", "/usr/bin/kubeadm"];
+/// Where kubectl may be installed, in the same order.
+pub const KUBECTL_PATHS: [&str; 2] = ["/usr/local/bin/kubectl", "/usr/bin/kubectl"];
 
 /// kubeadm's bootstrap tokens live 24 h; haop makes a new one after 23 h.
 const TOKEN_MAX_AGE_SECS: u64 = 23 * 3600;

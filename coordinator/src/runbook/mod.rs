@@ -163,7 +163,8 @@ impl Runbook {
                 etcd_ca,
                 state_dir: state_dir.to_path_buf(),
                 cert_lifetime: lifetime,
-                renew_within_days: 30,
+                renew_within: (lifetime / 3).min(Duration::from_secs(30 * 24 * 3600)),
+                rolling: tokio::sync::Mutex::new(()),
             }),
             inventory,
         })

@@ -139,6 +139,9 @@ pub enum Action {
     Running {
         unit: String,
         restart_on: Vec<String>,
+        /// An etcd member's client URL: its restarts happen one member at a time, each waiting
+        /// until the member answers through the etcd API again, so quorum is never lost.
+        rolling_etcd: Option<String>,
     },
     Modules {
         name: String,
@@ -372,6 +375,7 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
                     format!("{PKI_DIR}/server.crt"),
                     format!("{PKI_DIR}/peer.crt"),
                 ],
+                rolling_etcd: Some(inv.etcd_client_url(h)),
             },
         );
     }
@@ -439,6 +443,7 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
                 Action::Running {
                     unit: keepalived::UNIT_NAME.into(),
                     restart_on: vec![keepalived::CONF_PATH.into(), keepalived::UNIT_PATH.into()],
+                    rolling_etcd: None,
                 },
             );
         }

@@ -164,6 +164,35 @@ pub(super) fn expected_units(inventory: &Inventory, host: &Host) -> Vec<String> 
     units
 }
 
+/// An error for one table cell: its own message and its root cause, without the layers of
+/// transport wrappers in between (tonic's are long and repeat each other).
+fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = None;
+    let mut next = e.source();
+    while let Some(s) = next {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            cause = Some(io.to_string());
+            break;
+        }
+        if let Some(etcd_client::Error::GRpcStatus(status)) = s.downcast_ref::<etcd_client::Error>()
+        {
+            cause = Some(status.message().to_string());
+            next = std::error::Error::source(status);
+            continue;
+        }
+        if let Some(status) = s.downcast_ref::<tonic::Status>() {
+            cause = Some(status.message().to_string());
+        } else if s.source().is_none() {
+            cause = Some(s.to_string());
+        }
+        next = s.source();
+    }
+    match cause {
+        Some(c) if !e.to_string().contains(&c) => format!("{e}: {c}"),
+        _ => e.to_string(),
+    }
+}
+
 fn unix_ms_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -201,7 +230,7 @@ async fn probe_host(
             .tcp_nodelay(true);
         ep.connect()
             .await
-            .map_err(|e| format!("cannot reach agent at {endpoint}: {}", crate::error_chain(&e)))
+            .map_err(|e| format!("cannot reach agent at {endpoint}: {}", short_error(&e)))
     };
     let channel: Channel = match tokio::time::timeout_at(deadline, connect).await {
         Ok(Ok(c)) => c,
@@ -246,7 +275,10 @@ async fn probe_host(
                     out.push(("agent serving certificate".to_string(), Ok(pem)));
                 }
             }
-            Err(s) => out.push(("agent serving certificate".to_string(), Err(status_text(&s)))),
+            Err(s) => out.push((
+                "agent serving certificate".to_string(),
+                Err(status_text(&s)),
+            )),
         }
         if etcd {
             for file in HOST_CERTS {
@@ -325,7 +357,7 @@ async fn probe_etcd(
     let client = match EtcdClient::connect(&state_dir, std::slice::from_ref(&url), timeout).await {
         Ok(c) => c,
         Err(e) => {
-            let e = crate::error_chain(&e);
+            let e = short_error(&e);
             return EndpointProbe {
                 status: Err(e.clone()),
                 health: Err(e.clone()),
@@ -341,15 +373,15 @@ async fn probe_etcd(
     );
     EndpointProbe {
         status: match status {
-            Ok(r) => r.map_err(|e| crate::error_chain(&e)),
+            Ok(r) => r.map_err(|e| short_error(&e)),
             Err(_) => Err(late("status")),
         },
         health: match health {
-            Ok(r) => r.map_err(|e| crate::error_chain(&e)),
+            Ok(r) => r.map_err(|e| short_error(&e)),
             Err(_) => Err(late("health")),
         },
         members: match members {
-            Ok(r) => r.map_err(|e| crate::error_chain(&e)),
+            Ok(r) => r.map_err(|e| short_error(&e)),
             Err(_) => Err(late("member list")),
         },
     }
@@ -744,10 +776,7 @@ pub(super) fn modules_drift(file: &MaybeFile) -> (Option<bool>, String) {
                     format!("{} modules persisted", nodeprep::MODULES.len()),
                 )
             } else {
-                (
-                    Some(false),
-                    format!("{path} lacks {}", missing.join(", ")),
-                )
+                (Some(false), format!("{path} lacks {}", missing.join(", ")))
             }
         }
     }
@@ -823,8 +852,14 @@ fn drift_section(inventory: &Inventory, probes: &[HostProbe]) -> Vec<DriftRow> {
             })
         };
         let none: MaybeFile = Err(LATE.to_string());
-        push("modules", modules_drift(p.modules.as_ref().unwrap_or(&none)));
-        push("sysctls", sysctls_drift(p.sysctls.as_ref().unwrap_or(&none)));
+        push(
+            "modules",
+            modules_drift(p.modules.as_ref().unwrap_or(&none)),
+        );
+        push(
+            "sysctls",
+            sysctls_drift(p.sysctls.as_ref().unwrap_or(&none)),
+        );
         push("swap", swap_drift(facts.swap.as_ref()));
     }
     rows

@@ -307,12 +307,7 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
     };
     use Health::{Degraded, Down};
 
-    let reachable = |name: &str| {
-        report
-            .hosts
-            .iter()
-            .any(|h| h.name == name && h.reachable)
-    };
+    let reachable = |name: &str| report.hosts.iter().any(|h| h.name == name && h.reachable);
     for h in &report.hosts {
         if !h.reachable {
             push(
@@ -425,7 +420,10 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
                 Degraded,
                 Section::Etcd,
                 host,
-                format!("etcd member {} is {lag} raft entries behind the leader", m.name),
+                format!(
+                    "etcd member {} is {lag} raft entries behind the leader",
+                    m.name
+                ),
             );
         }
         if let Some(size) = m.db_size_bytes {
@@ -571,7 +569,10 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
                 Degraded,
                 Section::Drift,
                 Some(&d.host),
-                format!("{} on {} could not be checked: {}", d.item, d.host, d.detail),
+                format!(
+                    "{} on {} could not be checked: {}",
+                    d.item, d.host, d.detail
+                ),
             ),
         }
     }

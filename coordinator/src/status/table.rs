@@ -210,7 +210,16 @@ pub fn render(r: &StatusReport, color: bool) -> String {
         color,
     );
     let mut t = Table::new(vec![
-        "MEMBER", "ID", "HEALTH", "LATENCY", "ROLE", "TERM", "INDEX", "LAG", "DB", "ALARMS",
+        "MEMBER",
+        "ID",
+        "HEALTH",
+        "LATENCY",
+        "ROLE",
+        "TERM",
+        "INDEX",
+        "LAG",
+        "DB",
+        "ALARMS",
         "PEER URLS",
     ]);
     for m in &e.members {
@@ -255,7 +264,10 @@ pub fn render(r: &StatusReport, color: bool) -> String {
             (peers, Style::Plain)
         } else {
             (
-                format!("{peers} (inventory: {})", opt(m.expected_peer_url.as_deref())),
+                format!(
+                    "{peers} (inventory: {})",
+                    opt(m.expected_peer_url.as_deref())
+                ),
                 Style::Warn,
             )
         };
@@ -286,13 +298,24 @@ pub fn render(r: &StatusReport, color: bool) -> String {
     }
 
     section(&mut out, "UNITS", color);
-    let mut t = Table::new(vec!["HOST", "UNIT", "STATE", "RESTARTS", "PID", "LAST EXIT"]);
+    let mut t = Table::new(vec![
+        "HOST",
+        "UNIT",
+        "STATE",
+        "RESTARTS",
+        "PID",
+        "LAST EXIT",
+    ]);
     for u in &r.units {
         let state = match (&u.error, &u.active_state) {
             (Some(e), _) => (e.clone(), Style::Bad),
             (None, Some(a)) => (
                 format!("{a}/{}", opt(u.sub_state.as_deref())),
-                if u.is_active() { Style::Good } else { Style::Bad },
+                if u.is_active() {
+                    Style::Good
+                } else {
+                    Style::Bad
+                },
             ),
             (None, None) => plain("-"),
         };
@@ -305,7 +328,11 @@ pub fn render(r: &StatusReport, color: bool) -> String {
                 state,
                 (
                     opt(u.restart_count),
-                    if restarts > 0 { Style::Warn } else { Style::Plain },
+                    if restarts > 0 {
+                        Style::Warn
+                    } else {
+                        Style::Plain
+                    },
                 ),
                 plain(opt(u.main_pid.filter(|p| *p != 0))),
                 plain(opt(u.last_exit.as_deref())),

@@ -8,7 +8,10 @@ fn member(name: &str, healthy: bool, leader: bool) -> MemberStatus {
         name: name.into(),
         in_inventory: true,
         in_member_list: true,
-        id: Some(format!("{:x}", name.len() * 7 + name.as_bytes()[name.len() - 1] as usize)),
+        id: Some(format!(
+            "{:x}",
+            name.len() * 7 + name.as_bytes()[name.len() - 1] as usize
+        )),
         endpoint: Some(format!("https://{name}:2379")),
         healthy,
         health_latency_ms: healthy.then_some(1.5),
@@ -210,9 +213,45 @@ fn the_table_puts_problems_first_and_the_verdict_last() {
     assert!(!text.contains('\x1b'));
     let problems_at = text.find("PROBLEMS").unwrap();
     assert!(problems_at < text.find("HOSTS").unwrap());
-    assert!(text.trim_end().lines().last().unwrap().starts_with("verdict: degraded"));
+    assert!(text
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("verdict: degraded"));
     // In the etcd table, etcd3 comes before the healthy members.
-    let etcd = &text[text.find("ETCD").unwrap()..];
-    assert!(etcd.find("etcd3").unwrap() < etcd.find("etcd1").unwrap(), "{etcd}");
+    let etcd = &text[text.find("MEMBER").unwrap()..];
+    assert!(
+        etcd.find("etcd3").unwrap() < etcd.find("etcd1").unwrap(),
+        "{etcd}"
+    );
     assert!(table::render(&r, true).contains("\x1b[31m"));
+}
+
+#[test]
+fn reports_follow_the_documented_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../docs/status-schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let mut down = healthy();
+    down.vip = None;
+    down.etcd.members[1] = member("etcd2", false, false);
+    down.etcd.members[2].in_inventory = false;
+    down.hosts[0].reachable = false;
+    down.hosts[0].error = Some("refused".into());
+    for mut r in [healthy(), down] {
+        let (problems, verdict) = assess(&r);
+        r.problems = problems;
+        r.verdict = verdict;
+        let value = serde_json::to_value(&r).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+    // An undocumented field is refused: the schema lists every field.
+    let mut value = serde_json::to_value(healthy()).unwrap();
+    value["surprise"] = serde_json::json!(1);
+    assert!(!validator.is_valid(&value));
 }

@@ -1,0 +1,178 @@
+//! `haop certs renew`: new certificates before the old ones expire, without losing quorum.
+//!
+//! kubeadm does not renew the certificates of an external etcd. haop re-issues them through the
+//! same CSR flow as apply (a new key born on the host, signed by haop's CA), one etcd member at
+//! a time: the member's certificates are replaced, its unit restarted, and the next member is
+//! touched only when this one answers through the etcd API again and the cluster has its quorum
+//! with every member. Masters' etcd client certificates are replaced too (kube-apiserver reads
+//! them when it restarts).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use haop_proto::v1 as pb;
+
+use crate::agent_client::Client;
+use crate::etcd_api::EtcdClient;
+use crate::etcd_config::UNIT_NAME;
+use crate::inventory::Inventory;
+use crate::pki::inspect;
+use crate::runbook::{actions, Action, Runbook, RunbookError};
+
+/// Which certificates to renew.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewOptions {
+    /// Renew those with fewer days left than this.
+    pub expiring_within_days: i64,
+    /// Renew every certificate whatever its expiry.
+    pub all: bool,
+    /// How long to wait for a restarted member.
+    pub member_timeout: Duration,
+}
+
+/// What renew did, per certificate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Renewed {
+    pub host: String,
+    pub path: String,
+    pub days_left_before: Option<i64>,
+}
+
+/// Errors of renew; each names the host.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error(transparent)]
+    Runbook(#[from] RunbookError),
+    #[error("{host}: {message}")]
+    Host { host: String, message: String },
+    #[error("{host} did not come back healthy within {seconds} s after its restart; the other members were not touched. Check it with `haop etcd members`, then run renew again")]
+    NotHealthy { host: String, seconds: u64 },
+}
+
+fn host_err(host: &str) -> impl Fn(String) -> RenewError + '_ {
+    move |message| RenewError::Host {
+        host: host.to_string(),
+        message,
+    }
+}
+
+async fn days_left(c: &mut Client, path: &str) -> Option<i64> {
+    let r = c
+        .read_file(pb::ReadFileRequest {
+            path: path.to_string(),
+            max_bytes: 0,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    let pem = String::from_utf8_lossy(&r.content).into_owned();
+    inspect(&pem)
+        .ok()?
+        .first()
+        .map(|i| i.days_left(time::OffsetDateTime::now_utc()))
+}
+
+/// Renews what `opts` selects, member by member; `progress` sees each step.
+pub async fn renew(
+    state_dir: &Path,
+    inventory: Inventory,
+    opts: RenewOptions,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Vec<Renewed>, RenewError> {
+    let rb = Runbook::load(state_dir, inventory)?;
+    let (clients, errors) = rb.connect_all(Duration::from_secs(5)).await;
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e.into());
+    }
+    let mut by_host: Vec<(String, Vec<&Action>)> = Vec::new();
+    for s in &rb.steps {
+        if !matches!(s.action, Action::Certificate { .. }) {
+            continue;
+        }
+        match by_host.iter_mut().find(|(h, _)| *h == s.host) {
+            Some((_, v)) => v.push(&s.action),
+            None => by_host.push((s.host.clone(), vec![&s.action])),
+        }
+    }
+    let endpoints = rb.inventory.etcd_client_urls();
+    let members = rb.inventory.etcd_hosts().len();
+    let etcd_hosts: HashMap<String, String> = rb
+        .inventory
+        .etcd_hosts()
+        .iter()
+        .map(|h| (h.name.as_str().to_string(), rb.inventory.etcd_client_url(h)))
+        .collect();
+    let etcd = if members > 0 {
+        Some(
+            EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(2))
+                .await
+                .map_err(|e| host_err("etcd")(crate::error_chain(&e)))?,
+        )
+    } else {
+        None
+    };
+    let mut renewed = Vec::new();
+    for (host, certs) in by_host {
+        let mut c = clients
+            .get(&host)
+            .cloned()
+            .ok_or_else(|| host_err(&host)("no agent connection".into()))?;
+        let mut changed = false;
+        for action in certs {
+            let Action::Certificate { cert_path, .. } = action else {
+                continue;
+            };
+            let before = days_left(&mut c, cert_path).await;
+            let due = opts.all || before.is_none_or(|d| d < opts.expiring_within_days);
+            if !due {
+                continue;
+            }
+            actions::issue_certificate(&mut c, &rb.ctx, action, true)
+                .await
+                .map_err(|e| host_err(&host)(crate::error_chain(&e)))?;
+            progress(format!("{host}: renewed {cert_path}"));
+            renewed.push(Renewed {
+                host: host.clone(),
+                path: cert_path.clone(),
+                days_left_before: before,
+            });
+            changed = true;
+        }
+        let (Some(endpoint), Some(etcd), true) = (etcd_hosts.get(&host), etcd.as_ref(), changed)
+        else {
+            continue;
+        };
+        // One member at a time: restart, then wait for it and for the whole quorum.
+        progress(format!("{host}: restarting {UNIT_NAME}"));
+        c.unit_action(pb::UnitActionRequest {
+            name: UNIT_NAME.into(),
+            action: pb::Action::Restart as i32,
+        })
+        .await
+        .map_err(|s| host_err(&host)(s.message().to_string()))?;
+        let started = Instant::now();
+        loop {
+            let healthy = etcd.health(endpoint).await.is_ok()
+                && etcd
+                    .wait_for_quorum(&endpoints, members, Duration::from_secs(1))
+                    .await
+                    .is_ok();
+            if healthy {
+                progress(format!(
+                    "{host}: healthy again after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+                break;
+            }
+            if started.elapsed() > opts.member_timeout {
+                return Err(RenewError::NotHealthy {
+                    host,
+                    seconds: opts.member_timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(renewed)
+}

@@ -1,0 +1,134 @@
+//! `haop certs renew` in the lab with real etcd: certificates issued with a short lifetime are
+//! renewed (new keys, new serials) while a client keeps writing, members restart one at a time,
+//! and every acknowledged write is readable afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::inventory::Inventory;
+use haop_coordinator::lab::{LabGuard, LabSpec};
+
+fn haop_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    for d in [dir, dir.parent().unwrap()] {
+        let p = d.join("haop");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("the haop binary is not built next to {}", exe.display());
+}
+
+fn haop(state: &Path, args: &[&str]) -> Output {
+    Command::new(haop_bin())
+        .env("HAOP_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run haop")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn serial(root: &Path, file: &str) -> String {
+    let pem = std::fs::read_to_string(root.join("etc/kubernetes/pki/etcd").join(file)).unwrap();
+    haop_coordinator::pki::inspect(&pem).unwrap()[0].serial_hex.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_are_renewed_under_a_writer() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
+            "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
+        );
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-rn", std::process::id() % 100_000);
+    let lab = LabGuard::up(st, &name, LabSpec::default())
+        .await
+        .expect("lab up");
+    // Certificates that live one hour.
+    let (mut inv, _) = Inventory::load(&lab.inventory_path()).unwrap();
+    inv.pki.lifetime = "1h".parse().unwrap();
+    let path = st.join("short.yaml");
+    std::fs::write(&path, inv.to_yaml().unwrap()).unwrap();
+    let p = path.display().to_string();
+    let applied = haop(st, &["apply", "-f", &p]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    // A second apply converges: a third of the lifetime is left, nothing is re-issued.
+    let again = haop(st, &["plan", "-f", &p, "--exit-code"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    let roots: Vec<PathBuf> = lab.hosts().iter().map(|h| h.root_dir.clone()).collect();
+    let before: Vec<String> = roots.iter().map(|r| serial(r, "server.crt")).collect();
+
+    let endpoints = inv.etcd_client_urls();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let st = st.to_path_buf();
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            let c = EtcdClient::connect(&st, &endpoints, Duration::from_secs(2))
+                .await
+                .unwrap();
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("/renew/{i:08}");
+                if c.put(&key, b"v").await.is_ok() {
+                    acked.push(key);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let renewed = haop(st, &["certs", "renew", "-f", &p, "--expiring-within", "1d"]);
+    let said = text(&renewed);
+    assert!(renewed.status.success(), "{said}");
+    assert!(said.contains("8 certificate(s) renewed") || said.contains("6 certificate(s) renewed"), "{said}");
+    // One member at a time: each restart is followed by its recovery before the next.
+    let restarts: Vec<usize> = said.match_indices("restarting").map(|(i, _)| i).collect();
+    let healthy: Vec<usize> = said.match_indices("healthy again").map(|(i, _)| i).collect();
+    assert_eq!(restarts.len(), 3, "{said}");
+    for (r, h) in restarts.iter().zip(&healthy) {
+        assert!(r < h, "{said}");
+    }
+    assert!(restarts[1] > healthy[0] && restarts[2] > healthy[1], "{said}");
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 20, "{}", acked.len());
+
+    let after: Vec<String> = roots.iter().map(|r| serial(r, "server.crt")).collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b, a, "a certificate was not re-issued");
+    }
+    let client = EtcdClient::connect(st, &endpoints, Duration::from_secs(2))
+        .await
+        .unwrap();
+    client
+        .wait_for_quorum(&endpoints, 3, Duration::from_secs(30))
+        .await
+        .expect("healthy after renewal");
+    for key in &acked {
+        assert!(client.get(key).await.unwrap().is_some(), "acknowledged write {key} lost");
+    }
+    lab.down().expect("lab down");
+}

@@ -1,0 +1,329 @@
+//! `haop status` on a lab through the real `haop` binary: a healthy cluster (exit 0, a leader,
+//! the VIP on master1, JSON and YAML valid under docs/status-schema.json, a `haop:reader`
+//! certificate enough), the VIP reported on master2 once keepalived stops on master1, one etcd
+//! member crashed and wiped (exit 1, named), two (exit 2), and agents that are dead or frozen
+//! shown unreachable within the timeout without delaying the rest.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use haop_coordinator::lab::{LabGuard, LabSpec};
+use haop_coordinator::pki::{
+    CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest, AGENT_CA,
+    ROLE_READER,
+};
+use serde_json::Value;
+
+fn haop_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    for d in [dir, dir.parent().unwrap()] {
+        let p = d.join("haop");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "the haop binary is not built next to {}: run cargo build first",
+        exe.display()
+    );
+}
+
+fn haop(state: &Path, args: &[&str]) -> Output {
+    Command::new(haop_bin())
+        .env("HAOP_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run haop")
+}
+
+fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
+        "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
+    );
+    false
+}
+
+struct Status {
+    code: i32,
+    json: Value,
+    elapsed: Duration,
+}
+
+/// `haop status -o json` with `extra` arguments; the output is checked against the schema.
+fn status(state: &Path, inv: &str, extra: &[&str]) -> Status {
+    let started = Instant::now();
+    let mut args = vec!["status", "-f", inv, "-o", "json"];
+    args.extend_from_slice(extra);
+    let out = haop(state, &args);
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "status printed no JSON ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_valid(&json);
+    let code = out.status.code().expect("exited");
+    assert_eq!(json["verdict"]["exit_code"], code, "{json:#}");
+    Status {
+        code,
+        json,
+        elapsed,
+    }
+}
+
+fn assert_valid(json: &Value) {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/status-schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(json)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
+}
+
+/// Polls status until `done` holds; panics with the last report after `within`.
+fn wait_status(
+    state: &Path,
+    inv: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Status) -> bool,
+) -> Status {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(state, inv, &[]);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not seen within {within:?}; last report:\n{:#}",
+            s.json
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn member<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json["etcd"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no member {name}: {json:#}"))
+}
+
+fn host<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no host {name}: {json:#}"))
+}
+
+fn keepalived(state: &Path, lab: &str, host: &str, action: &str) {
+    let out = haop(
+        state,
+        &[
+            "agent",
+            "--lab",
+            lab,
+            "--host",
+            host,
+            "unit",
+            "keepalived.service",
+            action,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_health_vip_crashes_and_dead_agents() {
+    if !require_root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-st", std::process::id() % 100_000);
+    let spec = LabSpec {
+        etcd: 3,
+        masters: 2,
+        workers: 0,
+    };
+    let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
+    let inv = lab.inventory_path().display().to_string();
+    let out = haop(st, &["apply", "-f", &inv]);
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Healthy: exit 0 once keepalived has elected master1 (VRRP takes a few adverts).
+    let s = wait_status(st, &inv, Duration::from_secs(30), "healthy", |s| {
+        s.code == 0
+    });
+    let etcd = &s.json["etcd"];
+    assert_eq!(etcd["healthy_members"], 3, "{:#}", s.json);
+    assert_eq!(etcd["has_quorum"], true);
+    let leader = etcd["leader"].as_str().expect("a leader");
+    assert!(leader.starts_with("etcd"), "{leader}");
+    let leaders: Vec<&Value> = etcd["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["is_leader"] == true)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{:#}", s.json);
+    assert_eq!(s.json["vip"]["holder"], "master1", "{:#}", s.json);
+    assert!(s.json["problems"].as_array().unwrap().is_empty());
+    assert_eq!(s.json["drift"].as_array().unwrap().len(), 6);
+    // YAML carries the same report under the same schema.
+    let yaml = haop(st, &["status", "-f", &inv, "-o", "yaml"]);
+    assert_eq!(yaml.status.code(), Some(0));
+    let y: Value = serde_yaml_ng::from_slice(&yaml.stdout).unwrap();
+    assert_valid(&y);
+    assert_eq!(y["vip"]["holder"], "master1");
+    // The table ends with the verdict.
+    let table = haop(st, &["status", "-f", &inv]);
+    let text = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("verdict: healthy"),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "no colour into a pipe");
+
+    // A haop:reader certificate is enough.
+    let reader_dir = st.join("reader");
+    std::fs::create_dir_all(&reader_dir).unwrap();
+    let ca = CertificateAuthority::load(&haop_coordinator::trust::pki_dir(st), AGENT_CA).unwrap();
+    ca.issue_local(
+        &reader_dir,
+        "reader",
+        KeyAlgorithm::EcdsaP256,
+        &SigningRequest {
+            profile: Profile::Client,
+            lifetime: Duration::from_secs(3600),
+            expected: ExpectedNames::none(),
+            organization: Some(ROLE_READER.to_string()),
+            common_name: "monitoring".to_string(),
+        },
+    )
+    .unwrap();
+    let cert = reader_dir.join("reader.crt").display().to_string();
+    let key = reader_dir.join("reader.key").display().to_string();
+    let r = status(st, &inv, &["--cert", &cert, "--key", &key]);
+    assert_eq!(r.code, 0, "{:#}", r.json);
+    assert_eq!(r.json["vip"]["holder"], "master1");
+
+    // keepalived stops on master1: the VIP is reported on master2; keepalived down degrades.
+    keepalived(st, &name, "master1", "stop");
+    let s = wait_status(st, &inv, Duration::from_secs(20), "VIP on master2", |s| {
+        s.json["vip"]["holder"] == "master2"
+    });
+    assert_eq!(s.code, 1, "{:#}", s.json);
+    assert_eq!(s.json["vip"]["holders"], serde_json::json!(["master2"]));
+    keepalived(st, &name, "master1", "start");
+    wait_status(st, &inv, Duration::from_secs(20), "VIP back", |s| {
+        s.code == 0 && s.json["vip"]["holder"] == "master1"
+    });
+
+    // One etcd member killed and wiped: its supervisor restarts it, but with an empty data dir
+    // under the old member ID etcd refuses to start (exit 1, restarted over and over), so the
+    // member stays unhealthy. Degraded, and the problems name etcd3 only.
+    lab.crash("etcd3", "etcd.service", true)
+        .await
+        .expect("crash etcd3");
+    let s = wait_status(st, &inv, Duration::from_secs(15), "etcd3 restarted", |s| {
+        s.json["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["host"] == "etcd3" && u["restart_count"].as_u64() >= Some(1))
+    });
+    assert_eq!(s.code, 1, "{:#}", s.json);
+    assert_eq!(member(&s.json, "etcd3")["healthy"], false);
+    assert_eq!(member(&s.json, "etcd1")["healthy"], true);
+    assert_eq!(s.json["etcd"]["healthy_members"], 2);
+    let problems = s.json["problems"].as_array().unwrap();
+    assert!(!problems.is_empty());
+    assert!(
+        problems.iter().all(|p| p["host"] == "etcd3"),
+        "{problems:#?}"
+    );
+    assert!(s.json["verdict"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("etcd3"));
+
+    // A second one: no quorum, down.
+    lab.crash("etcd2", "etcd.service", true)
+        .await
+        .expect("crash etcd2");
+    let s = wait_status(st, &inv, Duration::from_secs(15), "no quorum", |s| {
+        s.code == 2
+    });
+    assert_eq!(s.json["etcd"]["has_quorum"], false, "{:#}", s.json);
+    assert_eq!(s.json["problems"][0]["severity"], "down");
+
+    // An agent killed (connection refused) and one frozen (accepts TCP, never answers): both
+    // unreachable within the timeout, and the call does not wait longer for them.
+    let hosts = lab.hosts().to_vec();
+    let pid_of = |n: &str| {
+        hosts
+            .iter()
+            .find(|h| h.name == n)
+            .and_then(|h| h.agent_pid)
+            .expect("agent pid")
+    };
+    let killed = nix::unistd::Pid::from_raw(pid_of("master2") as i32);
+    let frozen = nix::unistd::Pid::from_raw(pid_of("etcd1") as i32);
+    nix::sys::signal::kill(killed, nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let timeout = Duration::from_secs(1);
+    let s = status(st, &inv, &["--timeout", "1"]);
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        s.elapsed < timeout * 3,
+        "status took {:?} with a {timeout:?} timeout",
+        s.elapsed
+    );
+    for h in ["master2", "etcd1"] {
+        assert_eq!(host(&s.json, h)["reachable"], false, "{h}: {:#}", s.json);
+    }
+    assert_eq!(host(&s.json, "master1")["reachable"], true);
+    assert_eq!(s.json["vip"]["holder"], "master1", "{:#}", s.json);
+    assert!(s.json["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["host"] == "master2" && p["section"] == "hosts"));
+
+    lab.down().expect("lab down");
+}
