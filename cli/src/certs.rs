@@ -59,10 +59,11 @@ pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode
             expiring_within,
             all,
         } => {
-            let days: i64 = expiring_within
-                .trim_end_matches('d')
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--expiring-within: {expiring_within:?} is not a number of days such as 30d"))?;
+            let days: i64 = expiring_within.trim_end_matches('d').parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--expiring-within: {expiring_within:?} is not a number of days such as 30d"
+                )
+            })?;
             let inv = load_inventory(&inventory)?;
             let renewed = haop_coordinator::renew::renew(
                 state_dir,

@@ -82,7 +82,10 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 Progress::Action(a) => eprintln!("  {a}"),
                 Progress::Waiting(w) => eprintln!("  … {w}"),
                 Progress::Done { elapsed } => {
-                    eprintln!("  {host} is a healthy voter ({:.2} s)", elapsed.as_secs_f64())
+                    eprintln!(
+                        "  {host} is a healthy voter ({:.2} s)",
+                        elapsed.as_secs_f64()
+                    )
                 }
             };
             eprintln!("recovering {host}:");
@@ -134,8 +137,7 @@ fn env(state_dir: &Path, inventory: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn shell_quote(s: &str) -> String {
-    if s
-        .chars()
+    if s.chars()
         .all(|c| c.is_ascii_alphanumeric() || "/.,:_-=+@".contains(c))
     {
         s.to_string()
@@ -226,7 +228,9 @@ async fn members(state_dir: &Path, inventory: &Path, output: Format) -> anyhow::
                 opt(r.raft_term),
                 opt(r.raft_index),
                 opt(r.lag),
-                r.db_size.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                r.db_size
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 match &r.error {
                     None if r.healthy => "healthy".to_string(),
                     None => "unhealthy".to_string(),

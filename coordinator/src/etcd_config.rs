@@ -23,7 +23,8 @@ pub const BOOTSTRAP_ENV_FILE: &str = "/etc/etcd.bootstrap.env";
 /// initial cluster configuration") instead of rejoining under its old member ID with no log,
 /// which could elect a leader that lost acknowledged writes. `haop etcd recover` re-adds such a
 /// member properly.
-pub const SEALED_BOOTSTRAP_ENV: &str = "# Managed by haop: sealed after this member joined. A member whose data is lost must be\n\
+pub const SEALED_BOOTSTRAP_ENV: &str =
+    "# Managed by haop: sealed after this member joined. A member whose data is lost must be\n\
 # brought back with `haop etcd recover`, not by starting it again.\n\
 ETCD_INITIAL_CLUSTER=haop-sealed=https://127.0.0.1:1\n\
 ETCD_INITIAL_CLUSTER_STATE=existing\n";
@@ -215,7 +216,9 @@ mod tests {
         assert!(
             env.contains("ETCD_LISTEN_CLIENT_URLS=https://10.0.0.1:2379,https://127.0.0.1:2379\n")
         );
-        assert!(cfg().bootstrap_env_file(None).contains("ETCD_INITIAL_CLUSTER_STATE=new\n"));
+        assert!(cfg()
+            .bootstrap_env_file(None)
+            .contains("ETCD_INITIAL_CLUSTER_STATE=new\n"));
         assert!(!env.to_lowercase().contains("cert-auth=false"));
     }
 
@@ -226,13 +229,19 @@ mod tests {
         let b = c.bootstrap_env_file(Some("a=https://x:2380"));
         assert!(b.contains("ETCD_INITIAL_CLUSTER_STATE=existing\n"));
         assert!(b.contains("ETCD_INITIAL_CLUSTER=a=https://x:2380\n"));
-        assert_eq!(c.env_file(), cfg().env_file(), "etcd.env does not depend on how it joined");
+        assert_eq!(
+            c.env_file(),
+            cfg().env_file(),
+            "etcd.env does not depend on how it joined"
+        );
     }
 
     #[test]
     fn unit_reads_the_env_file() {
         let u = cfg().unit_file();
-        assert!(u.contains("EnvironmentFile=/etc/etcd.env\nEnvironmentFile=/etc/etcd.bootstrap.env\n"));
+        assert!(
+            u.contains("EnvironmentFile=/etc/etcd.env\nEnvironmentFile=/etc/etcd.bootstrap.env\n")
+        );
         assert!(u.contains("ExecStart=/usr/bin/etcd\n"));
         assert!(u.contains("Restart=always\n"));
     }

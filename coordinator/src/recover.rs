@@ -38,7 +38,9 @@ pub enum RecoverError {
     UnknownHost { host: String },
     #[error("recovery refused: {0}")]
     Refused(Refusal),
-    #[error("no etcd member answers; if quorum is lost, restore from a snapshot (haop etcd restore)")]
+    #[error(
+        "no etcd member answers; if quorum is lost, restore from a snapshot (haop etcd restore)"
+    )]
     NoAnswer(#[source] EtcdApiError),
     #[error("etcd refused {what}")]
     Etcd {
@@ -134,7 +136,11 @@ impl Recovery {
             .iter()
             .map(|m| m.client_urls.first().cloned().unwrap_or_default())
             .collect();
-        let asked: Vec<String> = endpoints.iter().filter(|e| !e.is_empty()).cloned().collect();
+        let asked: Vec<String> = endpoints
+            .iter()
+            .filter(|e| !e.is_empty())
+            .cloned()
+            .collect();
         let mut answers: HashMap<String, etcd_api::EndpointStatus> = HashMap::new();
         for (ep, r) in asked.iter().zip(self.etcd.statuses(&asked).await) {
             if let Ok(s) = r {
@@ -244,7 +250,8 @@ impl Recovery {
             };
             for action in actions {
                 let barrier = action.is_barrier();
-                self.act(&action, &obs, &mut added_cluster, progress).await?;
+                self.act(&action, &obs, &mut added_cluster, progress)
+                    .await?;
                 if barrier {
                     break;
                 }
@@ -309,10 +316,14 @@ impl Recovery {
             }
             Action::Wipe { host, member_id } => self.wipe(host, *member_id, progress).await?,
             Action::AddLearner { name, peer_url } => {
-                progress(Progress::Action(format!("add {name} as a learner ({peer_url})")));
+                progress(Progress::Action(format!(
+                    "add {name} as a learner ({peer_url})"
+                )));
                 let (id, members) = self
                     .retry_unhealthy(&format!("adding {name}"), progress, || async {
-                        self.etcd.member_add_as_learner(&[peer_url.clone()]).await
+                        self.etcd
+                            .member_add_as_learner(std::slice::from_ref(peer_url))
+                            .await
                     })
                     .await?;
                 *added_cluster = Some(etcd_api::initial_cluster(&members, id, name));
@@ -321,7 +332,9 @@ impl Recovery {
                 name,
                 initial_cluster,
             } => {
-                let cluster = added_cluster.clone().unwrap_or_else(|| initial_cluster.clone());
+                let cluster = added_cluster
+                    .clone()
+                    .unwrap_or_else(|| initial_cluster.clone());
                 progress(Progress::Action(format!(
                     "start {name} with --initial-cluster-state existing ({cluster})"
                 )));
@@ -492,7 +505,10 @@ impl Recovery {
         };
         for (path, content) in [
             (ENV_FILE, cfg.env_file()),
-            (BOOTSTRAP_ENV_FILE, cfg.bootstrap_env_file(Some(initial_cluster))),
+            (
+                BOOTSTRAP_ENV_FILE,
+                cfg.bootstrap_env_file(Some(initial_cluster)),
+            ),
         ] {
             c.write_file(pb::WriteFileRequest {
                 path: path.into(),

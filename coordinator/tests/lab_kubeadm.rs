@@ -10,7 +10,7 @@
 //! the VIP as controlPlaneEndpoint); master2 joins as a control-plane node with the token and
 //! certificate key init printed, worker1 as a worker with the token and CA hash; the CNI
 //! manifest uploaded and applied once; a second apply runs no kubeadm or kubectl command and
-//! reports 0 changed; with the join info gone from the state dir, a new worker gets a fresh
+//! reports 0 changed, and `haop plan --exit-code` finds nothing to do; with the join info gone from the state dir, a new worker gets a fresh
 //! token from the first master (`kubeadm token create --print-join-command`).
 
 use std::os::unix::fs::PermissionsExt;
@@ -245,6 +245,14 @@ async fn kubeadm_phases_against_standins() {
         .flat_map(|r| [record(r, "kubeadm.args"), record(r, "kubectl.args")])
         .collect();
     assert_eq!(before, after);
+    let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&plan.stdout),
+        String::from_utf8_lossy(&plan.stderr)
+    );
 
     // The join info gone and worker1 to join again (as a new worker would): a fresh token
     // from the first master, no certificate upload (a worker needs none).

@@ -81,7 +81,8 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
     let applied = haop(st, &["apply", "-f", &inv]);
     assert!(applied.status.success(), "{}", text(&applied));
 
-    let (inventory, _) = haop_coordinator::inventory::Inventory::load(&lab.inventory_path()).unwrap();
+    let (inventory, _) =
+        haop_coordinator::inventory::Inventory::load(&lab.inventory_path()).unwrap();
     let endpoints = inventory.etcd_client_urls();
     let client = EtcdClient::connect(st, &endpoints, Duration::from_secs(2))
         .await
@@ -113,7 +114,9 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The seed's scenario: etcd2 killed and its data removed.
-    lab.crash("etcd2", "etcd.service", true).await.expect("crash");
+    lab.crash("etcd2", "etcd.service", true)
+        .await
+        .expect("crash");
     let recovered = haop(st, &["etcd", "recover", "etcd2", "-f", &inv]);
     let said = text(&recovered);
     assert!(recovered.status.success(), "{said}");
@@ -126,7 +129,11 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 20, "the writer wrote too little: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "the writer wrote too little: {}",
+        acked.len()
+    );
 
     // Three started voters, and every acknowledged write is there.
     assert_eq!(
@@ -158,9 +165,16 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
 
     // Two of three down: recover refuses with a message about quorum and changes nothing.
     let before = voters(&client).await;
-    lab.crash("etcd2", "etcd.service", true).await.expect("crash etcd2");
-    lab.crash("etcd3", "etcd.service", true).await.expect("crash etcd3");
-    let refused = haop(st, &["etcd", "recover", "etcd2", "-f", &inv, "--timeout", "20"]);
+    lab.crash("etcd2", "etcd.service", true)
+        .await
+        .expect("crash etcd2");
+    lab.crash("etcd3", "etcd.service", true)
+        .await
+        .expect("crash etcd3");
+    let refused = haop(
+        st,
+        &["etcd", "recover", "etcd2", "-f", &inv, "--timeout", "20"],
+    );
     let said = text(&refused);
     assert!(!refused.status.success(), "{said}");
     assert!(said.to_lowercase().contains("quorum"), "{said}");
@@ -177,7 +191,10 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
         let mut names: Vec<(String, bool)> =
             m.into_iter().map(|m| (m.name, m.is_learner)).collect();
         names.sort();
-        assert_eq!(names, before, "recover changed the membership while refusing");
+        assert_eq!(
+            names, before,
+            "recover changed the membership while refusing"
+        );
     }
     assert!(
         c1.health(&only1[0]).await.is_err(),

@@ -43,7 +43,9 @@ fn text(o: &Output) -> String {
 
 fn serial(root: &Path, file: &str) -> String {
     let pem = std::fs::read_to_string(root.join("etc/kubernetes/pki/etcd").join(file)).unwrap();
-    haop_coordinator::pki::inspect(&pem).unwrap()[0].serial_hex.clone()
+    haop_coordinator::pki::inspect(&pem).unwrap()[0]
+        .serial_hex
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,15 +105,24 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
     let renewed = haop(st, &["certs", "renew", "-f", &p, "--expiring-within", "1d"]);
     let said = text(&renewed);
     assert!(renewed.status.success(), "{said}");
-    assert!(said.contains("8 certificate(s) renewed") || said.contains("6 certificate(s) renewed"), "{said}");
+    assert!(
+        said.contains("8 certificate(s) renewed") || said.contains("6 certificate(s) renewed"),
+        "{said}"
+    );
     // One member at a time: each restart is followed by its recovery before the next.
     let restarts: Vec<usize> = said.match_indices("restarting").map(|(i, _)| i).collect();
-    let healthy: Vec<usize> = said.match_indices("healthy again").map(|(i, _)| i).collect();
+    let healthy: Vec<usize> = said
+        .match_indices("healthy again")
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(restarts.len(), 3, "{said}");
     for (r, h) in restarts.iter().zip(&healthy) {
         assert!(r < h, "{said}");
     }
-    assert!(restarts[1] > healthy[0] && restarts[2] > healthy[1], "{said}");
+    assert!(
+        restarts[1] > healthy[0] && restarts[2] > healthy[1],
+        "{said}"
+    );
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
     assert!(acked.len() > 20, "{}", acked.len());
@@ -128,7 +139,10 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
         .await
         .expect("healthy after renewal");
     for key in &acked {
-        assert!(client.get(key).await.unwrap().is_some(), "acknowledged write {key} lost");
+        assert!(
+            client.get(key).await.unwrap().is_some(),
+            "acknowledged write {key} lost"
+        );
     }
     lab.down().expect("lab down");
 }

@@ -51,6 +51,20 @@ pub fn hosts_block(inv: &Inventory) -> String {
 /// that appears twice is kept once, where it first was. Idempotent:
 /// `merge(merge(x, b), b) == merge(x, b)`.
 pub fn merge_hosts_block(existing: &str, block: &str) -> String {
+    // Removing a block can pair a stray BEGIN above it with a stray END below it into a new
+    // block (nested markers): merge until nothing changes. Each pass removes a block or stops.
+    let mut out = merge_once(existing, block);
+    for _ in 0..existing.lines().count() {
+        let next = merge_once(&out, block);
+        if next == out {
+            break;
+        }
+        out = next;
+    }
+    out
+}
+
+fn merge_once(existing: &str, block: &str) -> String {
     let mut block = block.to_string();
     if !block.is_empty() && !block.ends_with('\n') {
         block.push('\n');

@@ -138,6 +138,28 @@ pub fn keepalived_conf(
     })?;
     // The VIP takes the prefix of the master's own network (validation checks it is in it).
     let prefix = host.subnet().0.prefix();
+    // Without Kubernetes there is no API server to check: tracking a script that always fails
+    // would lower every master's priority and make the VIP flap between them.
+    let (check, track) = if inv.kubernetes.enabled {
+        (
+            format!(
+                "vrrp_script check_apiserver {{\n\
+                 \x20   script \"{CHECK_SCRIPT_PATH}\"\n\
+                 \x20   interval 3\n\
+                 \x20   weight -2\n\
+                 \x20   fall 10\n\
+                 \x20   rise 2\n\
+                 }}\n\
+                 \n"
+            ),
+            "\x20   track_script {\n\
+             \x20       check_apiserver\n\
+             \x20   }\n"
+                .to_string(),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let content = format!(
         "# Managed by haop: the Kubernetes API server VIP of cluster {cluster}.\n\
          # {state} with priority {priority}: masters in inventory order get {FIRST_PRIORITY}, {second}, ...\n\
@@ -147,14 +169,7 @@ pub fn keepalived_conf(
          \x20   enable_script_security\n\
          }}\n\
          \n\
-         vrrp_script check_apiserver {{\n\
-         \x20   script \"{CHECK_SCRIPT_PATH}\"\n\
-         \x20   interval 3\n\
-         \x20   weight -2\n\
-         \x20   fall 10\n\
-         \x20   rise 2\n\
-         }}\n\
-         \n\
+         {check}\
          vrrp_instance haop_{cluster} {{\n\
          \x20   state {state}\n\
          \x20   interface {interface}\n\
@@ -168,9 +183,7 @@ pub fn keepalived_conf(
          \x20   virtual_ipaddress {{\n\
          \x20       {vip}/{prefix}\n\
          \x20   }}\n\
-         \x20   track_script {{\n\
-         \x20       check_apiserver\n\
-         \x20   }}\n\
+         {track}\
          }}\n",
         cluster = inv.cluster,
         second = FIRST_PRIORITY - 1,

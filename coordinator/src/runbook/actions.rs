@@ -623,44 +623,6 @@ pub fn paths_of(step: &Step) -> Vec<String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_changes() {
-        assert_eq!(
-            file_change("/x", Some(("a\n".into(), 0o644)), "a\n", 0o644),
-            Change::Unchanged
-        );
-        assert!(matches!(
-            file_change("/x", None, "a\n", 0o644),
-            Change::Create { .. }
-        ));
-        let Change::Update { diff, .. } =
-            file_change("/x", Some(("a\nb\n".into(), 0o644)), "a\nc\n", 0o644)
-        else {
-            panic!("expected an update");
-        };
-        assert!(diff.contains("-b\n") && diff.contains("+c\n"), "{diff}");
-        assert!(diff.starts_with("--- /x\n+++ /x\n"), "{diff}");
-    }
-
-    #[test]
-    fn rendered_like_the_agent_renders() {
-        let mut v = std::collections::BTreeMap::new();
-        v.insert("net.ipv4.ip_forward".to_string(), "1".to_string());
-        assert_eq!(
-            sysctl_file(&v),
-            "# Managed by haop.\nnet.ipv4.ip_forward = 1\n"
-        );
-        assert_eq!(
-            modules_file(&["overlay".into()]),
-            "# Managed by haop.\noverlay\n"
-        );
-    }
-}
-
 /// Issues the certificate of a [`Action::Certificate`] step through the CSR flow: the host
 /// makes the key (a new one when `rotate`) and a CSR, haop's CA signs it, the host installs it.
 pub async fn issue_certificate(
@@ -716,4 +678,42 @@ pub async fn issue_certificate(
     .await
     .map_err(rpc("InstallCertificate"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_changes() {
+        assert_eq!(
+            file_change("/x", Some(("a\n".into(), 0o644)), "a\n", 0o644),
+            Change::Unchanged
+        );
+        assert!(matches!(
+            file_change("/x", None, "a\n", 0o644),
+            Change::Create { .. }
+        ));
+        let Change::Update { diff, .. } =
+            file_change("/x", Some(("a\nb\n".into(), 0o644)), "a\nc\n", 0o644)
+        else {
+            panic!("expected an update");
+        };
+        assert!(diff.contains("-b\n") && diff.contains("+c\n"), "{diff}");
+        assert!(diff.starts_with("--- /x\n+++ /x\n"), "{diff}");
+    }
+
+    #[test]
+    fn rendered_like_the_agent_renders() {
+        let mut v = std::collections::BTreeMap::new();
+        v.insert("net.ipv4.ip_forward".to_string(), "1".to_string());
+        assert_eq!(
+            sysctl_file(&v),
+            "# Managed by haop.\nnet.ipv4.ip_forward = 1\n"
+        );
+        assert_eq!(
+            modules_file(&["overlay".into()]),
+            "# Managed by haop.\noverlay\n"
+        );
+    }
 }

@@ -787,6 +787,89 @@ mod tests {
         assert!(bad.command(false, 1_000_000).is_none());
     }
 
+    fn inventory(extra: &str) -> Inventory {
+        let text = format!(
+            "cluster: k\n\
+             hosts:\n\
+             \x20 - {{name: etcd1, address: 10.0.0.11, roles: [etcd]}}\n\
+             \x20 - {{name: etcd2, address: 10.0.0.12, roles: [etcd]}}\n\
+             \x20 - {{name: etcd3, address: 10.0.0.13, roles: [etcd]}}\n\
+             \x20 - {{name: m1, address: 10.0.0.21, roles: [master]}}\n\
+             \x20 - {{name: m2, address: 10.0.0.22, roles: [master]}}\n\
+             \x20 - {{name: w1, address: 10.0.0.31, roles: [worker]}}\n\
+             vip: {{address: 10.0.0.10}}\n{extra}"
+        );
+        Inventory::from_yaml(&text, "test.yaml").unwrap().0
+    }
+
+    #[test]
+    fn steps_in_phase_order_for_the_right_hosts() {
+        let inv = inventory("kubernetes: {cni_manifest: /tmp/cni.yaml}\n");
+        let s = steps(&inv).unwrap();
+        let got: Vec<(Phase, &str)> = s.iter().map(|s| (s.phase, s.host.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Phase::KubeadmConfig, "m1"),
+                (Phase::KubeadmInit, "m1"),
+                (Phase::KubeadmJoinMasters, "m2"),
+                (Phase::KubeadmJoinWorkers, "w1"),
+                (Phase::Cni, "m1"),
+            ]
+        );
+        // No pinned version: both renderings, chosen on the host.
+        let Action::KubeadmConfig {
+            v1beta3, v1beta4, ..
+        } = &s[0].action
+        else {
+            panic!("{:?}", s[0].action);
+        };
+        assert!(String::from_utf8_lossy(v1beta3).contains("kubeadm.k8s.io/v1beta3"));
+        assert!(String::from_utf8_lossy(v1beta4).contains("kubeadm.k8s.io/v1beta4"));
+        let Action::KubeadmJoin {
+            control_plane,
+            advertise_address,
+            first_master,
+            ..
+        } = &s[2].action
+        else {
+            panic!("{:?}", s[2].action);
+        };
+        assert!(*control_plane);
+        assert_eq!(advertise_address.as_deref(), Some("10.0.0.22"));
+        assert_eq!(first_master, "m1");
+        assert!(matches!(
+            &s[3].action,
+            Action::KubeadmJoin {
+                control_plane: false,
+                advertise_address: None,
+                ..
+            }
+        ));
+        assert!(Phase::KubeadmJoinMasters.serial() && !Phase::KubeadmJoinWorkers.serial());
+    }
+
+    #[test]
+    fn a_pinned_version_makes_a_plain_file() {
+        let inv = inventory("kubernetes: {version: 1.31.2}\n");
+        let s = steps(&inv).unwrap();
+        let Action::File {
+            path,
+            content,
+            mode,
+        } = &s[0].action
+        else {
+            panic!("{:?}", s[0].action);
+        };
+        assert_eq!((path.as_str(), *mode), (CONFIG_PATH, 0o600));
+        let text = String::from_utf8_lossy(content);
+        assert!(text.contains("kubeadm.k8s.io/v1beta4"), "{text}");
+        assert!(text.contains("kubernetesVersion: \"v1.31.2\""), "{text}");
+        assert!(!s.iter().any(|s| s.phase == Phase::Cni));
+        let e = steps(&inventory("kubernetes: {version: 1.21.3}\n")).unwrap_err();
+        assert!(e.contains("too old"), "{e}");
+    }
+
     #[test]
     fn certificate_key_from_upload_certs() {
         let out = format!(
