@@ -33,6 +33,9 @@ use crate::units::supervisor::Supervisor;
 use crate::units::systemd::{systemd_is_pid1, Systemd};
 use crate::units::{ServiceManager, UnitError};
 
+/// How long open connections may drain after a shutdown was asked for.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -144,11 +147,19 @@ async fn serve_modes(
             let tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
                 .client_ca_root(Certificate::from_pem(&tls.ca_pem));
-            tonic::transport::Server::builder()
+            let server = tonic::transport::Server::builder()
                 .tls_config(tls)?
                 .add_service(grpc(agent.service.clone()))
-                .serve_with_incoming_shutdown(incoming(listener), stopped(stop))
-                .await?;
+                .serve_with_incoming_shutdown(incoming(listener), stopped(stop.clone()));
+            // Graceful shutdown waits for clients to hang up; a coordinator that keeps its
+            // connection open must not keep the agent (and its supervised units) alive.
+            tokio::select! {
+                r = server => r?,
+                _ = async {
+                    stopped(stop).await;
+                    tokio::time::sleep(DRAIN).await;
+                } => info!(seconds = DRAIN.as_secs(), "clients still connected after the drain time; stopping"),
+            }
             return Ok(());
         }
         info!(addr = ?addr, "agent not enrolled: serving enrollment only");

@@ -468,8 +468,12 @@ pub fn wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
     }
 }
 
-/// Stops the agents of `hosts`: SIGTERM to each that is still ours, up to 5 s for them to
-/// exit, then SIGKILL. Answers one message per problem; an agent that is gone is no problem.
+/// How long agents get to stop their units after SIGTERM. An etcd member that has lost its
+/// peers can take several seconds to stop gracefully (the supervisor gives it TimeoutStopSec).
+const AGENT_STOP: Duration = Duration::from_secs(15);
+
+/// Stops the agents of `hosts`: SIGTERM to each that is still ours, up to [`AGENT_STOP`] for
+/// them to exit, then SIGKILL. Answers one message per problem; an agent that is gone is no problem.
 pub fn stop_agents(hosts: &[LabHost]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut ours = Vec::new();
@@ -487,11 +491,12 @@ pub fn stop_agents(hosts: &[LabHost]) -> Vec<String> {
             problems.push(error_chain(&e));
         }
     }
-    let left = wait_gone(&ours, Duration::from_secs(5));
+    let left = wait_gone(&ours, AGENT_STOP);
     for pid in &left {
         warn!(
             pid,
-            "agent did not exit within 5 s of SIGTERM; sending SIGKILL"
+            seconds = AGENT_STOP.as_secs(),
+            "agent did not exit in time after SIGTERM; sending SIGKILL"
         );
         if let Err(e) = signal(*pid, Signal::SIGKILL) {
             problems.push(error_chain(&e));
