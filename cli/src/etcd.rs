@@ -49,6 +49,21 @@ pub enum EtcdCommand {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Recover every failed member, one at a time, while that is safe. With --watch, keep
+    /// doing so (a long-running mode to run under systemd); without, exit when all are healthy.
+    Heal {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// Keep watching and healing, checking every INTERVAL seconds.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// Give up one healing round after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -93,6 +108,47 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 .recover(&host, Duration::from_secs(timeout), &show)
                 .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Heal {
+            inventory,
+            watch,
+            interval,
+            timeout,
+        } => {
+            let inv = load_inventory(&inventory)?;
+            // Quiet while nothing needs healing, so a watching heal does not flood its log.
+            let acted = std::sync::atomic::AtomicBool::new(!watch);
+            let show = |p: Progress| match p {
+                Progress::Action(a) => {
+                    acted.store(true, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("  {a}")
+                }
+                Progress::Waiting(w) => eprintln!("  … {w}"),
+                Progress::Done { elapsed } => {
+                    if acted.swap(!watch, std::sync::atomic::Ordering::Relaxed) {
+                        eprintln!(
+                            "  every member is a healthy voter ({:.2} s)",
+                            elapsed.as_secs_f64()
+                        )
+                    }
+                }
+            };
+            loop {
+                let round = async {
+                    let recovery = Recovery::connect(state_dir, inv.clone()).await?;
+                    recovery.heal(Duration::from_secs(timeout), &show).await
+                };
+                match round.await {
+                    Ok(()) if !watch => return Ok(ExitCode::SUCCESS),
+                    Ok(()) => {}
+                    Err(e) if !watch => return Err(e.into()),
+                    Err(e) => eprintln!("heal: {}", haop_coordinator::error_chain(&e)),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+            }
         }
         EtcdCommand::Snapshot(SnapshotCommand::Save { inventory, out }) => {
             let inv = load_inventory(&inventory)?;

@@ -211,8 +211,37 @@ impl Recovery {
         {
             return Err(RecoverError::UnknownHost { host: host.into() });
         }
+        self.drive(
+            &format!("recovery of {host}"),
+            &|obs| quorum::plan_recover(obs, host),
+            deadline,
+            progress,
+        )
+        .await
+    }
+
+    /// Recovers every failed member of the inventory, one at a time, while that is safe
+    /// (`haop etcd heal`). Answers when every member is a healthy voter.
+    pub async fn heal(
+        &self,
+        deadline: Duration,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), RecoverError> {
+        self.drive("healing", &quorum::plan_heal, deadline, progress)
+            .await
+    }
+
+    /// Observe, plan with `planner`, act; until the planner says there is nothing to do.
+    async fn drive(
+        &self,
+        what: &str,
+        planner: &(dyn Fn(&Observation) -> Result<Vec<Action>, Refusal> + Sync),
+        deadline: Duration,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), RecoverError> {
         let start = Instant::now();
         let mut added_cluster: Option<String> = None;
+        let mut touched: Vec<String> = Vec::new();
         let last_wait = std::sync::Mutex::new(String::new());
         let progress = &|p: Progress| {
             if let Progress::Waiting(w) = &p {
@@ -227,15 +256,33 @@ impl Recovery {
         loop {
             if start.elapsed() > deadline {
                 return Err(RecoverError::Timeout {
-                    what: format!("recovery of {host}"),
+                    what: what.to_string(),
                     seconds: deadline.as_secs(),
                 });
             }
             let obs = self.observe().await?;
-            let actions = match quorum::plan_recover(&obs, host) {
+            let actions = match planner(&obs) {
                 Ok(a) => a,
                 Err(r) if r.is_converged() => {
-                    self.seal(host).await?;
+                    // Seal every member's bootstrap file, also one started by an earlier,
+                    // interrupted run (sealing is idempotent).
+                    let hosts: Vec<String> = self
+                        .inventory
+                        .etcd_hosts()
+                        .iter()
+                        .map(|h| h.name.as_str().to_string())
+                        .collect();
+                    for host in &hosts {
+                        if let Err(e) = self.seal(host).await {
+                            if touched.contains(host) {
+                                return Err(e);
+                            }
+                            progress(Progress::Waiting(format!(
+                                "could not seal {host}'s bootstrap file: {}",
+                                crate::error_chain(&e)
+                            )));
+                        }
+                    }
                     progress(Progress::Done {
                         elapsed: start.elapsed(),
                     });
@@ -249,6 +296,11 @@ impl Recovery {
                 Err(r) => return Err(RecoverError::Refused(r)),
             };
             for action in actions {
+                if let Action::StartExisting { name, .. } = &action {
+                    if !touched.contains(name) {
+                        touched.push(name.clone());
+                    }
+                }
                 let barrier = action.is_barrier();
                 self.act(&action, &obs, &mut added_cluster, progress)
                     .await?;
