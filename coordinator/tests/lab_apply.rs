@@ -267,6 +267,56 @@ async fn apply_converges_and_survives_being_killed() {
     );
     wait_holder("master1", &lab);
 
+    // keepalived killed with SIGKILL, with no chance to hand over: master2 takes the VIP once
+    // it misses master1's adverts. The unit is stopped right after the kill so that Restart=
+    // does not bring keepalived back before the takeover (a killed keepalived also leaves its
+    // address on the interface, so what counts is that master2 now holds it and announces it).
+    lab.crash("master1", "keepalived.service", false)
+        .await
+        .expect("kill keepalived on master1");
+    let hold = haop(
+        st,
+        &[
+            "agent",
+            "--lab",
+            &name,
+            "--host",
+            "master1",
+            "unit",
+            "keepalived.service",
+            "stop",
+        ],
+    );
+    assert!(
+        hold.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hold.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !holders(&lab).contains(&"master2".to_string()) {
+        assert!(Instant::now() < deadline, "master2 never took the VIP over");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back = haop(
+        st,
+        &[
+            "agent",
+            "--lab",
+            &name,
+            "--host",
+            "master1",
+            "unit",
+            "keepalived.service",
+            "start",
+        ],
+    );
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    wait_holder("master1", &lab);
+
     // Node preparation persisted on masters and workers (a lab host loads no module into the
     // shared kernel, but the files are what a real host boots with).
     for h in lab.hosts().iter().filter(|h| !h.name.starts_with("etcd")) {

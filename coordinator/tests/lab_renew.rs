@@ -66,6 +66,8 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
     // Certificates that live one hour.
     let (mut inv, _) = Inventory::load(&lab.inventory_path()).unwrap();
     inv.pki.lifetime = "1h".parse().unwrap();
+    // And RSA 2048 host keys, as the seed's cfssl config used.
+    inv.pki.key_algorithm = haop_coordinator::pki::KeyAlgorithm::Rsa2048;
     let path = st.join("short.yaml");
     std::fs::write(&path, inv.to_yaml().unwrap()).unwrap();
     let p = path.display().to_string();
@@ -76,6 +78,16 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
 
     let roots: Vec<PathBuf> = lab.hosts().iter().map(|h| h.root_dir.clone()).collect();
+    for r in &roots {
+        let pem = std::fs::read_to_string(r.join("etc/kubernetes/pki/etcd/server.crt")).unwrap();
+        let info = &haop_coordinator::pki::inspect(&pem).unwrap()[0];
+        assert_eq!(info.key_algorithm, "rsa-2048");
+        let left = info.not_after - time::OffsetDateTime::now_utc();
+        assert!(
+            left <= time::Duration::hours(1),
+            "lifetime from the inventory: {left}"
+        );
+    }
     let before: Vec<String> = roots.iter().map(|r| serial(r, "server.crt")).collect();
 
     let endpoints = inv.etcd_client_urls();

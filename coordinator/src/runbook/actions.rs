@@ -78,6 +78,9 @@ pub struct RunContext {
     /// when that is shorter (so short-lived certificates converge instead of being re-issued
     /// on every apply).
     pub renew_within: Duration,
+    /// Algorithm of the keys hosts generate for their certificates (the inventory's
+    /// `pki.key_algorithm`).
+    pub key_algorithm: crate::pki::KeyAlgorithm,
     /// Held while an etcd member restarts and comes back (rolling restarts).
     pub rolling: tokio::sync::Mutex<()>,
 }
@@ -653,6 +656,10 @@ pub async fn issue_certificate(
             dns_names: names.dns.clone(),
             ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
             rotate,
+            algorithm: match ctx.key_algorithm {
+                crate::pki::KeyAlgorithm::EcdsaP256 => pb::KeyAlgorithm::EcdsaP256,
+                crate::pki::KeyAlgorithm::Rsa2048 => pb::KeyAlgorithm::Rsa2048,
+            } as i32,
             ..Default::default()
         })
         .await

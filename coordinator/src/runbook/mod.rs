@@ -165,6 +165,7 @@ impl Runbook {
                 cert_lifetime: lifetime,
                 renew_within: (lifetime / 3).min(Duration::from_secs(30 * 24 * 3600)),
                 rolling: tokio::sync::Mutex::new(()),
+                key_algorithm: inventory.pki.key_algorithm,
             }),
             inventory,
         })
