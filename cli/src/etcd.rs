@@ -64,6 +64,20 @@ pub enum EtcdCommand {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Lost quorum: rebuild every member from one snapshot (a new cluster token). Everything
+    /// written after the snapshot is lost, so it asks for confirmation (--yes for scripts).
+    Restore {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// The snapshot; default: the newest in the state dir, else a fresh one from the
+        /// surviving member with the highest raft index.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -149,6 +163,44 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                     _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
                 }
             }
+        }
+        EtcdCommand::Restore {
+            inventory,
+            from,
+            yes,
+        } => {
+            use std::io::{BufRead, IsTerminal, Write};
+            let inv = load_inventory(&inventory)?;
+            let snapshot =
+                haop_coordinator::restore::choose_snapshot(state_dir, &inv, from).await?;
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    anyhow::bail!(
+                        "restore replaces the data of every member of {} with {}; pass --yes to confirm",
+                        inv.cluster.as_str(),
+                        snapshot.display()
+                    );
+                }
+                eprint!(
+                    "This replaces the data of every etcd member of {} with {}.\nWrites after that snapshot are lost. Type the cluster name to go on: ",
+                    inv.cluster.as_str(),
+                    snapshot.display()
+                );
+                std::io::stderr().flush()?;
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                if line.trim() != inv.cluster.as_str() {
+                    anyhow::bail!("not confirmed; nothing was changed");
+                }
+            }
+            eprintln!(
+                "restoring {} from {}:",
+                inv.cluster.as_str(),
+                snapshot.display()
+            );
+            haop_coordinator::restore::restore(state_dir, &inv, &snapshot, &|l| eprintln!("  {l}"))
+                .await?;
+            Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Snapshot(SnapshotCommand::Save { inventory, out }) => {
             let inv = load_inventory(&inventory)?;

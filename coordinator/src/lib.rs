@@ -15,6 +15,7 @@ pub mod quorum;
 pub mod recover;
 pub mod render;
 pub mod renew;
+pub mod restore;
 pub mod runbook;
 pub mod status;
 pub mod trust;

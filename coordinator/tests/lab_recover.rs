@@ -201,5 +201,27 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
         "one member of three must not have quorum: the wiped members rejoined by themselves"
     );
 
+    // Restore from the newest snapshot (taken by the recovery above) brings the cluster back
+    // with the data of the snapshot.
+    let no = haop(st, &["etcd", "restore", "-f", &inv]);
+    assert!(!no.status.success(), "restore ran without confirmation");
+    assert!(text(&no).contains("--yes"), "{}", text(&no));
+    let restored = haop(st, &["etcd", "restore", "-f", &inv, "--yes"]);
+    assert!(restored.status.success(), "{}", text(&restored));
+    let client = EtcdClient::connect(st, &endpoints, Duration::from_secs(2))
+        .await
+        .unwrap();
+    client
+        .wait_for_quorum(&endpoints, 3, Duration::from_secs(30))
+        .await
+        .expect("a healthy cluster after restore");
+    // The writer's first key was written before the recovery's first snapshot.
+    assert!(
+        client.get(&acked[0]).await.unwrap().is_some(),
+        "the snapshot's data is back"
+    );
+    let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
     lab.down().expect("lab down");
 }

@@ -1,0 +1,244 @@
+//! `haop etcd restore`: the procedure for lost quorum, which recovery refuses.
+//!
+//! When a majority of members is gone, no membership change is possible: the cluster is
+//! rebuilt from one snapshot. Every member is stopped, its data dir moved aside (fenced by the
+//! agent as for recovery), the snapshot uploaded with its sha256 checked and restored on every
+//! host with `etcdctl snapshot restore` (a new cluster token, the inventory's members), and all
+//! members started together; haop then waits for the quorum through the API. Everything written
+//! after the snapshot is lost, which is why the CLI asks for explicit confirmation.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use haop_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+
+use crate::agent_client::{self, Client};
+use crate::etcd_api::EtcdClient;
+use crate::etcd_config::{BOOTSTRAP_ENV_FILE, SEALED_BOOTSTRAP_ENV, UNIT_NAME};
+use crate::inventory::Inventory;
+use crate::trust::Trust;
+
+/// Where the snapshot is put on each host before it is restored.
+pub const HOST_SNAPSHOT: &str = "/var/lib/haop/restore/snapshot.db";
+
+/// Errors of restore; each names the host or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("no snapshot to restore: none in {dir}, and no member answers to take one; give one with --from FILE")]
+    NoSnapshot { dir: PathBuf },
+    #[error("cannot read snapshot {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host}: {what}: {message}")]
+    Host {
+        host: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("cannot reach the agent of {host}")]
+    Connect {
+        host: String,
+        #[source]
+        source: agent_client::ConnectError,
+    },
+    #[error("the restored cluster did not form a quorum")]
+    Quorum(#[source] crate::etcd_api::EtcdApiError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+}
+
+/// The snapshot restore will use: `from`, else the newest in the state dir, else a fresh one
+/// from the surviving member with the highest raft index.
+pub async fn choose_snapshot(
+    state_dir: &Path,
+    inventory: &Inventory,
+    from: Option<PathBuf>,
+) -> Result<PathBuf, RestoreError> {
+    if let Some(p) = from {
+        return Ok(p);
+    }
+    let dir = state_dir.join("snapshots").join(inventory.cluster.as_str());
+    let newest = std::fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "db"))
+            .max()
+    });
+    if let Some(p) = newest {
+        return Ok(p);
+    }
+    let endpoints = inventory.etcd_client_urls();
+    let client = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(2))
+        .await
+        .map_err(|_| RestoreError::NoSnapshot { dir: dir.clone() })?;
+    let best = client
+        .statuses(&endpoints)
+        .await
+        .into_iter()
+        .flatten()
+        .max_by_key(|s| s.raft_index)
+        .ok_or_else(|| RestoreError::NoSnapshot { dir: dir.clone() })?;
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!(
+        "{}-survivor.db",
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    ));
+    client
+        .snapshot_from(&best.endpoint, &path)
+        .await
+        .map_err(|_| RestoreError::NoSnapshot { dir })?;
+    Ok(path)
+}
+
+fn host_err<'a>(host: &'a str, what: &'static str) -> impl Fn(tonic::Status) -> RestoreError + 'a {
+    move |s| RestoreError::Host {
+        host: host.to_string(),
+        what,
+        message: s.message().to_string(),
+    }
+}
+
+/// Restores every etcd member of `inventory` from `snapshot`; `progress` sees each step.
+pub async fn restore(
+    state_dir: &Path,
+    inventory: &Inventory,
+    snapshot: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<(), RestoreError> {
+    let data = std::fs::read(snapshot).map_err(|source| RestoreError::Read {
+        path: snapshot.to_path_buf(),
+        source,
+    })?;
+    let sha = hex::encode(Sha256::digest(&data));
+    let trust = Trust::load(state_dir)?;
+    let hosts = inventory.etcd_hosts();
+    let mut clients: Vec<(String, Client)> = Vec::new();
+    for h in &hosts {
+        let name = h.name.as_str().to_string();
+        let c = agent_client::connect(&trust, h.agent.as_str(), Duration::from_secs(5))
+            .await
+            .map_err(|source| RestoreError::Connect {
+                host: name.clone(),
+                source,
+            })?;
+        clients.push((name, c));
+    }
+    let token = format!(
+        "{}-restored-{}",
+        inventory.etcd_cluster_token(),
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    );
+    let initial = inventory.etcd_initial_cluster();
+    let data_dir = inventory.etcd.data_dir.display().to_string();
+    // Stop every member first: none may serve the old data while others restore.
+    for (name, c) in &mut clients {
+        c.unit_action(pb::UnitActionRequest {
+            name: UNIT_NAME.into(),
+            action: pb::Action::Stop as i32,
+        })
+        .await
+        .map_err(host_err(name, "stop etcd"))?;
+        progress(format!("{name}: etcd stopped"));
+    }
+    for ((name, c), h) in clients.iter_mut().zip(&hosts) {
+        let moved = c
+            .wipe_data_dir(pb::WipeDataDirRequest {
+                unit: UNIT_NAME.into(),
+                path: data_dir.clone(),
+                delete: false,
+            })
+            .await
+            .map_err(host_err(name, "move the data dir aside"))?
+            .into_inner();
+        if moved.changed {
+            progress(format!("{name}: old data moved to {}", moved.moved_to));
+        }
+        let mut msgs = vec![pb::UploadChunk {
+            header: Some(pb::UploadHeader {
+                path: HOST_SNAPSHOT.into(),
+                mode: 0o600,
+                sha256: sha.clone(),
+                size: data.len() as u64,
+                create_parents: true,
+            }),
+            data: Vec::new(),
+        }];
+        for chunk in data.chunks(1024 * 1024) {
+            msgs.push(pb::UploadChunk {
+                header: None,
+                data: chunk.to_vec(),
+            });
+        }
+        c.upload_file(tokio_stream::iter(msgs))
+            .await
+            .map_err(host_err(name, "upload the snapshot"))?;
+        let peer = inventory.etcd_peer_url(h);
+        let out = c
+            .exec(pb::ExecRequest {
+                program: "etcdctl".into(),
+                args: vec![
+                    "snapshot".into(),
+                    "restore".into(),
+                    HOST_SNAPSHOT.into(),
+                    "--name".into(),
+                    name.clone(),
+                    "--data-dir".into(),
+                    data_dir.clone(),
+                    "--initial-cluster".into(),
+                    initial.clone(),
+                    "--initial-cluster-token".into(),
+                    token.clone(),
+                    "--initial-advertise-peer-urls".into(),
+                    peer,
+                ],
+                timeout_seconds: 120,
+                env: [("ETCDCTL_API".to_string(), "3".to_string())].into(),
+                stdin: Vec::new(),
+            })
+            .await
+            .map_err(host_err(name, "run etcdctl snapshot restore"))?
+            .into_inner();
+        if out.exit_code != 0 {
+            return Err(RestoreError::Host {
+                host: name.clone(),
+                what: "etcdctl snapshot restore",
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        // The restored data dir carries the membership: the bootstrap file stays sealed.
+        c.write_file(pb::WriteFileRequest {
+            path: BOOTSTRAP_ENV_FILE.into(),
+            content: SEALED_BOOTSTRAP_ENV.as_bytes().to_vec(),
+            mode: 0o640,
+            create_parents: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(host_err(name, "seal the bootstrap file"))?;
+        progress(format!("{name}: restored from the snapshot"));
+    }
+    for (name, c) in &mut clients {
+        c.unit_action(pb::UnitActionRequest {
+            name: UNIT_NAME.into(),
+            action: pb::Action::Start as i32,
+        })
+        .await
+        .map_err(host_err(name, "start etcd"))?;
+    }
+    progress("all members started; waiting for the quorum".into());
+    crate::etcd_api::wait_for_quorum_at(
+        state_dir,
+        &inventory.etcd_client_urls(),
+        hosts.len(),
+        Duration::from_secs(60),
+    )
+    .await
+    .map_err(RestoreError::Quorum)?;
+    progress(format!("the cluster is back with token {token}"));
+    Ok(())
+}
