@@ -1,0 +1,134 @@
+//! Recovery interrupted: `haop etcd recover` is killed (SIGKILL, by pid) at several points of
+//! its work on a killed and wiped member, and run again each time; the last run converges to
+//! three started voters with every acknowledged write, and never two members for one host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::lab::{LabGuard, LabSpec};
+
+fn haop_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    for d in [dir, dir.parent().unwrap()] {
+        let p = d.join("haop");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("the haop binary is not built next to {}", exe.display());
+}
+
+fn haop(state: &Path, args: &[&str]) -> Output {
+    Command::new(haop_bin())
+        .env("HAOP_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run haop")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_killed_at_several_points_converges_when_rerun() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
+            "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
+        );
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-rk", std::process::id() % 100_000);
+    let lab = LabGuard::up(st, &name, LabSpec::default())
+        .await
+        .expect("lab up");
+    let inv = lab.inventory_path().display().to_string();
+    let applied = haop(st, &["apply", "-f", &inv]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let (inventory, _) =
+        haop_coordinator::inventory::Inventory::load(&lab.inventory_path()).unwrap();
+    let endpoints = inventory.etcd_client_urls();
+    let client = EtcdClient::connect(st, &endpoints, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let mut written = Vec::new();
+    for i in 0..50 {
+        let key = format!("/before/{i:03}");
+        client.put(&key, b"v").await.unwrap();
+        written.push(key);
+    }
+
+    lab.crash("etcd2", "etcd.service", true)
+        .await
+        .expect("crash");
+    // Killed at several points: while snapshotting or removing, while adding, while starting.
+    for delay_ms in [300u64, 900, 1600, 2600] {
+        let mut child = Command::new(haop_bin())
+            .env("HAOP_STATE_DIR", st)
+            .args(["etcd", "recover", "etcd2", "-f", &inv])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+        // Writes keep working in between, whatever state the recovery was left in (a write may
+        // time out during a leader election; it must succeed soon after).
+        let key = format!("/between/{delay_ms}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.put(&key, b"v").await {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "no write succeeds after the kill at {delay_ms} ms: {e}"
+                ),
+            }
+        }
+        written.push(key);
+    }
+    let last = haop(st, &["etcd", "recover", "etcd2", "-f", &inv]);
+    assert!(last.status.success(), "{}", text(&last));
+
+    let mut members: Vec<(String, bool)> = client
+        .member_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.is_learner))
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        [
+            ("etcd1".to_string(), false),
+            ("etcd2".to_string(), false),
+            ("etcd3".to_string(), false)
+        ]
+    );
+    client
+        .wait_for_quorum(&endpoints, 3, Duration::from_secs(30))
+        .await
+        .expect("healthy");
+    for key in &written {
+        assert!(client.get(key).await.unwrap().is_some(), "{key} lost");
+    }
+    let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    lab.down().expect("lab down");
+}
