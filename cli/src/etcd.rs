@@ -49,6 +49,22 @@ pub enum EtcdCommand {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Add HOST (already an etcd host in the inventory) to the running cluster: its files by
+    /// apply's steps, then a learner, started with --initial-cluster-state existing, promoted.
+    Add {
+        host: String,
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
+    /// Remove HOST's member (refused when quorum could be lost), stop it and move its data
+    /// aside; then take it out of the inventory's etcd role.
+    Remove {
+        host: String,
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
     /// Recover every failed member, one at a time, while that is safe. With --watch, keep
     /// doing so (a long-running mode to run under systemd); without, exit when all are healthy.
     Heal {
@@ -121,6 +137,18 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             recovery
                 .recover(&host, Duration::from_secs(timeout), &show)
                 .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Add { host, inventory } => {
+            let inv = load_inventory(&inventory)?;
+            eprintln!("adding {host}:");
+            haop_coordinator::scale::add(state_dir, inv, &host, &show_progress).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Remove { host, inventory } => {
+            let inv = load_inventory(&inventory)?;
+            eprintln!("removing {host}:");
+            haop_coordinator::scale::remove(state_dir, inv, &host, &show_progress).await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Heal {
@@ -223,6 +251,16 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 info.endpoint
             );
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn show_progress(p: Progress) {
+    match p {
+        Progress::Action(a) => eprintln!("  {a}"),
+        Progress::Waiting(w) => eprintln!("  … {w}"),
+        Progress::Done { elapsed } => {
+            eprintln!("  done ({:.2} s)", elapsed.as_secs_f64())
         }
     }
 }

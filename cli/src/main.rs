@@ -2,6 +2,7 @@
 
 mod agent;
 mod certs;
+mod docs;
 mod etcd;
 mod lab;
 mod runbook;
@@ -64,6 +65,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = docs::maybe_run() {
+        return code;
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

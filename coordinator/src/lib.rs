@@ -17,6 +17,7 @@ pub mod render;
 pub mod renew;
 pub mod restore;
 pub mod runbook;
+pub mod scale;
 pub mod status;
 pub mod trust;
 

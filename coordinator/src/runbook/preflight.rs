@@ -50,6 +50,7 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
             }
         }
     }
+    problems.extend(not_yet_members(rb).await);
     let mut set = tokio::task::JoinSet::new();
     for h in &inv.hosts {
         let Some(mut c) = clients.get(h.name.as_str()).cloned() else {
@@ -125,4 +126,39 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
     }
     problems.sort();
     problems
+}
+
+/// Apply forms new clusters; it never joins a host to a running one (that needs `member add`
+/// first). When the cluster answers, every inventory etcd host must already be a member.
+async fn not_yet_members(rb: &Runbook) -> Vec<String> {
+    let inv = &rb.inventory;
+    let endpoints = inv.etcd_client_urls();
+    let Ok(client) = crate::etcd_api::EtcdClient::connect(
+        &rb.ctx.state_dir,
+        &endpoints,
+        std::time::Duration::from_secs(1),
+    )
+    .await
+    else {
+        return Vec::new();
+    };
+    let Ok(members) = client.member_list().await else {
+        return Vec::new();
+    };
+    inv.etcd_hosts()
+        .iter()
+        .filter(|h| {
+            let peer = inv.etcd_peer_url(h);
+            !members
+                .iter()
+                .any(|m| m.name == h.name.as_str() || m.peer_urls.contains(&peer))
+        })
+        .map(|h| {
+            format!(
+                "{}: not a member of the running etcd cluster; join it with `haop etcd add {} -f INVENTORY` (apply only forms new clusters)",
+                h.name.as_str(),
+                h.name.as_str()
+            )
+        })
+        .collect()
 }

@@ -1,0 +1,265 @@
+//! `haop etcd add HOST` and `haop etcd remove HOST`: one member at a time, quorum kept.
+//!
+//! Add: the host must already be an etcd host of the inventory (the operator adds it there
+//! first). Its files are put in place with apply's own steps (hosts entries everywhere,
+//! certificates through the CSR flow, the binary, etcd.env and the unit; never the "new
+//! cluster" bootstrap file), then recovery's machinery joins it: a snapshot, `member add` as a
+//! learner, a start with `--initial-cluster-state existing`, promotion once caught up, the
+//! bootstrap file sealed.
+//!
+//! Remove: refused when the remaining healthy voters would be fewer than the quorum of the
+//! remaining cluster. A snapshot first, then `member remove` (waiting while etcd answers
+//! `unhealthy cluster`), then the host's unit is stopped and disabled and its data dir moved
+//! aside. The operator then takes the host out of the inventory's etcd role.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use haop_proto::v1 as pb;
+
+use crate::etcd_api::{EtcdApiError, EtcdClient};
+use crate::etcd_config::UNIT_NAME;
+use crate::inventory::Inventory;
+use crate::recover::{Progress, RecoverError, Recovery};
+use crate::runbook::{actions, Action, Phase, Runbook, RunbookError};
+
+/// Errors of add and remove; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error("{host} is not an etcd host of the inventory; add it there (roles: [etcd]) first")]
+    NotInInventory { host: String },
+    #[error("{host} is already a member of the cluster")]
+    AlreadyMember { host: String },
+    #[error("{host} is not a member of the cluster")]
+    NotMember { host: String },
+    #[error("removing {host} would leave {healthy} healthy voters of {voters}, below the quorum of {needed}; recover the unhealthy members first")]
+    WouldLoseQuorum {
+        host: String,
+        healthy: usize,
+        voters: usize,
+        needed: usize,
+    },
+    #[error("preparing {host}: {step}: {message}")]
+    Prepare {
+        host: String,
+        step: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Runbook(#[from] RunbookError),
+    #[error(transparent)]
+    Recover(#[from] RecoverError),
+    #[error("etcd refused {what}")]
+    Etcd {
+        what: String,
+        #[source]
+        source: EtcdApiError,
+    },
+    #[error("{host}: {what}: {message}")]
+    Agent {
+        host: String,
+        what: &'static str,
+        message: String,
+    },
+}
+
+/// Adds the inventory's etcd host `host` to the running cluster.
+pub async fn add(
+    state_dir: &Path,
+    inventory: Inventory,
+    host: &str,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), ScaleError> {
+    if !inventory
+        .etcd_hosts()
+        .iter()
+        .any(|h| h.name.as_str() == host)
+    {
+        return Err(ScaleError::NotInInventory { host: host.into() });
+    }
+    let client = EtcdClient::connect(
+        state_dir,
+        &inventory.etcd_client_urls(),
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(|source| ScaleError::Etcd {
+        what: "a connection".into(),
+        source,
+    })?;
+    let members = client
+        .member_list()
+        .await
+        .map_err(|source| ScaleError::Etcd {
+            what: "the member list".into(),
+            source,
+        })?;
+    let peer = inventory.etcd_peer_url(inventory.host(host).expect("checked above"));
+    if members
+        .iter()
+        .any(|m| !m.is_learner && (m.name == host || m.peer_urls.contains(&peer)))
+    {
+        return Err(ScaleError::AlreadyMember { host: host.into() });
+    }
+    // The host's files, with apply's own steps: /etc/hosts everywhere, and on the new host its
+    // certificates, binary, etcd.env and unit; not the bootstrap file of a new cluster.
+    let rb = Runbook::load(state_dir, inventory.clone())?;
+    let (clients, errors) = rb.connect_all(Duration::from_secs(5)).await;
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e.into());
+    }
+    let wanted = [
+        Phase::Hosts,
+        Phase::Certificates,
+        Phase::EtcdBinary,
+        Phase::EtcdConfig,
+    ];
+    for step in rb.steps.iter().filter(|s| {
+        wanted.contains(&s.phase)
+            && (s.phase == Phase::Hosts || s.host == host)
+            && !matches!(s.action, Action::FileIfAbsent { .. })
+    }) {
+        let mut c = clients.get(&step.host).cloned();
+        let changed = actions::run(step, c.as_mut(), &rb.ctx, &HashSet::new())
+            .await
+            .map_err(|e| ScaleError::Prepare {
+                host: step.host.clone(),
+                step: step.name.clone(),
+                message: crate::error_chain(&e),
+            })?;
+        if changed {
+            progress(Progress::Action(format!("{}: {}", step.host, step.name)));
+        }
+    }
+    let recovery = Recovery::connect(state_dir, inventory).await?;
+    recovery
+        .recover(host, Duration::from_secs(120), progress)
+        .await?;
+    Ok(())
+}
+
+/// Removes `host`'s member from the cluster, stops it and moves its data aside.
+pub async fn remove(
+    state_dir: &Path,
+    inventory: Inventory,
+    host: &str,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), ScaleError> {
+    let endpoints = inventory.etcd_client_urls();
+    let client = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(2))
+        .await
+        .map_err(|source| ScaleError::Etcd {
+            what: "a connection".into(),
+            source,
+        })?;
+    let recovery = Recovery::connect(state_dir, inventory.clone()).await?;
+    let obs = recovery.observe().await?;
+    let Some(target) = obs.members.iter().find(|m| m.name == host) else {
+        return Err(ScaleError::NotMember { host: host.into() });
+    };
+    let voters: Vec<_> = obs.members.iter().filter(|m| !m.is_learner).collect();
+    let remaining = voters.len() - usize::from(!target.is_learner);
+    let healthy = voters
+        .iter()
+        .filter(|m| m.id != target.id && m.is_healthy())
+        .count();
+    let needed = crate::quorum::quorum(remaining);
+    if remaining == 0 || healthy < needed {
+        return Err(ScaleError::WouldLoseQuorum {
+            host: host.into(),
+            healthy,
+            voters: remaining,
+            needed,
+        });
+    }
+    let id = target.id;
+    let source = voters
+        .iter()
+        .find(|m| m.id != id && m.is_healthy())
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    if let Some(h) = inventory.host(&source) {
+        let dir = state_dir.join("snapshots").join(inventory.cluster.as_str());
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!(
+            "{}-before-remove-{host}.db",
+            time::OffsetDateTime::now_utc().unix_timestamp()
+        ));
+        let info = client
+            .snapshot_from(&inventory.etcd_client_url(h), &path)
+            .await
+            .map_err(|source| ScaleError::Etcd {
+                what: format!("a snapshot from {}", h.name.as_str()),
+                source,
+            })?;
+        progress(Progress::Action(format!(
+            "snapshot from {}: {}",
+            h.name.as_str(),
+            info.path.display()
+        )));
+    }
+    let started = std::time::Instant::now();
+    loop {
+        match client.member_remove(id).await {
+            Ok(_) => break,
+            Err(EtcdApiError::UnhealthyCluster { .. })
+                if started.elapsed() < Duration::from_secs(30) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(source) => {
+                return Err(ScaleError::Etcd {
+                    what: format!("removing {host}"),
+                    source,
+                })
+            }
+        }
+    }
+    progress(Progress::Action(format!("removed member {host} ({id:x})")));
+    // The host itself: stop and disable etcd, move its data aside (fenced by the agent).
+    let trust = crate::trust::Trust::load(state_dir).map_err(RecoverError::from)?;
+    if let Some(h) = inventory.host(host) {
+        match crate::agent_client::connect(&trust, h.agent.as_str(), Duration::from_secs(5)).await {
+            Ok(mut c) => {
+                for a in [pb::Action::Stop, pb::Action::Disable] {
+                    c.unit_action(pb::UnitActionRequest {
+                        name: UNIT_NAME.into(),
+                        action: a as i32,
+                    })
+                    .await
+                    .map_err(|s| ScaleError::Agent {
+                        host: host.into(),
+                        what: "UnitAction",
+                        message: s.message().to_string(),
+                    })?;
+                }
+                let w = c
+                    .wipe_data_dir(pb::WipeDataDirRequest {
+                        unit: UNIT_NAME.into(),
+                        path: inventory.etcd.data_dir.display().to_string(),
+                        delete: false,
+                    })
+                    .await
+                    .map_err(|s| ScaleError::Agent {
+                        host: host.into(),
+                        what: "WipeDataDir",
+                        message: s.message().to_string(),
+                    })?
+                    .into_inner();
+                progress(Progress::Action(format!(
+                    "{host}: etcd stopped and disabled, data moved to {}",
+                    w.moved_to
+                )));
+            }
+            Err(e) => progress(Progress::Waiting(format!(
+                "{host}'s agent does not answer ({}); stop etcd there before reusing the host",
+                crate::error_chain(&e)
+            ))),
+        }
+    }
+    progress(Progress::Action(format!(
+        "done: take {host} out of the inventory's etcd role"
+    )));
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Scaling etcd 3 -> 5 -> 3 in the lab with a writer running: `haop etcd add` joins two hosts
+//! one at a time (learner, promote), `haop apply` refuses to join a host by itself and converges
+//! once it is a member, `haop etcd remove` takes them out again; no acknowledged write is lost.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::inventory::Inventory;
+use haop_coordinator::lab::{LabGuard, LabSpec};
+
+fn haop_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    for d in [dir, dir.parent().unwrap()] {
+        let p = d.join("haop");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("the haop binary is not built next to {}", exe.display());
+}
+
+fn haop(state: &Path, args: &[&str]) -> Output {
+    Command::new(haop_bin())
+        .env("HAOP_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run haop")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn voters(c: &EtcdClient) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .member_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| format!("{}{}", m.name, if m.is_learner { " (learner)" } else { "" }))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_three_to_five_to_three_under_a_writer() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
+            "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
+        );
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-sc", std::process::id() % 100_000);
+    let spec = LabSpec {
+        etcd: 5,
+        masters: 0,
+        workers: 0,
+    };
+    let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
+    let (five, _) = Inventory::load(&lab.inventory_path()).unwrap();
+    let mut three = five.clone();
+    three
+        .hosts
+        .retain(|h| !["etcd4", "etcd5"].contains(&h.name.as_str()));
+    let inv3 = st.join("three.yaml");
+    let inv5 = st.join("five.yaml");
+    std::fs::write(&inv3, three.to_yaml().unwrap()).unwrap();
+    std::fs::write(&inv5, five.to_yaml().unwrap()).unwrap();
+    let (i3, i5) = (inv3.display().to_string(), inv5.display().to_string());
+
+    let applied = haop(st, &["apply", "-f", &i3]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let all = five.etcd_client_urls();
+    let client = EtcdClient::connect(st, &all, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd3"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let st = st.to_path_buf();
+        let endpoints = three.etcd_client_urls();
+        tokio::spawn(async move {
+            let c = EtcdClient::connect(&st, &endpoints, Duration::from_secs(2))
+                .await
+                .unwrap();
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("/scale/{i:08}");
+                if c.put(&key, b"v").await.is_ok() {
+                    acked.push(key);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+
+    // apply does not join hosts to a running cluster by itself; it says how.
+    let refused = haop(st, &["apply", "-f", &i5]);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("haop etcd add etcd4"), "{said}");
+
+    for host in ["etcd4", "etcd5"] {
+        let out = haop(st, &["etcd", "add", host, "-f", &i5]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(
+        voters(&client).await,
+        ["etcd1", "etcd2", "etcd3", "etcd4", "etcd5"]
+    );
+    let plan = haop(st, &["plan", "-f", &i5, "--exit-code"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    for host in ["etcd5", "etcd4"] {
+        let out = haop(st, &["etcd", "remove", host, "-f", &i5]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd3"]);
+    // Back to the three-host inventory: apply drops the removed hosts from /etc/hosts, and
+    // then nothing is left to do.
+    let back = haop(st, &["apply", "-f", &i3]);
+    assert!(back.status.success(), "{}", text(&back));
+    let plan = haop(st, &["plan", "-f", &i3, "--exit-code"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 20, "{}", acked.len());
+    for key in &acked {
+        assert!(client.get(key).await.unwrap().is_some(), "{key} lost");
+    }
+    lab.down().expect("lab down");
+}
