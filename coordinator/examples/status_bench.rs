@@ -82,7 +82,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         stops.push(tx);
         roots.push(root);
-        let roles = if i == 0 { vec![Role::Etcd] } else { vec![Role::Worker] };
+        let roles = if i == 0 {
+            vec![Role::Etcd]
+        } else {
+            vec![Role::Worker]
+        };
         let mut host = Host::new(HostName::try_from(name.as_str())?, IpAddr::V4(ip), roles);
         host.agent = format!("https://{ip}:7443").parse::<AgentEndpoint>()?;
         hosts.push(host);

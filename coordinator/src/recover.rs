@@ -242,6 +242,7 @@ impl Recovery {
         let start = Instant::now();
         let mut added_cluster: Option<String> = None;
         let mut touched: Vec<String> = Vec::new();
+        let mut refused_since: Option<Instant> = None;
         let last_wait = std::sync::Mutex::new(String::new());
         let progress = &|p: Progress| {
             if let Progress::Waiting(w) = &p {
@@ -293,8 +294,20 @@ impl Recovery {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                Err(r) => return Err(RecoverError::Refused(r)),
+                // An observation can be wrong for a moment (a status that timed out on a busy
+                // machine reads as an unhealthy member): a refusal must hold for a while
+                // before it is final. Nothing is done in between.
+                Err(r) => {
+                    let since = *refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= REFUSAL_HOLD {
+                        return Err(RecoverError::Refused(r));
+                    }
+                    progress(Progress::Waiting(format!("{r}; observing again")));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
             };
+            refused_since = None;
             for action in actions {
                 if let Action::StartExisting { name, .. } = &action {
                     if !touched.contains(name) {
@@ -642,6 +655,9 @@ impl Recovery {
         }
     }
 }
+
+/// How long the planner must keep refusing before recovery gives up.
+const REFUSAL_HOLD: Duration = Duration::from_secs(6);
 
 /// How many snapshots of a cluster the state dir keeps.
 pub const SNAPSHOTS_KEPT: usize = 10;

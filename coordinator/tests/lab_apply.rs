@@ -5,35 +5,15 @@
 //! VIP on exactly one master and moving it when keepalived stops there; node preparation
 //! persisted on masters and workers.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{haop, haop_bin, require_root};
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use haop_coordinator::lab::{LabGuard, LabSpec};
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "the haop binary is not built next to {}: run cargo build first",
-        exe.display()
-    );
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
 
 /// etcdctl with the environment `haop etcd env` prints.
 fn etcdctl(state: &Path, inventory: &str, args: &[&str], with_cert: bool) -> Output {
@@ -59,17 +39,6 @@ fn etcdctl(state: &Path, inventory: &str, args: &[&str], with_cert: bool) -> Out
         .args(args)
         .output()
         .expect("run etcdctl")
-}
-
-fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
-        "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
-    );
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

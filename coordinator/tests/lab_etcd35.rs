@@ -4,8 +4,11 @@
 //! `haop etcd heal` brings a killed and wiped member back while a writer keeps putting keys,
 //! with no acknowledged write lost.
 
+mod common;
+
+use common::{haop, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,35 +17,6 @@ use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::inventory::{EtcdBinary, Inventory, Sha256Hex};
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use sha2::{Digest, Sha256};
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("the haop binary is not built next to {}", exe.display());
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn etcd35() -> PathBuf {
     let p = std::env::var_os("HAOP_ETCD35")

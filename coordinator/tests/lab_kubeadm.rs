@@ -13,50 +13,18 @@
 //! reports 0 changed, and `haop plan --exit-code` finds nothing to do; with the join info gone from the state dir, a new worker gets a fresh
 //! token from the first master (`kubeadm token create --print-join-command`).
 
+mod common;
+
+use common::{haop, require_root};
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::Duration;
 
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use haop_coordinator::render::kubeadm::parse_kubeadm_init_output;
 use haop_proto::v1 as pb;
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "the haop binary is not built next to {}: run cargo build first",
-        exe.display()
-    );
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
-
-fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
-        "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
-    );
-    false
-}
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,54 +5,16 @@
 //! its old ID (its bootstrap file is sealed). With two of three members down, recover refuses
 //! with a message about quorum and changes nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{haop, require_root, text};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::lab::{LabGuard, LabSpec};
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("the haop binary is not built next to {}", exe.display());
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
-        "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
-    );
-    false
-}
 
 async fn voters(client: &EtcdClient) -> Vec<(String, bool)> {
     let mut v: Vec<(String, bool)> = client

@@ -2,41 +2,15 @@
 //! its work on a killed and wiped member, and run again each time; the last run converges to
 //! three started voters with every acknowledged write, and never two members for one host.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::{haop, haop_bin, text};
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::lab::{LabGuard, LabSpec};
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("the haop binary is not built next to {}", exe.display());
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_killed_at_several_points_converges_when_rerun() {

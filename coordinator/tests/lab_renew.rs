@@ -2,8 +2,11 @@
 //! renewed (new keys, new serials) while a client keeps writing, members restart one at a time,
 //! and every acknowledged write is readable afterwards.
 
+mod common;
+
+use common::{haop, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,35 +14,6 @@ use std::time::Duration;
 use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("the haop binary is not built next to {}", exe.display());
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn serial(root: &Path, file: &str) -> String {
     let pem = std::fs::read_to_string(root.join("etc/kubernetes/pki/etcd").join(file)).unwrap();

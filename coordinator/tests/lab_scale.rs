@@ -2,8 +2,10 @@
 //! one at a time (learner, promote), `haop apply` refuses to join a host by itself and converges
 //! once it is a member, `haop etcd remove` takes them out again; no acknowledged write is lost.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{haop, text};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,35 +13,6 @@ use std::time::Duration;
 use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("the haop binary is not built next to {}", exe.display());
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 async fn voters(c: &EtcdClient) -> Vec<String> {
     let mut v: Vec<String> = c

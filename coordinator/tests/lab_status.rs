@@ -4,8 +4,11 @@
 //! member crashed and wiped (exit 1, named), two (exit 2), and agents that are dead or frozen
 //! shown unreachable within the timeout without delaying the rest.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{haop, require_root};
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use haop_coordinator::lab::{LabGuard, LabSpec};
@@ -14,41 +17,6 @@ use haop_coordinator::pki::{
     ROLE_READER,
 };
 use serde_json::Value;
-
-fn haop_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    for d in [dir, dir.parent().unwrap()] {
-        let p = d.join("haop");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "the haop binary is not built next to {}: run cargo build first",
-        exe.display()
-    );
-}
-
-fn haop(state: &Path, args: &[&str]) -> Output {
-    Command::new(haop_bin())
-        .env("HAOP_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run haop")
-}
-
-fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
-        "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
-    );
-    false
-}
 
 struct Status {
     code: i32,

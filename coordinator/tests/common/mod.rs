@@ -1,0 +1,54 @@
+//! What the lab tests share: the `haop` binary and the root check.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `haop` binary built next to this test binary (cargo puts tests in target/*/deps).
+pub fn haop_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    for d in [dir, dir.parent().unwrap()] {
+        let p = d.join("haop");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "the haop binary is not built next to {}: run cargo build first",
+        exe.display()
+    );
+}
+
+/// Runs `haop ARGS` with `state` as its state dir.
+pub fn haop(state: &Path, args: &[&str]) -> Output {
+    Command::new(haop_bin())
+        .env("HAOP_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run haop")
+}
+
+/// stdout and stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether the lab can run (root). Not root fails the test unless skipping was asked for
+/// with HAOP_SKIP_LAB_TESTS: a silent pass would hide that nothing was tested.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("HAOP_SKIP_LAB_TESTS").is_some(),
+        "lab tests need root; set HAOP_SKIP_LAB_TESTS=1 to skip them"
+    );
+    false
+}
