@@ -94,6 +94,22 @@ pub enum EtcdCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Defragment every member, one at a time, each healthy again before the next.
+    Defrag {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
+    /// Show active alarms (NOSPACE, CORRUPT); with --disarm, clear them once the cause is
+    /// dealt with (for NOSPACE: free or grow the disk, compact, defrag). Exits 1 when an alarm
+    /// is active and was not disarmed.
+    Alarms {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        #[arg(long)]
+        disarm: bool,
+    },
     /// Snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -150,6 +166,47 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             eprintln!("removing {host}:");
             haop_coordinator::scale::remove(state_dir, inv, &host, &show_progress).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Defrag { inventory } => {
+            let inv = load_inventory(&inventory)?;
+            let endpoints = inv.etcd_client_urls();
+            let client = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(5)).await?;
+            for ep in &endpoints {
+                let before = client.status_of(ep).await?.db_size;
+                client.defragment(ep).await?;
+                // The next member only once this one answers again.
+                let started = std::time::Instant::now();
+                while client.health(ep).await.is_err() {
+                    if started.elapsed() > Duration::from_secs(60) {
+                        anyhow::bail!("{ep} did not answer within 60 s of its defragmentation; the other members were not touched");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let after = client.status_of(ep).await?.db_size;
+                println!("{ep}: defragmented, {before} -> {after} bytes");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Alarms { inventory, disarm } => {
+            let inv = load_inventory(&inventory)?;
+            let client =
+                EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(5))
+                    .await?;
+            let active = client.alarms().await?;
+            if active.is_empty() {
+                println!("no active alarms");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (member, alarm) in &active {
+                println!("{alarm} on member {member:x}");
+            }
+            if disarm {
+                let n = client.disarm_alarms().await?;
+                println!("disarmed {n} alarm(s)");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
         }
         EtcdCommand::Heal {
             inventory,

@@ -454,6 +454,67 @@ impl EtcdClient {
         Err(EtcdApiError::NoEndpointAnswered { op, failures })
     }
 
+    /// Active alarms (NOSPACE, CORRUPT), as `(member id, alarm)`.
+    pub async fn alarms(&self) -> Result<Vec<(u64, String)>, EtcdApiError> {
+        let (_, resp) = self
+            .any("alarm list", Failover::Read, |mut c| async move {
+                c.alarm(
+                    etcd_client::AlarmAction::Get,
+                    etcd_client::AlarmType::None,
+                    None,
+                )
+                .await
+            })
+            .await?;
+        Ok(resp
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), format!("{:?}", a.alarm()).to_uppercase()))
+            .collect())
+    }
+
+    /// Disarms every active alarm (after the cause, such as a full disk, was dealt with), one
+    /// by one as etcdctl does; answers how many.
+    pub async fn disarm_alarms(&self) -> Result<usize, EtcdApiError> {
+        let (_, resp) = self
+            .any("alarm list", Failover::Read, |mut c| async move {
+                c.alarm(
+                    etcd_client::AlarmAction::Get,
+                    etcd_client::AlarmType::None,
+                    None,
+                )
+                .await
+            })
+            .await?;
+        let active: Vec<(u64, etcd_client::AlarmType)> = resp
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm()))
+            .collect();
+        for (member, alarm) in &active {
+            let (member, alarm) = (*member, *alarm);
+            self.any("alarm disarm", Failover::Write, move |mut c| async move {
+                let mut options = etcd_client::AlarmOptions::new();
+                options.with_member(member);
+                c.alarm(etcd_client::AlarmAction::Deactivate, alarm, Some(options))
+                    .await
+            })
+            .await?;
+        }
+        Ok(active.len())
+    }
+
+    /// Defragments the member at `endpoint` (it blocks that member while it runs).
+    pub async fn defragment(&self, endpoint: &str) -> Result<(), EtcdApiError> {
+        self.on(
+            endpoint,
+            "defragment",
+            self.timeout.max(Duration::from_secs(60)),
+            |mut c| async move { c.defragment().await.map(|_| ()) },
+        )
+        .await
+    }
+
     /// The cluster's members, voters and learners.
     pub async fn member_list(&self) -> Result<Vec<Member>, EtcdApiError> {
         let (_, members) = self

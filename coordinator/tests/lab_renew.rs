@@ -130,5 +130,22 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
             "acknowledged write {key} lost"
         );
     }
+    // Maintenance on the same cluster: no alarms; a rolling defrag keeps it healthy.
+    let alarms = haop(st, &["etcd", "alarms", "-f", &p]);
+    assert!(alarms.status.success(), "{}", text(&alarms));
+    assert!(
+        text(&alarms).contains("no active alarms"),
+        "{}",
+        text(&alarms)
+    );
+    let defrag = haop(st, &["etcd", "defrag", "-f", &p]);
+    let said = text(&defrag);
+    assert!(defrag.status.success(), "{said}");
+    assert_eq!(said.matches("defragmented").count(), 3, "{said}");
+    client
+        .wait_for_quorum(&endpoints, 3, Duration::from_secs(30))
+        .await
+        .expect("healthy after defrag");
+
     lab.down().expect("lab down");
 }
