@@ -852,6 +852,10 @@ impl EtcdClient {
     }
 }
 
+/// Each request of a quorum wait: a member that is starting accepts connections but answers only
+/// once it has joined, so a long request timeout would make every poll round wait for it.
+pub const QUORUM_POLL_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Connects with haop's credentials and waits for quorum with the same endpoints (the bootstrap's
 /// quorum step). Each request is bounded by a second or by what is left of `deadline`.
 pub async fn wait_for_quorum_at(
@@ -861,7 +865,7 @@ pub async fn wait_for_quorum_at(
     deadline: Duration,
 ) -> Result<QuorumReport, EtcdApiError> {
     let client =
-        EtcdClient::connect(state_dir, endpoints, deadline.min(Duration::from_secs(1))).await?;
+        EtcdClient::connect(state_dir, endpoints, deadline.min(QUORUM_POLL_TIMEOUT)).await?;
     client
         .wait_for_quorum(endpoints, expected_members, deadline)
         .await

@@ -540,6 +540,7 @@ pub async fn run(
             unit,
             restart_on,
             rolling_etcd,
+            start_delay_ms,
         } => {
             let act = |c: &mut Client, a: pb::Action| {
                 let mut c = c.clone();
@@ -573,6 +574,9 @@ pub async fn run(
                     None => act(c, pb::Action::Restart).await?.changed,
                 }
             } else {
+                if status.active_state != "active" && *start_delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(*start_delay_ms)).await;
+                }
                 act(c, pb::Action::Start).await?.changed
             };
             Ok(enabled || started)

@@ -1,0 +1,1 @@
+//! Checks of the files in `packaging/` against the code; see `tests/`.
