@@ -36,12 +36,12 @@ retry_unhealthy() {
         if grep -q "member not found\|Peer URLs already exists" <<<"$out"; then
             return 0
         fi
-        if ! grep -q "unhealthy cluster\|context deadline exceeded" <<<"$out" ||
+        if ! grep -q "unhealthy cluster\|context deadline exceeded\|request timed out" <<<"$out" ||
             [ "${EPOCHREALTIME/./}" -gt "$deadline" ]; then
             echo "seed recover: $what failed: $out" >&2
             exit 1
         fi
-        echo "$what: $(grep -o 'unhealthy cluster\|context deadline exceeded' <<<"$out" | head -1)" >>"$BENCH_TMP/seed-recover-$lab.retries"
+        echo "$what: $(grep -o 'unhealthy cluster\|context deadline exceeded\|request timed out' <<<"$out" | head -1)" >>"$BENCH_TMP/seed-recover-$lab.retries"
         sleep 0.5
     done
 }

@@ -45,7 +45,8 @@ enum Command {
     /// Run the runbook: preflight, certificates, etcd with TLS, quorum, keepalived, node
     /// preparation. Safe to repeat; a killed apply continues when run again.
     Apply(runbook::ApplyArgs),
-    /// etcd helpers.
+    /// The etcd cluster: members, recovery and healing, scaling, snapshots and restore,
+    /// maintenance, and etcdctl environment.
     #[command(subcommand)]
     Etcd(etcd::EtcdCommand),
     /// Certificates: where they are and when they expire.
