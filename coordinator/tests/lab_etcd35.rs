@@ -6,11 +6,9 @@
 
 mod common;
 
-use common::{haop, text};
+use common::{haop, text, Writer};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use haop_coordinator::etcd_api::EtcdClient;
@@ -74,28 +72,7 @@ async fn etcd_351_uploaded_formed_and_healed() {
     let status = client.status_of(&endpoints[0]).await.unwrap();
     assert_eq!(status.version, "3.5.1");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let st = st.to_path_buf();
-        let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            let c = EtcdClient::connect(&st, &endpoints, Duration::from_secs(2))
-                .await
-                .unwrap();
-            let mut acked = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("/v35/{i:08}");
-                if c.put(&key, b"v").await.is_ok() {
-                    acked.push(key);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            acked
-        })
-    };
+    let writer = Writer::start(st, &endpoints, "/v35");
     tokio::time::sleep(Duration::from_millis(200)).await;
     lab.crash("etcd3", "etcd.service", true)
         .await
@@ -104,8 +81,7 @@ async fn etcd_351_uploaded_formed_and_healed() {
     let said = text(&healed);
     assert!(healed.status.success(), "{said}");
     assert!(said.contains("promote etcd3"), "{said}");
-    stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.unwrap();
+    let acked = writer.finish().await;
     assert!(acked.len() > 20, "{}", acked.len());
 
     let mut members: Vec<(String, bool)> = client

@@ -7,10 +7,8 @@
 
 mod common;
 
-use common::{haop, require_root, text};
+use common::{haop, require_root, text, Writer};
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haop_coordinator::etcd_api::EtcdClient;
@@ -51,28 +49,7 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
         .unwrap();
 
     // A writer that keeps putting keys; it remembers every write etcd acknowledged.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let st = st.to_path_buf();
-        let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            let c = EtcdClient::connect(&st, &endpoints, Duration::from_secs(2))
-                .await
-                .unwrap();
-            let mut acked = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("/writer/{i:08}");
-                if c.put(&key, b"v").await.is_ok() {
-                    acked.push(key);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            acked
-        })
-    };
+    let writer = Writer::start(st, &endpoints, "/writer");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The seed's scenario: etcd2 killed and its data removed.
@@ -89,8 +66,7 @@ async fn recover_a_killed_and_wiped_member_under_a_writer() {
     assert!(said.contains("healthy voter"), "{said}");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.unwrap();
+    let acked = writer.finish().await;
     assert!(
         acked.len() > 20,
         "the writer wrote too little: {}",

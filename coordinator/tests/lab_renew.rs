@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::{haop, text};
+use common::{haop, text, Writer};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use haop_coordinator::etcd_api::EtcdClient;
@@ -65,28 +63,7 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
     let before: Vec<String> = roots.iter().map(|r| serial(r, "server.crt")).collect();
 
     let endpoints = inv.etcd_client_urls();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let st = st.to_path_buf();
-        let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            let c = EtcdClient::connect(&st, &endpoints, Duration::from_secs(2))
-                .await
-                .unwrap();
-            let mut acked = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("/renew/{i:08}");
-                if c.put(&key, b"v").await.is_ok() {
-                    acked.push(key);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            acked
-        })
-    };
+    let writer = Writer::start(st, &endpoints, "/renew");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let renewed = haop(st, &["certs", "renew", "-f", &p, "--expiring-within", "1d"]);
     let said = text(&renewed);
@@ -109,8 +86,7 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
         restarts[1] > healthy[0] && restarts[2] > healthy[1],
         "{said}"
     );
-    stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.unwrap();
+    let acked = writer.finish().await;
     assert!(acked.len() > 20, "{}", acked.len());
 
     let after: Vec<String> = roots.iter().map(|r| serial(r, "server.crt")).collect();

@@ -4,10 +4,8 @@
 
 mod common;
 
-use common::{haop, text};
+use common::{haop, text, Writer};
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use haop_coordinator::etcd_api::EtcdClient;
@@ -63,28 +61,7 @@ async fn scale_three_to_five_to_three_under_a_writer() {
         .unwrap();
     assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd3"]);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let st = st.to_path_buf();
-        let endpoints = three.etcd_client_urls();
-        tokio::spawn(async move {
-            let c = EtcdClient::connect(&st, &endpoints, Duration::from_secs(2))
-                .await
-                .unwrap();
-            let mut acked = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("/scale/{i:08}");
-                if c.put(&key, b"v").await.is_ok() {
-                    acked.push(key);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            acked
-        })
-    };
+    let writer = Writer::start(st, &three.etcd_client_urls(), "/scale");
 
     // apply does not join hosts to a running cluster by itself; it says how.
     let refused = haop(st, &["apply", "-f", &i5]);
@@ -115,8 +92,7 @@ async fn scale_three_to_five_to_three_under_a_writer() {
     let plan = haop(st, &["plan", "-f", &i3, "--exit-code"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 
-    stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.unwrap();
+    let acked = writer.finish().await;
     assert!(acked.len() > 20, "{}", acked.len());
     for key in &acked {
         assert!(client.get(key).await.unwrap().is_some(), "{key} lost");

@@ -52,3 +52,49 @@ pub fn require_root() -> bool {
     );
     false
 }
+
+/// A client that keeps putting keys and remembers every write etcd acknowledged.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Writer {
+    /// Starts writing `PREFIX/00000000`, `PREFIX/00000001`, ... every 5 ms.
+    pub fn start(state: &Path, endpoints: &[String], prefix: &str) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, state, endpoints, prefix) = (
+            stop.clone(),
+            state.to_path_buf(),
+            endpoints.to_vec(),
+            prefix.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let c = haop_coordinator::etcd_api::EtcdClient::connect(
+                &state,
+                &endpoints,
+                std::time::Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("{prefix}/{i:08}");
+                if c.put(&key, b"v").await.is_ok() {
+                    acked.push(key);
+                }
+                i += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            acked
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops and answers the acknowledged keys.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
