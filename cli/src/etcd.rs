@@ -65,6 +65,16 @@ pub enum EtcdCommand {
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
     },
+    /// Replace OLD's member with NEW (an etcd host of the inventory), one change at a time: a
+    /// dead OLD is removed first; a healthy one only after NEW is a voter.
+    Replace {
+        old: String,
+        #[arg(long = "with")]
+        new: String,
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
     /// Recover every failed member, one at a time, while that is safe. With --watch, keep
     /// doing so (a long-running mode to run under systemd); without, exit when all are healthy.
     Heal {
@@ -159,6 +169,16 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             let inv = load_inventory(&inventory)?;
             eprintln!("adding {host}:");
             haop_coordinator::scale::add(state_dir, inv, &host, &show_progress).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Replace {
+            old,
+            new,
+            inventory,
+        } => {
+            let inv = load_inventory(&inventory)?;
+            eprintln!("replacing {old} with {new}:");
+            haop_coordinator::scale::replace(state_dir, inv, &old, &new, &show_progress).await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Remove { host, inventory } => {

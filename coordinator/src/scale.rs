@@ -263,3 +263,37 @@ pub async fn remove(
     )));
     Ok(())
 }
+
+/// Replaces `old`'s member with the inventory's etcd host `new`, one membership change at a
+/// time: a dead `old` is removed first (adding first would raise the quorum while a member is
+/// down); a healthy one stays until `new` is a voter, so the cluster never has less
+/// redundancy than before.
+pub async fn replace(
+    state_dir: &Path,
+    inventory: Inventory,
+    old: &str,
+    new: &str,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), ScaleError> {
+    let recovery = Recovery::connect(state_dir, inventory.clone()).await?;
+    let obs = recovery.observe().await?;
+    let Some(current) = obs.members.iter().find(|m| m.name == old) else {
+        return Err(ScaleError::NotMember { host: old.into() });
+    };
+    if obs.members.iter().any(|m| m.name == new && !m.is_learner) {
+        return Err(ScaleError::AlreadyMember { host: new.into() });
+    }
+    if current.is_healthy() {
+        progress(Progress::Action(format!(
+            "{old} is healthy: adding {new} first, then removing {old}"
+        )));
+        add(state_dir, inventory.clone(), new, progress).await?;
+        remove(state_dir, inventory, old, progress).await
+    } else {
+        progress(Progress::Action(format!(
+            "{old} is not healthy: removing it first, then adding {new}"
+        )));
+        remove(state_dir, inventory.clone(), old, progress).await?;
+        add(state_dir, inventory, new, progress).await
+    }
+}

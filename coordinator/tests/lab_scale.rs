@@ -1,6 +1,7 @@
 //! Scaling etcd 3 -> 5 -> 3 in the lab with a writer running: `haop etcd add` joins two hosts
 //! one at a time (learner, promote), `haop apply` refuses to join a host by itself and converges
-//! once it is a member, `haop etcd remove` takes them out again; no acknowledged write is lost.
+//! once it is a member, `haop etcd remove` takes them out again, `haop etcd replace` swaps a
+//! member for another host; no acknowledged write is lost.
 
 mod common;
 
@@ -85,6 +86,21 @@ async fn scale_three_to_five_to_three_under_a_writer() {
         assert!(out.status.success(), "{}", text(&out));
     }
     assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd3"]);
+    // Replace a healthy member: etcd3 by etcd4 (etcd4 joins first, then etcd3 leaves).
+    let replaced = haop(
+        st,
+        &["etcd", "replace", "etcd3", "--with", "etcd4", "-f", &i5],
+    );
+    assert!(replaced.status.success(), "{}", text(&replaced));
+    assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd4"]);
+    // And back: etcd4 by etcd3.
+    let back = haop(
+        st,
+        &["etcd", "replace", "etcd4", "--with", "etcd3", "-f", &i5],
+    );
+    assert!(back.status.success(), "{}", text(&back));
+    assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd3"]);
+
     // Back to the three-host inventory: apply drops the removed hosts from /etc/hosts, and
     // then nothing is left to do.
     let back = haop(st, &["apply", "-f", &i3]);
