@@ -85,6 +85,29 @@ pub struct RunContext {
     pub rolling: tokio::sync::Mutex<()>,
 }
 
+/// The masters whose interfaces carry `vip` (asked through their agents, in parallel).
+async fn vip_holders(ctx: &RunContext, vip: &str, masters: &[(String, String)]) -> Vec<String> {
+    let mut set = tokio::task::JoinSet::new();
+    for (name, endpoint) in masters.iter().cloned() {
+        let trust = ctx.trust.clone();
+        let prefix = format!("{vip}/");
+        set.spawn(async move {
+            let mut c = crate::agent_client::connect(&trust, &endpoint, Duration::from_secs(2))
+                .await
+                .ok()?;
+            let facts = c.get_facts(pb::GetFactsRequest {}).await.ok()?.into_inner();
+            facts
+                .interfaces
+                .iter()
+                .any(|i| i.addresses.iter().any(|a| a.starts_with(&prefix)))
+                .then_some(name)
+        });
+    }
+    let mut holders: Vec<String> = set.join_all().await.into_iter().flatten().collect();
+    holders.sort();
+    holders
+}
+
 /// Waits until the etcd member at `endpoint` answers through the API again.
 async fn wait_member_healthy(ctx: &RunContext, endpoint: &str) -> Result<(), StepError> {
     let client = crate::etcd_api::EtcdClient::connect(
@@ -366,6 +389,23 @@ pub async fn check(
                 }
             })
         }
+        Action::VipHeld { vip, masters } => {
+            let holders = vip_holders(ctx, vip, masters).await;
+            Ok(if holders.len() == 1 {
+                Change::Unchanged
+            } else {
+                Change::Run {
+                    detail: format!(
+                        "wait until one master holds {vip} (now: {})",
+                        if holders.is_empty() {
+                            "none".to_string()
+                        } else {
+                            holders.join(", ")
+                        }
+                    ),
+                }
+            })
+        }
         Action::EtcdQuorum { .. } => {
             Err(StepError::Failed("the quorum step is cluster-wide".into()))
         }
@@ -605,6 +645,28 @@ pub async fn run(
             .map_err(rpc("DisableSwap"))?
             .into_inner()
             .changed),
+        Action::VipHeld { vip, masters } => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let holders = vip_holders(ctx, vip, masters).await;
+                if holders.len() == 1 {
+                    return Ok(false);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(StepError::Failed(format!(
+                        "VIP {vip} is held by {} after 30 s; check keepalived's log on the \
+                         masters, the VIP's interface name and that VRRP (IP protocol 112) \
+                         passes between them",
+                        if holders.is_empty() {
+                            "no master".to_string()
+                        } else {
+                            holders.join(" and ")
+                        }
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         Action::EtcdQuorum { .. } => {
             Err(StepError::Failed("the quorum step is cluster-wide".into()))
         }

@@ -157,6 +157,12 @@ pub enum Action {
         values: BTreeMap<String, String>,
     },
     SwapOff,
+    /// keepalived has elected its MASTER: exactly one of `masters` (name, agent endpoint)
+    /// holds the VIP. A wait, like the quorum: it changes nothing.
+    VipHeld {
+        vip: String,
+        masters: Vec<(String, String)>,
+    },
     /// Cluster-wide: the etcd members elect a leader and answer through the API.
     EtcdQuorum {
         endpoints: Vec<String>,
@@ -451,6 +457,22 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
                     restart_on: vec![keepalived::CONF_PATH.into(), keepalived::UNIT_PATH.into()],
                     rolling_etcd: None,
                     start_delay_ms: 0,
+                },
+            );
+        }
+        if let Some(vip) = &inv.vip {
+            // Checked from the first master, after its own keepalived runs.
+            push(
+                &mut steps,
+                Phase::Keepalived,
+                masters[0].name.as_str(),
+                format!("VIP {} held by exactly one master", vip.address),
+                Action::VipHeld {
+                    vip: vip.address.to_string(),
+                    masters: masters
+                        .iter()
+                        .map(|h| (h.name.as_str().to_string(), h.agent.as_str().to_string()))
+                        .collect(),
                 },
             );
         }
