@@ -312,13 +312,14 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             let client =
                 EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(5))
                     .await?;
-            let path = out.unwrap_or_else(|| {
-                let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-                state_dir
-                    .join("snapshots")
-                    .join(inv.cluster.as_str())
-                    .join(format!("{stamp}-manual.db"))
-            });
+            let path = match out {
+                Some(p) => p,
+                None => haop_coordinator::recover::new_snapshot_path(
+                    state_dir,
+                    inv.cluster.as_str(),
+                    "manual",
+                )?,
+            };
             let info = client.snapshot(&path).await?;
             println!(
                 "{} ({} bytes, sha256 {}, from {})",

@@ -338,15 +338,16 @@ impl Recovery {
             }
             Action::Snapshot { from } => {
                 let ep = self.endpoint_of(from).unwrap_or_default();
-                let path = self.snapshot_path(from);
-                std::fs::create_dir_all(self.snapshot_dir()).map_err(|e| RecoverError::Etcd {
-                    what: format!("a snapshot from {from}"),
-                    source: EtcdApiError::SnapshotIo {
-                        action: "create",
-                        path: self.snapshot_dir(),
-                        source: e,
-                    },
-                })?;
+                let path =
+                    new_snapshot_path(&self.state_dir, self.inventory.cluster.as_str(), from)
+                        .map_err(|e| RecoverError::Etcd {
+                            what: format!("a snapshot from {from}"),
+                            source: EtcdApiError::SnapshotIo {
+                                action: "create",
+                                path: self.snapshot_dir(),
+                                source: e,
+                            },
+                        })?;
                 let info = self
                     .etcd
                     .snapshot_from(&ep, &path)
@@ -624,18 +625,7 @@ impl Recovery {
     }
 
     fn snapshot_dir(&self) -> PathBuf {
-        self.state_dir
-            .join("snapshots")
-            .join(self.inventory.cluster.as_str())
-    }
-
-    fn snapshot_path(&self, from: &str) -> PathBuf {
-        let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
-            ))
-            .unwrap_or_default();
-        self.snapshot_dir().join(format!("{stamp}-{from}.db"))
+        snapshot_dir(&self.state_dir, self.inventory.cluster.as_str())
     }
 
     /// Keeps the newest [`SNAPSHOTS_KEPT`] snapshots of the cluster.
@@ -654,6 +644,23 @@ impl Recovery {
             let _ = std::fs::remove_file(old);
         }
     }
+}
+
+/// Where the state dir keeps a cluster's snapshots: `<state-dir>/snapshots/<cluster>/`.
+pub fn snapshot_dir(state_dir: &Path, cluster: &str) -> PathBuf {
+    state_dir.join("snapshots").join(cluster)
+}
+
+/// A new snapshot file in [`snapshot_dir`] (created when missing), named by time and `tag`.
+pub fn new_snapshot_path(state_dir: &Path, cluster: &str, tag: &str) -> std::io::Result<PathBuf> {
+    let dir = snapshot_dir(state_dir, cluster);
+    std::fs::create_dir_all(&dir)?;
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+        ))
+        .unwrap_or_default();
+    Ok(dir.join(format!("{stamp}-{tag}.db")))
 }
 
 /// How long the planner must keep refusing before recovery gives up.

@@ -61,7 +61,7 @@ pub async fn choose_snapshot(
     if let Some(p) = from {
         return Ok(p);
     }
-    let dir = state_dir.join("snapshots").join(inventory.cluster.as_str());
+    let dir = crate::recover::snapshot_dir(state_dir, inventory.cluster.as_str());
     let newest = std::fs::read_dir(&dir).ok().and_then(|entries| {
         entries
             .flatten()
@@ -83,11 +83,11 @@ pub async fn choose_snapshot(
         .flatten()
         .max_by_key(|s| s.raft_index)
         .ok_or_else(|| RestoreError::NoSnapshot { dir: dir.clone() })?;
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!(
-        "{}-survivor.db",
-        time::OffsetDateTime::now_utc().unix_timestamp()
-    ));
+    let path = crate::recover::new_snapshot_path(state_dir, inventory.cluster.as_str(), "survivor")
+        .map_err(|source| RestoreError::Read {
+            path: dir.clone(),
+            source,
+        })?;
     client
         .snapshot_from(&best.endpoint, &path)
         .await
@@ -158,22 +158,7 @@ pub async fn restore(
         if moved.changed {
             progress(format!("{name}: old data moved to {}", moved.moved_to));
         }
-        let mut msgs = vec![pb::UploadChunk {
-            header: Some(pb::UploadHeader {
-                path: HOST_SNAPSHOT.into(),
-                mode: 0o600,
-                sha256: sha.clone(),
-                size: data.len() as u64,
-                create_parents: true,
-            }),
-            data: Vec::new(),
-        }];
-        for chunk in data.chunks(1024 * 1024) {
-            msgs.push(pb::UploadChunk {
-                header: None,
-                data: chunk.to_vec(),
-            });
-        }
+        let msgs = crate::runbook::actions::upload_chunks(HOST_SNAPSHOT, 0o600, &sha, &data);
         c.upload_file(tokio_stream::iter(msgs))
             .await
             .map_err(host_err(name, "upload the snapshot"))?;

@@ -180,12 +180,19 @@ pub async fn remove(
         .map(|m| m.name.clone())
         .unwrap_or_default();
     if let Some(h) = inventory.host(&source) {
-        let dir = state_dir.join("snapshots").join(inventory.cluster.as_str());
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join(format!(
-            "{}-before-remove-{host}.db",
-            time::OffsetDateTime::now_utc().unix_timestamp()
-        ));
+        let path = crate::recover::new_snapshot_path(
+            state_dir,
+            inventory.cluster.as_str(),
+            &format!("before-remove-{host}"),
+        )
+        .map_err(|e| ScaleError::Etcd {
+            what: "a snapshot".into(),
+            source: EtcdApiError::SnapshotIo {
+                action: "create",
+                path: crate::recover::snapshot_dir(state_dir, inventory.cluster.as_str()),
+                source: e,
+            },
+        })?;
         let info = client
             .snapshot_from(&inventory.etcd_client_url(h), &path)
             .await

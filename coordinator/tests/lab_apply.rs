@@ -195,45 +195,31 @@ async fn apply_converges_and_survives_being_killed() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
+    let keepalived_on_master1 = |action: &str| {
+        let out = haop(
+            st,
+            &[
+                "agent",
+                "--lab",
+                &name,
+                "--host",
+                "master1",
+                "unit",
+                "keepalived.service",
+                action,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     wait_holder("master1", &lab);
     // keepalived stops on master1: the VIP moves to master2, and comes back when it returns.
-    let stop = haop(
-        st,
-        &[
-            "agent",
-            "--lab",
-            &name,
-            "--host",
-            "master1",
-            "unit",
-            "keepalived.service",
-            "stop",
-        ],
-    );
-    assert!(
-        stop.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stop.stderr)
-    );
+    keepalived_on_master1("stop");
     wait_holder("master2", &lab);
-    let start = haop(
-        st,
-        &[
-            "agent",
-            "--lab",
-            &name,
-            "--host",
-            "master1",
-            "unit",
-            "keepalived.service",
-            "start",
-        ],
-    );
-    assert!(
-        start.status.success(),
-        "{}",
-        String::from_utf8_lossy(&start.stderr)
-    );
+    keepalived_on_master1("start");
     wait_holder("master1", &lab);
 
     // keepalived killed with SIGKILL, with no chance to hand over: master2 takes the VIP once
@@ -243,47 +229,13 @@ async fn apply_converges_and_survives_being_killed() {
     lab.crash("master1", "keepalived.service", false)
         .await
         .expect("kill keepalived on master1");
-    let hold = haop(
-        st,
-        &[
-            "agent",
-            "--lab",
-            &name,
-            "--host",
-            "master1",
-            "unit",
-            "keepalived.service",
-            "stop",
-        ],
-    );
-    assert!(
-        hold.status.success(),
-        "{}",
-        String::from_utf8_lossy(&hold.stderr)
-    );
+    keepalived_on_master1("stop");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !holders(&lab).contains(&"master2".to_string()) {
         assert!(Instant::now() < deadline, "master2 never took the VIP over");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let back = haop(
-        st,
-        &[
-            "agent",
-            "--lab",
-            &name,
-            "--host",
-            "master1",
-            "unit",
-            "keepalived.service",
-            "start",
-        ],
-    );
-    assert!(
-        back.status.success(),
-        "{}",
-        String::from_utf8_lossy(&back.stderr)
-    );
+    keepalived_on_master1("start");
     wait_holder("master1", &lab);
 
     // Node preparation persisted on masters and workers (a lab host loads no module into the

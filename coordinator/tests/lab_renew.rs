@@ -106,6 +106,15 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
             "acknowledged write {key} lost"
         );
     }
+    // A snapshot into the state dir (its directory made on first use), checksummed.
+    let snap = haop(st, &["etcd", "snapshot", "save", "-f", &p]);
+    assert!(snap.status.success(), "{}", text(&snap));
+    let saved = std::fs::read_dir(st.join("snapshots").join(inv.cluster.as_str()))
+        .unwrap()
+        .count();
+    assert_eq!(saved, 1, "{}", text(&snap));
+    assert!(text(&snap).contains("sha256"), "{}", text(&snap));
+
     // Maintenance on the same cluster: no alarms; a rolling defrag keeps it healthy.
     let alarms = haop(st, &["etcd", "alarms", "-f", &p]);
     assert!(alarms.status.success(), "{}", text(&alarms));

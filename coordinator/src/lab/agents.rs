@@ -308,7 +308,7 @@ async fn wait_ready_inner(
                     debug!(host = %pending[i].0.name, hostname = %facts.hostname, "agent answers");
                     ready[i] = true;
                 }
-                Err(e) => last_errors[i] = error_chain(&e),
+                Err(e) => last_errors[i] = crate::error_chain(&e),
             }
         }
         let mut still = Vec::new();
@@ -345,18 +345,6 @@ async fn wait_ready_inner(
         }
         tokio::time::sleep(ROUND.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
-}
-
-/// `e` and its sources, `: `-separated, for a one-line summary.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The last `lines` lines of the log at `path` (at most its last 8 KiB), or a note that there
@@ -488,7 +476,7 @@ pub fn stop_agents(hosts: &[LabHost]) -> Vec<String> {
     }
     for pid in &ours {
         if let Err(e) = signal(*pid, Signal::SIGTERM) {
-            problems.push(error_chain(&e));
+            problems.push(crate::error_chain(&e));
         }
     }
     let left = wait_gone(&ours, AGENT_STOP);
@@ -499,7 +487,7 @@ pub fn stop_agents(hosts: &[LabHost]) -> Vec<String> {
             "agent did not exit in time after SIGTERM; sending SIGKILL"
         );
         if let Err(e) = signal(*pid, Signal::SIGKILL) {
-            problems.push(error_chain(&e));
+            problems.push(crate::error_chain(&e));
         }
     }
     for pid in wait_gone(&left, Duration::from_secs(5)) {

@@ -157,7 +157,7 @@ impl Lab {
                 Err(e) => {
                     let cleanup = lab.clone();
                     if let Err(te) = blocking(move || cleanup.down()).await {
-                        warn!(error = %agents::error_chain(&te), "cleanup after a failed up failed");
+                        warn!(error = %crate::error_chain(&te), "cleanup after a failed up failed");
                     }
                     Err(e)
                 }
@@ -210,7 +210,7 @@ impl Lab {
                     Err(_) => sys::remove_tree(&dir),
                 };
                 if let Err(te) = cleanup {
-                    warn!(lab = %lab_name, error = %agents::error_chain(&te), "cleanup after a failed create failed");
+                    warn!(lab = %lab_name, error = %crate::error_chain(&te), "cleanup after a failed create failed");
                 }
                 Err(e)
             }
@@ -368,7 +368,7 @@ impl Lab {
     pub async fn host_reports(&self) -> Vec<HostReport> {
         let trust = crate::trust::Trust::load(&self.state_dir())
             .map(std::sync::Arc::new)
-            .map_err(|e| agents::error_chain(&e));
+            .map_err(|e| crate::error_chain(&e));
         let mut set = tokio::task::JoinSet::new();
         for (i, host) in self.record.hosts.iter().cloned().enumerate() {
             let trust = trust.clone();
@@ -381,7 +381,7 @@ impl Lab {
                         Err(e) => (None, Some(e.clone())),
                         Ok(trust) => match agents::get_facts(trust, &host, RPC_TIMEOUT).await {
                             Ok(f) => (Some(HostFacts::from(f)), None),
-                            Err(e) => (None, Some(agents::error_chain(&e))),
+                            Err(e) => (None, Some(crate::error_chain(&e))),
                         },
                     }
                 };
@@ -555,7 +555,7 @@ impl Lab {
         for name in names {
             match Lab::down_named(state_dir, &name) {
                 Ok(()) => removed.push(name),
-                Err(e) => problems.push(format!("{name}: {}", agents::error_chain(&e))),
+                Err(e) => problems.push(format!("{name}: {}", crate::error_chain(&e))),
             }
         }
         if problems.is_empty() {
@@ -731,7 +731,7 @@ fn create_network(ip: &Ip, r: &LabRecord) -> Result<(), LabError> {
 fn kill_namespace_processes(ip: &Ip, ns: &str) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let pids = ip.netns_pids(ns).map_err(|e| agents::error_chain(&e))?;
+        let pids = ip.netns_pids(ns).map_err(|e| crate::error_chain(&e))?;
         let me = std::process::id();
         let alive: Vec<u32> = pids
             .into_iter()
@@ -745,7 +745,7 @@ fn kill_namespace_processes(ip: &Ip, ns: &str) -> Result<(), String> {
         }
         for pid in &alive {
             info!(namespace = %ns, pid, "killing a process left in the lab host");
-            agents::signal(*pid, Signal::SIGKILL).map_err(|e| agents::error_chain(&e))?;
+            agents::signal(*pid, Signal::SIGKILL).map_err(|e| crate::error_chain(&e))?;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -777,20 +777,20 @@ fn teardown(ip: &Ip, dir: &Path, record: &LabRecord) -> Result<(), LabError> {
             if ours {
                 if let Err(e) = ip.run(&["link", "del", "dev", &h.veth]) {
                     if sys::link_exists(&h.veth) {
-                        problems.push(agents::error_chain(&e));
+                        problems.push(crate::error_chain(&e));
                     }
                 }
             }
         }
         if sys::netns_exists(&h.namespace) {
             if let Err(e) = ip.run(&["netns", "del", &h.namespace]) {
-                problems.push(agents::error_chain(&e));
+                problems.push(crate::error_chain(&e));
             }
         }
     }
     if bridge_is_ours {
         if let Err(e) = ip.run(&["link", "del", "dev", &record.bridge]) {
-            problems.push(agents::error_chain(&e));
+            problems.push(crate::error_chain(&e));
         }
     }
     if !problems.is_empty() {
@@ -918,7 +918,7 @@ impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Some(lab) = self.lab.take() {
             if let Err(e) = lab.down() {
-                let msg = agents::error_chain(&e);
+                let msg = crate::error_chain(&e);
                 warn!(lab = %lab.name(), error = %msg, "lab guard could not remove the lab");
                 eprintln!("LabGuard: could not remove lab {}: {msg}", lab.name());
             }

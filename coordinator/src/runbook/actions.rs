@@ -85,6 +85,25 @@ pub struct RunContext {
     pub rolling: tokio::sync::Mutex<()>,
 }
 
+/// The messages of an `UploadFile` of `data` to `path`: the header, then 1 MiB chunks.
+pub fn upload_chunks(path: &str, mode: u32, sha256: &str, data: &[u8]) -> Vec<pb::UploadChunk> {
+    let mut msgs = vec![pb::UploadChunk {
+        header: Some(pb::UploadHeader {
+            path: path.to_string(),
+            mode,
+            sha256: sha256.to_string(),
+            size: data.len() as u64,
+            create_parents: true,
+        }),
+        data: Vec::new(),
+    }];
+    msgs.extend(data.chunks(1024 * 1024).map(|chunk| pb::UploadChunk {
+        header: None,
+        data: chunk.to_vec(),
+    }));
+    msgs
+}
+
 /// The masters whose interfaces carry `vip` (asked through their agents, in parallel).
 async fn vip_holders(ctx: &RunContext, vip: &str, masters: &[(String, String)]) -> Vec<String> {
     let mut set = tokio::task::JoinSet::new();
@@ -525,22 +544,7 @@ pub async fn run(
         } => {
             let data = std::fs::read(local)
                 .map_err(|e| StepError::Failed(format!("cannot read {}: {e}", local.display())))?;
-            let mut msgs = vec![pb::UploadChunk {
-                header: Some(pb::UploadHeader {
-                    path: path.clone(),
-                    mode: *mode,
-                    sha256: sha256.clone(),
-                    size: data.len() as u64,
-                    create_parents: true,
-                }),
-                data: Vec::new(),
-            }];
-            for chunk in data.chunks(1024 * 1024) {
-                msgs.push(pb::UploadChunk {
-                    header: None,
-                    data: chunk.to_vec(),
-                });
-            }
+            let msgs = upload_chunks(path, *mode, sha256, &data);
             Ok(c.upload_file(tokio_stream::iter(msgs))
                 .await
                 .map_err(rpc("UploadFile"))?
