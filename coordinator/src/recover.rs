@@ -375,10 +375,19 @@ impl Recovery {
                 progress(Progress::Action(format!(
                     "remove member {name} ({member_id:x})"
                 )));
-                self.retry_unhealthy(&format!("removing {name}"), progress, || async {
-                    self.etcd.member_remove(*member_id).await.map(|_| ())
-                })
-                .await?;
+                let removed = self
+                    .retry_unhealthy(&format!("removing {name}"), progress, || async {
+                        self.etcd.member_remove(*member_id).await.map(|_| ())
+                    })
+                    .await;
+                match removed {
+                    // Removed already, by an earlier run or a request whose answer was lost.
+                    Err(RecoverError::Etcd {
+                        source: EtcdApiError::MemberNotFound { .. },
+                        ..
+                    }) => progress(Progress::Action(format!("{name} is already removed"))),
+                    r => r?,
+                }
             }
             Action::Wipe { host, member_id } => self.wipe(host, *member_id, progress).await?,
             Action::AddLearner { name, peer_url } => {
@@ -422,6 +431,12 @@ impl Recovery {
                 loop {
                     match self.etcd.member_promote(*member_id).await {
                         Ok(_) => break,
+                        // The observation came from a member that had not applied an earlier
+                        // promotion yet (etcd 3.4 serves the member list locally): done.
+                        Err(EtcdApiError::NotALearner { .. }) => {
+                            progress(Progress::Action(format!("{name} is already a voter")));
+                            break;
+                        }
                         Err(EtcdApiError::LearnerNotReady { .. })
                             if started.elapsed() < Duration::from_secs(60) =>
                         {
