@@ -168,7 +168,8 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         EtcdCommand::Add { host, inventory } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("adding {host}:");
-            haop_coordinator::scale::add(state_dir, inv, &host, &show_progress).await?;
+            haop_coordinator::scale::add(state_dir, inv, Some(&inventory), &host, &show_progress)
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Replace {
@@ -178,13 +179,28 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("replacing {old} with {new}:");
-            haop_coordinator::scale::replace(state_dir, inv, &old, &new, &show_progress).await?;
+            haop_coordinator::scale::replace(
+                state_dir,
+                inv,
+                Some(&inventory),
+                &old,
+                &new,
+                &show_progress,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Remove { host, inventory } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("removing {host}:");
-            haop_coordinator::scale::remove(state_dir, inv, &host, &show_progress).await?;
+            haop_coordinator::scale::remove(
+                state_dir,
+                inv,
+                Some(&inventory),
+                &host,
+                &show_progress,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Defrag { inventory } => {

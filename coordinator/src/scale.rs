@@ -20,18 +20,20 @@ use haop_proto::v1 as pb;
 
 use crate::etcd_api::{EtcdApiError, EtcdClient};
 use crate::etcd_config::UNIT_NAME;
-use crate::inventory::Inventory;
+use crate::inventory::edit::EditError;
+use crate::inventory::{Inventory, Role};
 use crate::recover::{Progress, RecoverError, Recovery};
+use crate::runbook::etcd_endpoints::{self, EndpointsError};
 use crate::runbook::{actions, Action, Phase, Runbook, RunbookError};
 
 /// Errors of add and remove; each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleError {
-    #[error("{host} is not an etcd host of the inventory; add it there (roles: [etcd]) first")]
+    #[error("{host} is not a host of the inventory; add it there (roles: [etcd]) first")]
     NotInInventory { host: String },
     #[error("{host} is already a member of the cluster")]
     AlreadyMember { host: String },
-    #[error("{host} is not a member of the cluster")]
+    #[error("{host} is not a member of the cluster (removed already? then take it out of the inventory's etcd role)")]
     NotMember { host: String },
     #[error("removing {host} would leave {healthy} healthy voters of {voters}, below the quorum of {needed}; recover the unhealthy members first")]
     WouldLoseQuorum {
@@ -48,6 +50,10 @@ pub enum ScaleError {
     },
     #[error(transparent)]
     Runbook(#[from] RunbookError),
+    #[error("the masters' etcd endpoints")]
+    Endpoints(#[from] EndpointsError),
+    #[error("the member change is done, but the inventory file was not updated")]
+    Inventory(#[from] EditError),
     #[error(transparent)]
     Recover(#[from] RecoverError),
     #[error("etcd refused {what}")]
@@ -64,20 +70,22 @@ pub enum ScaleError {
     },
 }
 
-/// Adds the inventory's etcd host `host` to the running cluster.
+/// Adds the inventory's host `host` to the running cluster as an etcd member. A host of the
+/// inventory without the etcd role gets it; with `file`, the inventory file says so afterwards.
 pub async fn add(
     state_dir: &Path,
-    inventory: Inventory,
+    mut inventory: Inventory,
+    file: Option<&Path>,
     host: &str,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
-    if !inventory
-        .etcd_hosts()
-        .iter()
-        .any(|h| h.name.as_str() == host)
-    {
+    let Some(h) = inventory.hosts.iter_mut().find(|h| h.name.as_str() == host) else {
         return Err(ScaleError::NotInInventory { host: host.into() });
+    };
+    if !h.roles.contains(&Role::Etcd) {
+        h.roles.push(Role::Etcd);
     }
+    let roles = h.roles.clone();
     let client = EtcdClient::connect(
         state_dir,
         &inventory.etcd_client_urls(),
@@ -100,7 +108,15 @@ pub async fn add(
         .iter()
         .any(|m| !m.is_learner && (m.name == host || m.peer_urls.contains(&peer)))
     {
-        return Err(ScaleError::AlreadyMember { host: host.into() });
+        // Done by an earlier run whose end was lost: finish what followed it.
+        progress(Progress::Action(format!(
+            "{host} is a voter already (haop etcd recover {host} if it is unhealthy)"
+        )));
+        record(file, host, &roles, progress)?;
+        for line in etcd_endpoints::sync(state_dir, &inventory).await? {
+            progress(Progress::Action(line));
+        }
+        return Ok(());
     }
     // The host's files, with apply's own steps: /etc/hosts everywhere, and on the new host its
     // certificates, binary, etcd.env and unit; not the bootstrap file of a new cluster.
@@ -132,17 +148,48 @@ pub async fn add(
             progress(Progress::Action(format!("{}: {}", step.host, step.name)));
         }
     }
-    let recovery = Recovery::connect(state_dir, inventory).await?;
+    let recovery = Recovery::connect(state_dir, inventory.clone()).await?;
     recovery
         .recover(host, Duration::from_secs(120), progress)
         .await?;
+    record(file, host, &roles, progress)?;
+    // The API servers use the new member once it is a voter.
+    for line in etcd_endpoints::sync(state_dir, &inventory).await? {
+        progress(Progress::Action(line));
+    }
     Ok(())
 }
 
-/// Removes `host`'s member from the cluster, stops it and moves its data aside.
+/// Writes `host`'s new roles into the inventory file (when there is one).
+fn record(
+    file: Option<&Path>,
+    host: &str,
+    roles: &[Role],
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), ScaleError> {
+    let Some(path) = file else {
+        return Ok(());
+    };
+    crate::inventory::edit::rewrite_roles(path, host, roles)?;
+    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    progress(Progress::Action(if roles.is_empty() {
+        format!("{}: {host} taken out of the hosts", path.display())
+    } else {
+        format!(
+            "{}: {host} has roles [{}]",
+            path.display(),
+            roles.join(", ")
+        )
+    }));
+    Ok(())
+}
+
+/// Removes `host`'s member from the cluster, stops it and moves its data aside; with `file`,
+/// the host loses the etcd role in the inventory file (and leaves it, when no role is left).
 pub async fn remove(
     state_dir: &Path,
     inventory: Inventory,
+    file: Option<&Path>,
     host: &str,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
@@ -206,13 +253,33 @@ pub async fn remove(
             info.path.display()
         )));
     }
+    // The API servers stop using the member before it goes.
+    let mut after = inventory.clone();
+    let mut roles = Vec::new();
+    if let Some(h) = after.hosts.iter_mut().find(|h| h.name.as_str() == host) {
+        h.roles.retain(|r| *r != Role::Etcd);
+        roles = h.roles.clone();
+    }
+    after.hosts.retain(|h| !h.roles.is_empty());
+    for line in etcd_endpoints::sync(state_dir, &after).await? {
+        progress(Progress::Action(line));
+    }
     let started = std::time::Instant::now();
+    let mut said = false;
     loop {
         match client.member_remove(id).await {
             Ok(_) => break,
+            Err(EtcdApiError::MemberNotFound { .. }) => break,
             Err(EtcdApiError::UnhealthyCluster { .. })
                 if started.elapsed() < Duration::from_secs(30) =>
             {
+                if !said {
+                    progress(Progress::Waiting(format!(
+                        "etcd answered `unhealthy cluster` to removing {host}: a member has been \
+                         connected for less than 5 s; waiting and retrying"
+                    )));
+                    said = true;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(source) => {
@@ -265,9 +332,13 @@ pub async fn remove(
             ))),
         }
     }
-    progress(Progress::Action(format!(
-        "done: take {host} out of the inventory's etcd role"
-    )));
+    if file.is_some() {
+        record(file, host, &roles, progress)?;
+    } else {
+        progress(Progress::Action(format!(
+            "done: take {host} out of the inventory's etcd role"
+        )));
+    }
     Ok(())
 }
 
@@ -278,6 +349,7 @@ pub async fn remove(
 pub async fn replace(
     state_dir: &Path,
     inventory: Inventory,
+    file: Option<&Path>,
     old: &str,
     new: &str,
     progress: &(dyn Fn(Progress) + Sync),
@@ -294,13 +366,28 @@ pub async fn replace(
         progress(Progress::Action(format!(
             "{old} is healthy: adding {new} first, then removing {old}"
         )));
-        add(state_dir, inventory.clone(), new, progress).await?;
-        remove(state_dir, inventory, old, progress).await
+        add(state_dir, inventory.clone(), file, new, progress).await?;
+        let mut with_new = inventory;
+        if let Some(h) = with_new.hosts.iter_mut().find(|h| h.name.as_str() == new) {
+            if !h.roles.contains(&Role::Etcd) {
+                h.roles.push(Role::Etcd);
+            }
+        }
+        remove(state_dir, with_new, file, old, progress).await
     } else {
         progress(Progress::Action(format!(
             "{old} is not healthy: removing it first, then adding {new}"
         )));
-        remove(state_dir, inventory.clone(), old, progress).await?;
-        add(state_dir, inventory, new, progress).await
+        remove(state_dir, inventory.clone(), file, old, progress).await?;
+        let mut without_old = inventory;
+        if let Some(h) = without_old
+            .hosts
+            .iter_mut()
+            .find(|h| h.name.as_str() == old)
+        {
+            h.roles.retain(|r| *r != Role::Etcd);
+        }
+        without_old.hosts.retain(|h| !h.roles.is_empty());
+        add(state_dir, without_old, file, new, progress).await
     }
 }

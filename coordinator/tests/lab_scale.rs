@@ -51,8 +51,20 @@ async fn scale_three_to_five_to_three_under_a_writer() {
     let inv3 = st.join("three.yaml");
     let inv5 = st.join("five.yaml");
     std::fs::write(&inv3, three.to_yaml().unwrap()).unwrap();
-    std::fs::write(&inv5, five.to_yaml().unwrap()).unwrap();
+    // The operator's file: their notes stay through haop's edits.
+    let five_text = format!(
+        "# operator's notes: etcd4 and etcd5 are new\n{}",
+        five.to_yaml().unwrap()
+    );
+    std::fs::write(&inv5, &five_text).unwrap();
     let (i3, i5) = (inv3.display().to_string(), inv5.display().to_string());
+    let hosts_in = |path: &std::path::Path| -> Vec<String> {
+        let (inv, _) = Inventory::load(path).unwrap();
+        inv.etcd_hosts()
+            .iter()
+            .map(|h| h.name.as_str().to_string())
+            .collect()
+    };
 
     let applied = haop(st, &["apply", "-f", &i3]);
     assert!(applied.status.success(), "{}", text(&applied));
@@ -81,11 +93,35 @@ async fn scale_three_to_five_to_three_under_a_writer() {
     let plan = haop(st, &["plan", "-f", &i5, "--exit-code"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 
+    // Adding a voter again is done already: it says so and changes nothing.
+    let again = haop(st, &["etcd", "add", "etcd5", "-f", &i5]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("a voter already"), "{}", text(&again));
+
+    // Removing takes the hosts out of the inventory file too, and keeps the rest of it.
     for host in ["etcd5", "etcd4"] {
         let out = haop(st, &["etcd", "remove", host, "-f", &i5]);
         assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("{host} taken out of the hosts")),
+            "{}",
+            text(&out)
+        );
     }
     assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd3"]);
+    assert_eq!(hosts_in(&inv5), ["etcd1", "etcd2", "etcd3"]);
+    let edited = std::fs::read_to_string(&inv5).unwrap();
+    assert!(edited.starts_with("# operator's notes"), "{edited}");
+    let plan = haop(st, &["plan", "-f", &i5, "--exit-code"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "/etc/hosts still names the removed hosts: {}",
+        text(&plan)
+    );
+
+    // Replacing: the operator puts the new host in the file, haop takes the old one out.
+    std::fs::write(&inv5, &five_text).unwrap();
     // Replace a healthy member: etcd3 by etcd4 (etcd4 joins first, then etcd3 leaves).
     let replaced = haop(
         st,
@@ -93,13 +129,16 @@ async fn scale_three_to_five_to_three_under_a_writer() {
     );
     assert!(replaced.status.success(), "{}", text(&replaced));
     assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd4"]);
-    // And back: etcd4 by etcd3.
+    assert_eq!(hosts_in(&inv5), ["etcd1", "etcd2", "etcd4", "etcd5"]);
+    // And back: etcd4 by etcd3 (put back in the file by the operator).
+    std::fs::write(&inv5, &five_text).unwrap();
     let back = haop(
         st,
         &["etcd", "replace", "etcd4", "--with", "etcd3", "-f", &i5],
     );
     assert!(back.status.success(), "{}", text(&back));
     assert_eq!(voters(&client).await, ["etcd1", "etcd2", "etcd3"]);
+    assert_eq!(hosts_in(&inv5), ["etcd1", "etcd2", "etcd3", "etcd5"]);
 
     // Back to the three-host inventory: apply drops the removed hosts from /etc/hosts, and
     // then nothing is left to do.

@@ -20,6 +20,7 @@
 //! Validation is pure: it reads no other file and asks no host. Whether the upload file or CNI
 //! manifest exists, or whether the hosts really have these addresses, is for preflight.
 
+pub mod edit;
 mod error;
 mod model;
 mod raw;

@@ -26,7 +26,7 @@
 //! [`sign_csr`]: CertificateAuthority::sign_csr
 
 mod ca;
-mod fsio;
+pub(crate) mod fsio;
 pub mod inspect;
 mod names;
 

@@ -178,7 +178,7 @@ pub(crate) async fn exists(c: &mut Client, path: &str) -> Result<bool, StepError
 }
 
 /// The first of `candidates` installed on the host.
-async fn find_program(
+pub(crate) async fn find_program(
     c: &mut Client,
     candidates: &[&str],
     install: &str,
@@ -196,7 +196,7 @@ async fn find_program(
 
 /// Runs `program args` through the agent; answers stdout, or an error with the exit code and
 /// the end of stderr. `what` names the command in the error (never with its secret arguments).
-async fn exec(
+pub(crate) async fn exec(
     c: &mut Client,
     program: &str,
     args: Vec<String>,

@@ -14,6 +14,7 @@
 //!   cluster reports zero changes.
 
 pub mod actions;
+pub mod etcd_endpoints;
 pub mod journal;
 pub mod kubeadm;
 pub mod preflight;

@@ -1,0 +1,236 @@
+//! Keeping the Kubernetes control plane pointed at the etcd members after a membership change.
+//!
+//! kubeadm copies the external etcd endpoints into three places at init and join, and none of
+//! them follows etcd's membership afterwards: `kubeadm-config.yaml` on the first master, the
+//! `kubeadm-config` ConfigMap (what later joins and `kubeadm upgrade` read), and the
+//! `--etcd-servers` flag of every master's kube-apiserver static pod. After `haop etcd add`,
+//! `remove` or `replace`, [`sync`] brings all three to the inventory's etcd hosts: the file with
+//! apply's own kubeadm-config step, the ConfigMap with `kubeadm init phase upload-config
+//! kubeadm` (only once init has run, and only when the file changed), and each manifest by
+//! rewriting its one `--etcd-servers=` line (the kubelet restarts the API server when its
+//! manifest changes). A removal syncs before the member goes, so no API server is left talking
+//! to a removed member; an addition syncs once the new member is a voter.
+
+use std::time::Duration;
+
+use haop_proto::v1 as pb;
+
+use super::actions::StepError;
+use super::kubeadm::{self, ADMIN_CONF, KUBEADM_PATHS};
+use super::steps::Phase;
+use super::{Runbook, RunbookError};
+use crate::agent_client;
+use crate::inventory::Inventory;
+use crate::render::kubeadm::CONFIG_PATH;
+
+/// Where kubeadm writes the API server's static pod manifest on a master.
+pub const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
+
+/// Errors of the sync; each names the master.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    #[error(transparent)]
+    Runbook(#[from] RunbookError),
+    #[error("{host}: {what}")]
+    Host {
+        host: String,
+        what: String,
+        #[source]
+        source: StepError,
+    },
+    #[error("cannot reach the agent of master {host}")]
+    Connect {
+        host: String,
+        #[source]
+        source: agent_client::ConnectError,
+    },
+}
+
+/// `manifest` with its `--etcd-servers=` argument set to `endpoints`; `None` when it has no
+/// such argument (not a kube-apiserver manifest of kubeadm's).
+pub fn set_etcd_servers(manifest: &str, endpoints: &[String]) -> Option<String> {
+    let mut found = false;
+    let mut out = String::with_capacity(manifest.len());
+    for line in manifest.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let ending = &line[body.len()..];
+        let lead = body.len() - body.trim_start().len();
+        let arg = body[lead..].strip_prefix("- ").map(str::trim_start);
+        let quoted = arg.is_some_and(|a| a.starts_with('"'));
+        let arg = arg.map(|a| a.trim_start_matches('"'));
+        if arg.is_some_and(|a| a.starts_with("--etcd-servers=")) {
+            found = true;
+            let value = endpoints.join(",");
+            let arg = if quoted {
+                format!("\"--etcd-servers={value}\"")
+            } else {
+                format!("--etcd-servers={value}")
+            };
+            out.push_str(&format!("{}- {arg}{ending}", &body[..lead]));
+        } else {
+            out.push_str(line);
+        }
+    }
+    found.then_some(out)
+}
+
+/// Brings the masters' kubeadm etcd endpoints to the etcd hosts of `inventory`; answers one
+/// line per change made (empty when Kubernetes is off or everything already matched).
+pub async fn sync(
+    state_dir: &std::path::Path,
+    inventory: &Inventory,
+) -> Result<Vec<String>, EndpointsError> {
+    if !inventory.kubernetes.enabled || inventory.masters().is_empty() {
+        return Ok(Vec::new());
+    }
+    let endpoints = inventory.etcd_client_urls();
+    let rb = Runbook::load(state_dir, inventory.clone())?;
+    let mut said = Vec::new();
+    let host_err = |host: &str, what: &str| {
+        let (host, what) = (host.to_string(), what.to_string());
+        move |source| EndpointsError::Host { host, what, source }
+    };
+    let rpc = |name: &'static str| {
+        move |s: tonic::Status| StepError::Rpc {
+            rpc: name,
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    };
+    for master in inventory.masters() {
+        let name = master.name.as_str();
+        let mut c =
+            agent_client::connect(&rb.ctx.trust, master.agent.as_str(), Duration::from_secs(5))
+                .await
+                .map_err(|source| EndpointsError::Connect {
+                    host: name.to_string(),
+                    source,
+                })?;
+        // The first master's kubeadm-config.yaml, and the ConfigMap made from it.
+        if let Some(step) = rb
+            .steps
+            .iter()
+            .find(|s| s.phase == Phase::KubeadmConfig && s.host == name)
+        {
+            let changed = kubeadm::run(&step.action, name, &mut c, &rb.ctx)
+                .await
+                .map_err(host_err(name, "writing kubeadm-config.yaml"))?;
+            if changed {
+                said.push(format!(
+                    "{name}: {CONFIG_PATH} lists {}",
+                    endpoints.join(",")
+                ));
+                if kubeadm::exists(&mut c, ADMIN_CONF)
+                    .await
+                    .map_err(host_err(name, "checking for admin.conf"))?
+                {
+                    let program = kubeadm::find_program(&mut c, &KUBEADM_PATHS, "install kubeadm")
+                        .await
+                        .map_err(host_err(name, "finding kubeadm"))?;
+                    kubeadm::exec(
+                        &mut c,
+                        &program,
+                        [
+                            "init",
+                            "phase",
+                            "upload-config",
+                            "kubeadm",
+                            "--config",
+                            CONFIG_PATH,
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                        120,
+                        "kubeadm init phase upload-config kubeadm",
+                        "run it on the first master once the API server answers",
+                    )
+                    .await
+                    .map_err(host_err(name, "uploading the kubeadm ClusterConfiguration"))?;
+                    said.push(format!("{name}: the kubeadm-config ConfigMap uploaded"));
+                }
+            }
+        }
+        // The API server's static pod.
+        if !kubeadm::exists(&mut c, APISERVER_MANIFEST)
+            .await
+            .map_err(host_err(name, "checking the kube-apiserver manifest"))?
+        {
+            continue;
+        }
+        let current = c
+            .read_file(pb::ReadFileRequest {
+                path: APISERVER_MANIFEST.into(),
+                max_bytes: 0,
+            })
+            .await
+            .map_err(rpc("ReadFile"))
+            .map_err(host_err(name, "reading the kube-apiserver manifest"))?
+            .into_inner();
+        let text = String::from_utf8_lossy(&current.content);
+        let Some(wanted) = set_etcd_servers(&text, &endpoints) else {
+            return Err(EndpointsError::Host {
+                host: name.to_string(),
+                what: format!("{APISERVER_MANIFEST} has no --etcd-servers argument"),
+                source: StepError::Failed("set it to the etcd endpoints by hand".into()),
+            });
+        };
+        if wanted != text {
+            c.write_file(pb::WriteFileRequest {
+                path: APISERVER_MANIFEST.into(),
+                content: wanted.into_bytes(),
+                mode: if current.mode == 0 {
+                    0o600
+                } else {
+                    current.mode
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc("WriteFile"))
+            .map_err(host_err(name, "writing the kube-apiserver manifest"))?;
+            said.push(format!(
+                "{name}: kube-apiserver --etcd-servers={}",
+                endpoints.join(",")
+            ));
+        }
+    }
+    Ok(said)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - kube-apiserver\n    - --advertise-address=10.0.0.21\n    - --etcd-cafile=/etc/kubernetes/pki/etcd/ca.pem\n    - --etcd-servers=https://10.0.0.11:2379,https://10.0.0.12:2379\n    - --secure-port=6443\n    image: registry.k8s.io/kube-apiserver:v1.30.2\n";
+
+    #[test]
+    fn only_the_etcd_servers_line_changes() {
+        let eps = vec![
+            "https://10.0.0.12:2379".to_string(),
+            "https://10.0.0.14:2379".into(),
+        ];
+        let out = set_etcd_servers(MANIFEST, &eps).unwrap();
+        assert_eq!(
+            out,
+            MANIFEST.replace(
+                "https://10.0.0.11:2379,https://10.0.0.12:2379",
+                "https://10.0.0.12:2379,https://10.0.0.14:2379"
+            )
+        );
+        assert_eq!(set_etcd_servers(&out, &eps).unwrap(), out, "idempotent");
+    }
+
+    #[test]
+    fn quoted_arguments_stay_quoted_and_other_manifests_are_refused() {
+        let m = "    - \"--etcd-servers=https://a:2379\"\r\n    - --x=1\r\n";
+        let out = set_etcd_servers(m, &["https://b:2379".into()]).unwrap();
+        assert_eq!(
+            out,
+            "    - \"--etcd-servers=https://b:2379\"\r\n    - --x=1\r\n"
+        );
+        assert_eq!(
+            set_etcd_servers("kind: Pod\n    - --etcd-cafile=x\n", &[]),
+            None
+        );
+    }
+}
