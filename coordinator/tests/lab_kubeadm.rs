@@ -11,11 +11,14 @@
 //! certificate key init printed, worker1 as a worker with the token and CA hash; the CNI
 //! manifest uploaded and applied once; a second apply runs no kubeadm or kubectl command and
 //! reports 0 changed, and `haop plan --exit-code` finds nothing to do; with the join info gone from the state dir, a new worker gets a fresh
-//! token from the first master (`kubeadm token create --print-join-command`).
+//! token from the first master (`kubeadm token create --print-join-command`); `haop etcd add`
+//! and `remove` bring the masters' etcd endpoints along (kubeadm-config.yaml, the kubeadm-config
+//! ConfigMap through `kubeadm init phase upload-config`, each kube-apiserver manifest) and the
+//! inventory file.
 
 mod common;
 
-use common::{haop, require_root};
+use common::{haop, require_root, text};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -86,7 +89,7 @@ async fn kubeadm_phases_against_standins() {
     let st = state.path();
     let name = format!("t{}-ka", std::process::id() % 100_000);
     let spec = LabSpec {
-        etcd: 3,
+        etcd: 4,
         masters: 2,
         workers: 1,
     };
@@ -95,9 +98,12 @@ async fn kubeadm_phases_against_standins() {
     // The lab's inventory with Kubernetes on and a CNI manifest.
     let manifest = st.join("cni.yaml");
     std::fs::write(&manifest, "# stand-in CNI manifest\nkind: DaemonSet\n").unwrap();
-    let (mut inventory, _) = Inventory::load(&lab.inventory_path()).unwrap();
-    inventory.kubernetes.enabled = true;
-    inventory.kubernetes.cni_manifest = Some(manifest.clone());
+    let (mut with_etcd4, _) = Inventory::load(&lab.inventory_path()).unwrap();
+    with_etcd4.kubernetes.enabled = true;
+    with_etcd4.kubernetes.cni_manifest = Some(manifest.clone());
+    // etcd4 waits outside the inventory until the membership part at the end.
+    let mut inventory = with_etcd4.clone();
+    inventory.hosts.retain(|h| h.name.as_str() != "etcd4");
     let inv_path = st.join("kubeadm-inventory.yaml");
     std::fs::write(&inv_path, inventory.to_yaml().unwrap()).unwrap();
     let inv = inv_path.display().to_string();
@@ -246,6 +252,82 @@ async fn kubeadm_phases_against_standins() {
     assert!(w1_args[1].contains(hash.as_str()), "{w1_args:?}");
     assert!(join_file.exists());
     assert_eq!(record(&m2, "kubeadm.args"), m2_args);
+
+    // The masters follow etcd's membership: kubeadm-config.yaml, the kubeadm-config ConfigMap
+    // (`upload-config`) and each kube-apiserver manifest. init wrote master1's manifest; a
+    // real control-plane join writes master2's from the ClusterConfiguration, which the
+    // stand-in cannot download, so it gets master1's.
+    let manifest_rel = "etc/kubernetes/manifests/kube-apiserver.yaml";
+    std::fs::create_dir_all(m2.join("etc/kubernetes/manifests")).unwrap();
+    std::fs::copy(m1.join(manifest_rel), m2.join(manifest_rel)).unwrap();
+    let urls = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|n| with_etcd4.etcd_client_url(with_etcd4.host(n).unwrap()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let servers = |root: &Path| -> String {
+        let m = std::fs::read_to_string(root.join(manifest_rel)).unwrap();
+        m.lines()
+            .find_map(|l| l.trim().strip_prefix("- --etcd-servers="))
+            .unwrap_or_else(|| panic!("no --etcd-servers in {m}"))
+            .to_string()
+    };
+    let configured = || -> String {
+        let c = std::fs::read_to_string(&config_path).unwrap();
+        c.lines()
+            .filter_map(|l| l.trim().strip_prefix("- \""))
+            .map(|u| u.trim_end_matches('"').to_string())
+            .filter(|u| u.ends_with(":2379"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let three = urls(&["etcd1", "etcd2", "etcd3"]);
+    assert_eq!((servers(&m1), servers(&m2)), (three.clone(), three.clone()));
+
+    // The operator puts etcd4 in the inventory; `haop etcd add` joins it, then the masters
+    // use it.
+    std::fs::write(&inv_path, with_etcd4.to_yaml().unwrap()).unwrap();
+    let added = haop(st, &["etcd", "add", "etcd4", "-f", &inv]);
+    assert!(added.status.success(), "{}", text(&added));
+    let four = urls(&["etcd1", "etcd2", "etcd3", "etcd4"]);
+    assert_eq!((servers(&m1), servers(&m2)), (four.clone(), four.clone()));
+    assert_eq!(configured(), four);
+    let upload = "init phase upload-config kubeadm --config /etc/kubernetes/kubeadm-config.yaml";
+    assert_eq!(record(&m1, "kubeadm.args").last().unwrap(), upload);
+    assert_eq!(record(&m1, "kubeadm-config.endpoints"), [four.clone()]);
+    assert!(
+        record(&m2, "kubeadm.args")
+            .iter()
+            .all(|a| !a.contains("upload-config")),
+        "the ConfigMap is uploaded once, from the first master"
+    );
+
+    // `haop etcd remove etcd1`: the masters stop using it, the inventory file loses it.
+    let removed = haop(st, &["etcd", "remove", "etcd1", "-f", &inv]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    let later = urls(&["etcd2", "etcd3", "etcd4"]);
+    assert_eq!((servers(&m1), servers(&m2)), (later.clone(), later.clone()));
+    assert_eq!(configured(), later);
+    assert_eq!(record(&m1, "kubeadm-config.endpoints"), [later.clone()]);
+    let (now, _) = Inventory::load(&inv_path).unwrap();
+    assert!(
+        now.host("etcd1").is_none(),
+        "etcd1 is still in the inventory"
+    );
+    let mode = std::fs::metadata(m2.join(manifest_rel))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // apply takes etcd1 out of /etc/hosts and runs no kubeadm command; then nothing is left.
+    let kubeadm_before = record(&m1, "kubeadm.args");
+    apply(st, &inv);
+    assert_eq!(record(&m1, "kubeadm.args"), kubeadm_before);
+    let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 
     lab.down().expect("lab down");
 }
