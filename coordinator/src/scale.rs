@@ -51,7 +51,7 @@ pub enum ScaleError {
     #[error(transparent)]
     Runbook(#[from] RunbookError),
     #[error("the masters' etcd endpoints")]
-    Endpoints(#[from] EndpointsError),
+    Endpoints(#[source] Box<EndpointsError>),
     #[error("the member change is done, but the inventory file was not updated")]
     Inventory(#[from] EditError),
     #[error(transparent)]
@@ -68,6 +68,12 @@ pub enum ScaleError {
         what: &'static str,
         message: String,
     },
+}
+
+impl From<EndpointsError> for ScaleError {
+    fn from(e: EndpointsError) -> Self {
+        ScaleError::Endpoints(Box::new(e))
+    }
 }
 
 /// Adds the inventory's host `host` to the running cluster as an etcd member. A host of the

@@ -50,11 +50,7 @@ fn names_host(s: &str, host: &str) -> bool {
         return false;
     };
     let v = rest.trim_start();
-    let v = v
-        .split(|c: char| c == ',' || c == '}' || c == '#')
-        .next()
-        .unwrap_or("")
-        .trim();
+    let v = v.split([',', '}', '#']).next().unwrap_or("").trim();
     v.trim_matches(|c| c == '"' || c == '\'') == host
 }
 
