@@ -410,10 +410,16 @@ impl Recovery {
                 let cluster = added_cluster
                     .clone()
                     .unwrap_or_else(|| initial_cluster.clone());
-                progress(Progress::Action(format!(
-                    "start {name} with --initial-cluster-state existing ({cluster})"
-                )));
-                self.start_existing(name, &cluster).await?;
+                if self.start_existing(name, &cluster).await? {
+                    progress(Progress::Action(format!(
+                        "start {name} with --initial-cluster-state existing ({cluster})"
+                    )));
+                } else {
+                    progress(Progress::Waiting(format!(
+                        "learner {name} started; waiting until it answers"
+                    )));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             Action::WaitUntilCaughtUp {
                 name,
@@ -478,8 +484,9 @@ impl Recovery {
                 {
                     if !said {
                         progress(Progress::Waiting(format!(
-                            "etcd answered `unhealthy cluster` to {what}: it still counts a \
-                             member as active (etcd's 5 s rule); waiting and retrying"
+                            "etcd answered `unhealthy cluster` to {what}: it changes membership \
+                             only when its voters have been connected for 5 s and the removed \
+                             member is no longer active; waiting and retrying"
                         )));
                         said = true;
                     }
@@ -567,7 +574,13 @@ impl Recovery {
         Ok(())
     }
 
-    async fn start_existing(&self, name: &str, initial_cluster: &str) -> Result<(), RecoverError> {
+    /// Writes the member's files and starts it; answers whether anything changed (nothing does
+    /// while an already started learner is still connecting).
+    async fn start_existing(
+        &self,
+        name: &str,
+        initial_cluster: &str,
+    ) -> Result<bool, RecoverError> {
         let h = self
             .inventory
             .host(name)
@@ -576,6 +589,7 @@ impl Recovery {
         let mut cfg = member_config(&self.inventory, &h);
         cfg.state = ClusterState::Existing;
         let mut c = self.agent(name).await?;
+        let mut changed = false;
         let agent_err = |what: &'static str| {
             let host = name.to_string();
             move |s: tonic::Status| RecoverError::Agent {
@@ -591,32 +605,41 @@ impl Recovery {
                 cfg.bootstrap_env_file(Some(initial_cluster)),
             ),
         ] {
-            c.write_file(pb::WriteFileRequest {
-                path: path.into(),
-                content: content.into_bytes(),
-                mode: 0o640,
-                create_parents: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(agent_err("WriteFile"))?;
+            changed |= c
+                .write_file(pb::WriteFileRequest {
+                    path: path.into(),
+                    content: content.into_bytes(),
+                    mode: 0o640,
+                    create_parents: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(agent_err("WriteFile"))?
+                .into_inner()
+                .changed;
         }
-        c.ensure_unit(pb::EnsureUnitRequest {
-            name: UNIT_NAME.into(),
-            content: cfg.unit_file(),
-            data_dirs: vec![cfg.data_dir.clone()],
-        })
-        .await
-        .map_err(agent_err("EnsureUnit"))?;
-        for a in [pb::Action::Enable, pb::Action::Start] {
-            c.unit_action(pb::UnitActionRequest {
+        changed |= c
+            .ensure_unit(pb::EnsureUnitRequest {
                 name: UNIT_NAME.into(),
-                action: a as i32,
+                content: cfg.unit_file(),
+                data_dirs: vec![cfg.data_dir.clone()],
             })
             .await
-            .map_err(agent_err("UnitAction"))?;
+            .map_err(agent_err("EnsureUnit"))?
+            .into_inner()
+            .changed;
+        for a in [pb::Action::Enable, pb::Action::Start] {
+            changed |= c
+                .unit_action(pb::UnitActionRequest {
+                    name: UNIT_NAME.into(),
+                    action: a as i32,
+                })
+                .await
+                .map_err(agent_err("UnitAction"))?
+                .into_inner()
+                .changed;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Seals the member's bootstrap file again once it is a voter (see

@@ -8,25 +8,12 @@ mod common;
 
 use common::{haop, text, Writer};
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::inventory::{EtcdBinary, Inventory, Sha256Hex};
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use sha2::{Digest, Sha256};
-
-fn etcd35() -> PathBuf {
-    let p = std::env::var_os("HAOP_ETCD35")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/etcd-3.5.1/etcd"));
-    assert!(
-        p.is_file(),
-        "etcd 3.5.1 is not at {} (run scripts/setup, or set HAOP_ETCD35)",
-        p.display()
-    );
-    p
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_351_uploaded_formed_and_healed() {
@@ -37,7 +24,7 @@ async fn etcd_351_uploaded_formed_and_healed() {
         );
         return;
     }
-    let binary = etcd35();
+    let binary = common::etcd351();
     let sha = hex::encode(Sha256::digest(std::fs::read(&binary).unwrap()));
     let state = tempfile::tempdir().unwrap();
     let st = state.path();

