@@ -8,6 +8,7 @@ pub mod agent_client;
 pub mod certs;
 pub mod etcd_api;
 pub mod etcd_config;
+pub mod failpoint;
 pub mod inventory;
 pub mod lab;
 pub mod pki;

@@ -317,6 +317,7 @@ impl Recovery {
                 let barrier = action.is_barrier();
                 self.act(&action, &obs, &mut added_cluster, progress)
                     .await?;
+                crate::failpoint::hit(&format!("recover:after-{}", action.kind()));
                 if barrier {
                     break;
                 }
@@ -520,7 +521,7 @@ impl Recovery {
     async fn wipe(
         &self,
         host: &str,
-        member_id: u64,
+        member_id: Option<u64>,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
         let mut c = self.agent(host).await?;
@@ -540,15 +541,24 @@ impl Recovery {
                 who.hostname
             )));
         }
-        // Fence 2: the member is no longer in the cluster.
+        // Fence 2: no member of the cluster is this host's.
         let members = self
             .etcd
             .member_list()
             .await
             .map_err(RecoverError::NoAnswer)?;
-        if members.iter().any(|m| m.id == member_id) {
+        let peer = self
+            .inventory
+            .host(host)
+            .map(|h| self.inventory.etcd_peer_url(h));
+        if let Some(m) = members.iter().find(|m| {
+            Some(m.id) == member_id
+                || m.name == host
+                || peer.as_ref().is_some_and(|p| m.peer_urls.contains(p))
+        }) {
             return Err(RecoverError::Fence(format!(
-                "member {member_id:x} of {host} is still in the cluster"
+                "member {:x} of {host} is still in the cluster",
+                m.id
             )));
         }
         // Fence 3 (in the agent): the unit is stopped, the dir is the unit's declared data dir.

@@ -1,11 +1,14 @@
-//! Recovery interrupted (Debian's etcd 3.4 and 3.5.1): `haop etcd recover` is killed (SIGKILL, by pid) at several points of
-//! its work on a killed and wiped member, and run again each time; the last run converges to
-//! three started voters with every acknowledged write, and never two members for one host.
+//! Recovery interrupted (Debian's etcd 3.4 and 3.5.1): `haop etcd recover` of a killed and
+//! wiped member dies right after each of its steps in turn (stop the unit, snapshot, remove,
+//! wipe, add the learner, start it, promote it; a failpoint aborts the process there, see
+//! `haop_coordinator::failpoint`), and is run again each time; writes keep working in between,
+//! and the last run converges to three started voters with every acknowledged write.
 
 mod common;
 
 use common::{haop, haop_bin, require_root, text, Etcd};
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,16 +16,16 @@ use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::lab::{LabGuard, LabSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_killed_at_several_points_converges_when_rerun_etcd_3_4() {
-    recovery_killed_at_several_points_converges_when_rerun(Etcd::Debian).await
+async fn recovery_killed_after_each_step_converges_when_rerun_etcd_3_4() {
+    recovery_killed_after_each_step_converges_when_rerun(Etcd::Debian).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_killed_at_several_points_converges_when_rerun_etcd_3_5_1() {
-    recovery_killed_at_several_points_converges_when_rerun(Etcd::V351).await
+async fn recovery_killed_after_each_step_converges_when_rerun_etcd_3_5_1() {
+    recovery_killed_after_each_step_converges_when_rerun(Etcd::V351).await
 }
 
-async fn recovery_killed_at_several_points_converges_when_rerun(etcd: Etcd) {
+async fn recovery_killed_after_each_step_converges_when_rerun(etcd: Etcd) {
     if !require_root() {
         return;
     }
@@ -51,31 +54,42 @@ async fn recovery_killed_at_several_points_converges_when_rerun(etcd: Etcd) {
     lab.crash("etcd2", "etcd.service", true)
         .await
         .expect("crash");
-    // Killed at several points: while snapshotting or removing, while adding, while starting.
-    for delay_ms in [300u64, 900, 1600, 2600] {
-        let mut child = Command::new(haop_bin())
+    // Killed after each step in turn (a failpoint aborts the process right after the step, as
+    // a SIGKILL would), each run continuing from where the last one left the cluster.
+    for step in [
+        "stop-unit",
+        "snapshot",
+        "remove",
+        "wipe",
+        "add-learner",
+        "start-existing",
+        "promote",
+    ] {
+        let failpoint = format!("recover:after-{step}");
+        let out = Command::new(haop_bin())
             .env("HAOP_STATE_DIR", st)
+            .env(haop_coordinator::failpoint::ENV, &failpoint)
             .args(["etcd", "recover", "etcd2", "-f", &inv])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .stdin(Stdio::null())
+            .output()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
+        let said = text(&out);
+        assert_eq!(
+            out.status.signal(),
+            Some(nix::sys::signal::Signal::SIGABRT as i32),
+            "recover was to die right after {step}:\n{said}"
         );
-        let _ = child.wait();
+        assert!(said.contains(&format!("failpoint {failpoint}")), "{said}");
         // Writes keep working in between, whatever state the recovery was left in (a write may
         // time out during a leader election; it must succeed soon after).
-        let key = format!("/between/{delay_ms}");
+        let key = format!("/between/{step}");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             match client.put(&key, b"v").await {
                 Ok(_) => break,
                 Err(e) => assert!(
                     std::time::Instant::now() < deadline,
-                    "no write succeeds after the kill at {delay_ms} ms: {e}"
+                    "no write succeeds after the kill after {step}: {e}"
                 ),
             }
         }

@@ -224,10 +224,14 @@ fn apply(
                 obs.members.retain(|m| m.id != *member_id);
                 prop_assert_eq!(before - 1, obs.members.len(), "removing a non-member");
             }
-            Action::Wipe { member_id, .. } => {
+            Action::Wipe { host, member_id } => {
                 prop_assert!(
-                    obs.members.iter().all(|m| m.id != *member_id),
-                    "wiping {member_id:x}, still a member"
+                    obs.members.iter().all(|m| Some(m.id) != *member_id),
+                    "wiping {member_id:x?}, still a member"
+                );
+                prop_assert!(
+                    member_index(obs, host).is_none(),
+                    "wiping {host}, which has a member"
                 );
             }
             Action::AddLearner { peer_url, .. } => {

@@ -180,14 +180,24 @@ fn remove(
         },
         Action::Wipe {
             host: d.name.clone(),
-            member_id: m.id,
+            member_id: Some(m.id),
         },
     ]
 }
 
-/// Add a missing member as a learner and start it into the existing cluster.
+/// Add a missing member as a learner and start it into the existing cluster. Its unit is
+/// stopped and its data dir wiped first: a run interrupted between removal and wipe, or a
+/// member removed by hand, leaves a log under a member ID the cluster no longer has, and etcd
+/// would start from it and refuse to join ("member has already been bootstrapped").
 fn add(obs: &Observation, facts: &Facts<'_>, d: &DesiredMember) -> Result<Vec<Action>, Refusal> {
     Ok(vec![
+        Action::StopUnit {
+            host: d.name.clone(),
+        },
+        Action::Wipe {
+            host: d.name.clone(),
+            member_id: None,
+        },
         Action::Snapshot {
             from: facts.leader.name.clone(),
         },

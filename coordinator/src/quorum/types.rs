@@ -63,9 +63,14 @@ pub enum Action {
     WaitUntilInactive { member: String, until_ms: u64 },
     /// `etcdctl member remove` (voter or learner).
     Remove { name: String, member_id: u64 },
-    /// Remove the data dir of `host`, fenced: the executor verifies the host identity, that
-    /// `member_id` is no longer a member and that the unit is stopped. Only ever after `Remove`.
-    Wipe { host: String, member_id: u64 },
+    /// Remove the data dir of `host`, fenced: the executor verifies the host identity, that no
+    /// member is that host's (by `member_id` when known, by name and peer URL always) and that
+    /// the unit is stopped. After `Remove`, and before a missing member is added back (its
+    /// data dir may hold the log of a member ID the cluster no longer has).
+    Wipe {
+        host: String,
+        member_id: Option<u64>,
+    },
     /// `etcdctl member add --learner`.
     AddLearner { name: String, peer_url: String },
     /// Render etcd.env with `--initial-cluster-state existing` and this `initial_cluster`
@@ -91,6 +96,21 @@ impl Action {
             self,
             Action::Remove { .. } | Action::AddLearner { .. } | Action::Promote { .. }
         )
+    }
+
+    /// A short name of the kind of action, stable (failpoints and logs use it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::StopUnit { .. } => "stop-unit",
+            Action::Snapshot { .. } => "snapshot",
+            Action::WaitUntilInactive { .. } => "wait-until-inactive",
+            Action::Remove { .. } => "remove",
+            Action::Wipe { .. } => "wipe",
+            Action::AddLearner { .. } => "add-learner",
+            Action::StartExisting { .. } => "start-existing",
+            Action::WaitUntilCaughtUp { .. } => "wait-until-caught-up",
+            Action::Promote { .. } => "promote",
+        }
     }
 
     /// Whether the executor must stop here, observe again and plan again.
