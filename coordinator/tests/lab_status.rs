@@ -6,10 +6,11 @@
 
 mod common;
 
+use common::status::{status, wait_status};
 use common::{haop, require_root};
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use haop_coordinator::pki::{
@@ -17,75 +18,6 @@ use haop_coordinator::pki::{
     ROLE_READER,
 };
 use serde_json::Value;
-
-struct Status {
-    code: i32,
-    json: Value,
-    elapsed: Duration,
-}
-
-/// `haop status -o json` with `extra` arguments; the output is checked against the schema.
-fn status(state: &Path, inv: &str, extra: &[&str]) -> Status {
-    let started = Instant::now();
-    let mut args = vec!["status", "-f", inv, "-o", "json"];
-    args.extend_from_slice(extra);
-    let out = haop(state, &args);
-    let elapsed = started.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "status printed no JSON ({e}):\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert_valid(&json);
-    let code = out.status.code().expect("exited");
-    assert_eq!(json["verdict"]["exit_code"], code, "{json:#}");
-    Status {
-        code,
-        json,
-        elapsed,
-    }
-}
-
-fn assert_valid(json: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/status-schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(json)
-        .map(|e| format!("{e} at {}", e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
-}
-
-/// Polls status until `done` holds; panics with the last report after `within`.
-fn wait_status(
-    state: &Path,
-    inv: &str,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&Status) -> bool,
-) -> Status {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = status(state, inv, &[]);
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not seen within {within:?}; last report:\n{:#}",
-            s.json
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn member<'a>(json: &'a Value, name: &str) -> &'a Value {
     json["etcd"]["members"]
@@ -172,7 +104,7 @@ async fn status_reports_health_vip_crashes_and_dead_agents() {
     let yaml = haop(st, &["status", "-f", &inv, "-o", "yaml"]);
     assert_eq!(yaml.status.code(), Some(0));
     let y: Value = serde_yaml_ng::from_slice(&yaml.stdout).unwrap();
-    assert_valid(&y);
+    common::status::assert_valid(&y);
     assert_eq!(y["vip"]["holder"], "master1");
     // The table ends with the verdict.
     let table = haop(st, &["status", "-f", &inv]);

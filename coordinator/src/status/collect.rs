@@ -3,7 +3,8 @@
 //! Every task has the same deadline (start + timeout): connecting, GetFacts and the other calls
 //! of a host share it, so a host that accepts the connection and then hangs costs no more than
 //! one that refuses it. etcd is asked through one single-endpoint client per member, so the
-//! member list never waits for a dead first endpoint either.
+//! member list never waits for a dead first endpoint either. The Kubernetes API servers are
+//! asked alongside, under the same deadline (`kube.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ pub enum StatusError {
 }
 
 /// A ReadFile of a file that may be absent: `Ok(None)` when it is.
-type MaybeFile = Result<Option<String>, String>;
+pub(super) type MaybeFile = Result<Option<String>, String>;
 
 /// What one host's agent answered.
 struct HostProbe {
@@ -89,8 +90,9 @@ pub async fn collect(
         let state_dir = state_dir.to_path_buf();
         etcd_set.spawn(async move { (i, probe_etcd(state_dir, url, timeout, deadline).await) });
     }
-    let (mut host_probes, mut etcd_probes) =
-        tokio::join!(hosts_set.join_all(), etcd_set.join_all());
+    let kube = super::kube::probe(tls.clone(), inventory, timeout, deadline);
+    let (mut host_probes, mut etcd_probes, kubernetes) =
+        tokio::join!(hosts_set.join_all(), etcd_set.join_all(), kube);
     host_probes.sort_by_key(|(i, _)| *i);
     etcd_probes.sort_by_key(|(i, _)| *i);
     let host_probes: Vec<HostProbe> = host_probes.into_iter().map(|(_, p)| p).collect();
@@ -116,6 +118,7 @@ pub async fn collect(
         vip: vip_section(inventory, &host_probes),
         certificates: certs_section(state_dir, inventory, &host_probes, now),
         drift: drift_section(inventory, &host_probes),
+        kubernetes,
     };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     let (problems, verdict) = assess(&report);
@@ -166,7 +169,7 @@ pub(super) fn expected_units(inventory: &Inventory, host: &Host) -> Vec<String> 
 
 /// An error for one table cell: its own message and its root cause, without the layers of
 /// transport wrappers in between (tonic's are long and repeat each other).
-fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = None;
     let mut next = e.source();
     while let Some(s) = next {
@@ -204,7 +207,7 @@ fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-const LATE: &str = "no answer within the timeout";
+pub(super) const LATE: &str = "no answer within the timeout";
 
 async fn probe_host(
     tls: ClientTlsConfig,
@@ -222,22 +225,10 @@ async fn probe_host(
         modules: None,
         sysctls: None,
     };
-    let connect = async {
-        let ep = Endpoint::from_shared(endpoint.clone())
-            .and_then(|e| e.tls_config(tls))
-            .map_err(|e| format!("invalid agent endpoint {endpoint}: {e}"))?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
-        ep.connect()
-            .await
-            .map_err(|e| format!("cannot reach agent at {endpoint}: {}", short_error(&e)))
+    let client = match connect_agent(tls, &endpoint, timeout, deadline).await {
+        Ok(c) => c,
+        Err(e) => return unreachable(e),
     };
-    let channel: Channel = match tokio::time::timeout_at(deadline, connect).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return unreachable(e),
-        Err(_) => return unreachable(format!("agent at {endpoint}: {LATE}")),
-    };
-    let client = AgentClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
 
     let facts = async {
         let mut c = client.clone();
@@ -331,7 +322,31 @@ async fn probe_host(
     }
 }
 
-async fn read_file(client: &AgentClient<Channel>, path: &str) -> MaybeFile {
+/// A client for the agent at `endpoint`, connected by `deadline`.
+pub(super) async fn connect_agent(
+    tls: ClientTlsConfig,
+    endpoint: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<AgentClient<Channel>, String> {
+    let connect = async {
+        let ep = Endpoint::from_shared(endpoint.to_string())
+            .and_then(|e| e.tls_config(tls))
+            .map_err(|e| format!("invalid agent endpoint {endpoint}: {e}"))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true);
+        ep.connect()
+            .await
+            .map_err(|e| format!("cannot reach agent at {endpoint}: {}", short_error(&e)))
+    };
+    match tokio::time::timeout_at(deadline, connect).await {
+        Ok(Ok(c)) => Ok(AgentClient::new(c).max_decoding_message_size(16 * 1024 * 1024)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("agent at {endpoint}: {LATE}")),
+    }
+}
+
+pub(super) async fn read_file(client: &AgentClient<Channel>, path: &str) -> MaybeFile {
     match client
         .clone()
         .read_file(pb::ReadFileRequest {

@@ -8,15 +8,25 @@
 //! `haop:reader` agent certificate is enough ([`StatusOptions::identity`]).
 //!
 //! Lifecycle: [`collect`] gathers what it can into a [`StatusReport`] (sections hosts, etcd,
-//! units, VIP, certificates, drift), then [`assess`] (pure) turns the sections into
+//! units, VIP, certificates, drift and, with Kubernetes enabled, the API servers' `/readyz`
+//! through the VIP and on each master), then [`assess`] (pure) turns the sections into
 //! [`Problem`]s and the [`Verdict`]: 0 healthy, 1 degraded (a member unhealthy, a unit down, a
-//! host unreachable, a certificate expiring within [`CERT_WARN_DAYS`] days, drift), 2 down (fewer
-//! than a majority of the inventory's etcd members healthy, or no master holding the VIP while
-//! every master could be asked). [`table::render`] writes it for a terminal, problems first;
+//! host unreachable, a certificate expiring within [`CERT_WARN_DAYS`] days, drift, an API server
+//! not ready), 2 down (fewer than a majority of the inventory's etcd members healthy, or no
+//! master holding the VIP while every master could be asked).
+//!
+//! `/readyz` never makes the verdict down, not even through the VIP. The issue reserves down
+//! for the two failures of what haop itself keeps up (etcd's quorum, the VIP); an API server
+//! that is not ready sits above both and is usually transient (starting, or its etcd client
+//! reconnecting), and keepalived's own check moves the VIP away from a master whose API server
+//! fails. A VIP not ready is reported as its own problem (clients see it), a master's names
+//! the master; when no master holds the VIP, the VIP problem (down) already covers the VIP's
+//! `/readyz` and it is not repeated. [`table::render`] writes it for a terminal, problems first;
 //! `-o json|yaml` writes the report itself, whose schema is `docs/status-schema.json`
 //! ([`SCHEMA_VERSION`]; fields are only ever added).
 
 mod collect;
+mod kube;
 pub mod table;
 
 use std::path::PathBuf;
@@ -83,6 +93,8 @@ pub struct StatusReport {
     pub vip: Option<VipSection>,
     pub certificates: Vec<CertSummary>,
     pub drift: Vec<DriftRow>,
+    /// Absent when the inventory has Kubernetes disabled (or no master).
+    pub kubernetes: Option<KubernetesSection>,
 }
 
 /// How bad things are; the exit code follows.
@@ -131,6 +143,7 @@ pub enum Section {
     Vip,
     Certificates,
     Drift,
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +304,66 @@ pub struct DriftRow {
     pub in_sync: Option<bool>,
     /// What differs, or why it could not be checked.
     pub detail: String,
+}
+
+/// The Kubernetes API servers' `/readyz` (see `kube.rs` for how they are asked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubernetesSection {
+    /// The master whose agent gave the cluster CA (`/etc/kubernetes/pki/ca.crt`) that every
+    /// API server's certificate was verified against.
+    pub ca_source: Option<String>,
+    /// Why no master gave the CA; then no endpoint was asked.
+    pub ca_error: Option<String>,
+    /// Through the VIP first (when there is one), then each master in file order.
+    pub endpoints: Vec<ApiEndpoint>,
+}
+
+/// How an API endpoint is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVia {
+    /// `https://VIP:6443`: whichever master holds the VIP answers (the controlPlaneEndpoint).
+    Vip,
+    /// `https://ADDRESS:6443` of one master (its advertiseAddress).
+    Master,
+}
+
+/// One `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiEndpoint {
+    pub via: ApiVia,
+    /// The master, for `via: master`.
+    pub host: Option<String>,
+    pub url: String,
+    /// Answered HTTP 200.
+    pub ready: bool,
+    /// The HTTP status, when the server answered.
+    pub http_status: Option<u16>,
+    /// The body's failed checks (its `[-]` lines), or else its first line.
+    pub detail: Option<String>,
+    /// Why there is no HTTP answer: connection, TLS verification, timeout, or no CA.
+    pub error: Option<String>,
+    /// From connecting to the end of the body, milliseconds.
+    pub latency_ms: Option<f64>,
+}
+
+impl ApiEndpoint {
+    /// `HTTP 500: [-]etcd failed: reason withheld`, or the error.
+    pub fn outcome(&self) -> String {
+        match (self.http_status, &self.error) {
+            (Some(code), _) => format!(
+                "HTTP {code}: {}",
+                self.detail.as_deref().unwrap_or("(empty body)")
+            ),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "not asked".to_string(),
+        }
+    }
+
+    /// `master2` or `VIP`.
+    pub fn label(&self) -> &str {
+        self.host.as_deref().unwrap_or("VIP")
+    }
 }
 
 /// The problems of a report, worst first, and its verdict. Pure: the same sections always give
@@ -577,6 +650,44 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
         }
     }
 
+    if let Some(k) = &report.kubernetes {
+        if let Some(e) = &k.ca_error {
+            push(
+                Degraded,
+                Section::Kubernetes,
+                None,
+                format!("the Kubernetes API servers could not be checked: {e}"),
+            );
+        } else {
+            // With no master holding the VIP the VIP section already says so (down).
+            let vip_held = report.vip.as_ref().is_none_or(|v| !v.holders.is_empty());
+            for ep in k.endpoints.iter().filter(|e| !e.ready) {
+                match ep.via {
+                    ApiVia::Vip if vip_held => push(
+                        Degraded,
+                        Section::Kubernetes,
+                        None,
+                        format!(
+                            "the Kubernetes API through the VIP is not ready: {}",
+                            ep.outcome()
+                        ),
+                    ),
+                    ApiVia::Vip => {}
+                    ApiVia::Master => push(
+                        Degraded,
+                        Section::Kubernetes,
+                        ep.host.as_deref(),
+                        format!(
+                            "the Kubernetes API server on {} is not ready: {}",
+                            ep.label(),
+                            ep.outcome()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
     problems.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.section.cmp(&b.section)));
     let health = problems
         .iter()
@@ -585,7 +696,7 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
         .unwrap_or(Health::Healthy);
     let summary = match problems.len() {
         0 => format!(
-            "healthy: {} hosts, {}/{} etcd members healthy{}",
+            "healthy: {} hosts, {}/{} etcd members healthy{}{}",
             report.hosts.len(),
             etcd.healthy_members,
             etcd.expected_members,
@@ -594,7 +705,12 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
                 .as_ref()
                 .and_then(|v| v.holder.as_ref())
                 .map(|h| format!(", VIP on {h}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if report.kubernetes.is_some() {
+                ", Kubernetes API ready"
+            } else {
+                ""
+            }
         ),
         n => format!(
             "{}: {n} problem{} ({})",

@@ -379,6 +379,33 @@ pub fn render(r: &StatusReport, color: bool) -> String {
         t.render(&mut out, color);
     }
 
+    if let Some(k) = &r.kubernetes {
+        let ready = k.endpoints.iter().filter(|e| e.ready).count();
+        let title = match (&k.ca_source, &k.ca_error) {
+            (_, Some(e)) => format!("KUBERNETES  API /readyz: {}", paint(e, Style::Bad, color)),
+            (source, None) => format!(
+                "KUBERNETES  API /readyz: {ready}/{} ready (verified with the CA from {})",
+                k.endpoints.len(),
+                opt(source.as_deref())
+            ),
+        };
+        section(&mut out, &title, color);
+        let mut t = Table::new(vec!["ENDPOINT", "URL", "READY", "LATENCY", "ANSWER"]);
+        for e in &k.endpoints {
+            t.row(
+                !e.ready,
+                vec![
+                    plain(e.label()),
+                    plain(&e.url),
+                    flag(e.ready, "ready", "not ready"),
+                    plain(opt(e.latency_ms.map(|l| format!("{l:.1} ms")))),
+                    (e.outcome(), if e.ready { Style::Plain } else { Style::Bad }),
+                ],
+            );
+        }
+        t.render(&mut out, color);
+    }
+
     section(&mut out, "CERTIFICATES (soonest expiry)", color);
     let mut t = Table::new(vec!["WHERE", "DAYS LEFT", "NOT AFTER", "PATH", "ERRORS"]);
     for c in &r.certificates {

@@ -92,7 +92,47 @@ fn healthy() -> StatusReport {
         }),
         certificates: vec![],
         drift: vec![],
+        kubernetes: Some(KubernetesSection {
+            ca_source: Some("master1".into()),
+            ca_error: None,
+            endpoints: vec![
+                api(ApiVia::Vip, None, true),
+                api(ApiVia::Master, Some("master1"), true),
+            ],
+        }),
     }
+}
+
+fn api(via: ApiVia, host: Option<&str>, ready: bool) -> ApiEndpoint {
+    let addr = if host.is_some() {
+        "10.0.0.21"
+    } else {
+        "10.0.0.10"
+    };
+    ApiEndpoint {
+        via,
+        host: host.map(str::to_string),
+        url: format!("https://{addr}:6443/readyz"),
+        ready,
+        http_status: Some(if ready { 200 } else { 500 }),
+        detail: Some(
+            if ready {
+                "ok"
+            } else {
+                "[-]etcd failed: reason withheld"
+            }
+            .into(),
+        ),
+        error: None,
+        latency_ms: Some(1.2),
+    }
+}
+
+fn assessed(mut r: StatusReport) -> StatusReport {
+    let (problems, verdict) = assess(&r);
+    r.problems = problems;
+    r.verdict = verdict;
+    r
 }
 
 #[test]
@@ -171,6 +211,122 @@ fn unreachable_host_expiring_cert_skew_and_drift_degrade() {
 }
 
 #[test]
+fn a_master_whose_api_server_is_not_ready_is_named_and_degrades() {
+    let mut r = healthy();
+    let k = r.kubernetes.as_mut().unwrap();
+    k.endpoints[1] = api(ApiVia::Master, Some("master1"), false);
+    let (problems, v) = assess(&r);
+    assert_eq!(
+        (v.health, v.exit_code),
+        (Health::Degraded, 1),
+        "{problems:?}"
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].section, Section::Kubernetes);
+    assert_eq!(problems[0].host.as_deref(), Some("master1"));
+    assert_eq!(
+        problems[0].message,
+        "the Kubernetes API server on master1 is not ready: HTTP 500: [-]etcd failed: reason withheld"
+    );
+
+    // No HTTP answer at all: the error is the reason.
+    let k = r.kubernetes.as_mut().unwrap();
+    k.endpoints[1].http_status = None;
+    k.endpoints[1].detail = None;
+    k.endpoints[1].error = Some("cannot connect: Connection refused (os error 111)".into());
+    let (problems, _) = assess(&r);
+    assert!(
+        problems[0]
+            .message
+            .ends_with("not ready: cannot connect: Connection refused (os error 111)"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_api_not_ready_through_the_vip_degrades_and_is_not_repeated_without_a_holder() {
+    let mut r = healthy();
+    r.kubernetes.as_mut().unwrap().endpoints[0] = api(ApiVia::Vip, None, false);
+    let (problems, v) = assess(&r);
+    assert_eq!(v.exit_code, 1, "degraded, not down: {problems:?}");
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].host, None);
+    assert!(
+        problems[0].message.contains("through the VIP is not ready"),
+        "{problems:?}"
+    );
+
+    // Nobody holds the VIP: that is the (down) problem; the VIP's /readyz adds nothing.
+    let vip = r.vip.as_mut().unwrap();
+    vip.holders.clear();
+    vip.holder = None;
+    vip.masters[0].holds_vip = Some(false);
+    let (problems, v) = assess(&r);
+    assert_eq!(v.exit_code, 2);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].section, Section::Vip);
+}
+
+#[test]
+fn without_the_cluster_ca_one_problem_says_so() {
+    let mut r = healthy();
+    let k = r.kubernetes.as_mut().unwrap();
+    k.ca_source = None;
+    k.ca_error = Some("no master gave the cluster CA: master1: refused".into());
+    for e in &mut k.endpoints {
+        *e = api(e.via, e.host.as_deref(), false);
+        e.http_status = None;
+        e.detail = None;
+        e.error = Some("not asked: no Kubernetes CA to verify it with".into());
+    }
+    let (problems, v) = assess(&r);
+    assert_eq!(v.exit_code, 1);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].message.contains("master1: refused"),
+        "{problems:?}"
+    );
+    // Kubernetes disabled: no section, nothing to say.
+    let mut r = healthy();
+    r.kubernetes = None;
+    let (problems, v) = assess(&r);
+    assert!(problems.is_empty());
+    assert!(!v.summary.contains("Kubernetes"), "{}", v.summary);
+}
+
+#[test]
+fn the_kubernetes_table_puts_the_master_not_ready_first() {
+    let mut r = healthy();
+    let k = r.kubernetes.as_mut().unwrap();
+    k.endpoints
+        .push(api(ApiVia::Master, Some("master2"), false));
+    let text = table::render(&assessed(r), false);
+    let kube = &text[text.find("KUBERNETES").unwrap()..text.find("CERTIFICATES").unwrap()];
+    assert!(
+        kube.starts_with("KUBERNETES  API /readyz: 2/3 ready (verified with the CA from master1)"),
+        "{kube}"
+    );
+    let rows: Vec<&str> = kube.lines().skip(2).filter(|l| !l.is_empty()).collect();
+    assert!(
+        rows[0].starts_with("master2") && rows[0].contains("not ready"),
+        "{kube}"
+    );
+    assert!(
+        rows[0].ends_with("HTTP 500: [-]etcd failed: reason withheld"),
+        "{kube}"
+    );
+    assert!(
+        rows[1].starts_with("VIP") && rows[1].contains("HTTP 200: ok"),
+        "{kube}"
+    );
+    assert!(text.contains("the Kubernetes API server on master2 is not ready"));
+    assert!(assessed(healthy())
+        .verdict
+        .summary
+        .ends_with(", Kubernetes API ready"));
+}
+
+#[test]
 fn drift_parsing_follows_what_apply_writes() {
     let modules = "# Managed by haop.\nbr_netfilter\noverlay\nip_vs\nip_vs_rr\nip_vs_wrr\nip_vs_sh\nnf_conntrack\n";
     assert_eq!(modules_drift(&Ok(Some(modules.into()))).0, Some(true));
@@ -239,7 +395,18 @@ fn reports_follow_the_documented_schema() {
     down.etcd.members[2].in_inventory = false;
     down.hosts[0].reachable = false;
     down.hosts[0].error = Some("refused".into());
-    for mut r in [healthy(), down] {
+    let k = down.kubernetes.as_mut().unwrap();
+    k.ca_source = None;
+    k.ca_error = Some("no master gave the cluster CA".into());
+    k.endpoints[1].http_status = None;
+    k.endpoints[1].error = Some("not asked".into());
+    k.endpoints[1].latency_ms = None;
+    let mut disabled = healthy();
+    disabled.kubernetes = None;
+    let mut one_not_ready = healthy();
+    one_not_ready.kubernetes.as_mut().unwrap().endpoints[1] =
+        api(ApiVia::Master, Some("master1"), false);
+    for mut r in [healthy(), down, disabled, one_not_ready] {
         let (problems, verdict) = assess(&r);
         r.problems = problems;
         r.verdict = verdict;

@@ -1,6 +1,8 @@
-//! What the lab tests share: the `haop` binary and the root check.
+//! What the lab tests share: the `haop` binary, the root check, a writer, status reports.
 
 #![allow(dead_code)]
+
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,315 @@
+//! `haop status`'s Kubernetes section on a lab (3 etcd, 2 masters behind the VIP), through the
+//! real `haop` binary, against a STAND-IN API server: Kubernetes binaries cannot be installed
+//! on the test machine, so `tests/fixtures/kube-apiserver-standin` (python3's `http.server`
+//! and `ssl`) runs on each master as a unit under the agent's built-in supervisor, serving
+//! `/readyz` on 6443 as kube-apiserver does, with a server certificate for the master's
+//! address and the VIP signed by a test CA that the test puts where kubeadm keeps the cluster
+//! CA (`/etc/kubernetes/pki/ca.crt`). `containerd.service` and `kubelet.service`, which status
+//! expects on masters with Kubernetes enabled, are stand-ins too (`sleep infinity`). The
+//! cluster is applied with the lab's inventory (Kubernetes off: no kubeadm to run); status
+//! reads a copy with Kubernetes on.
+//!
+//! Checked: all ready -> ready through the VIP (answered by master1, the VIP holder) and on
+//! both masters, the CA read from a master, exit 0 and no problem; master2's stand-in answering
+//! 500 (kube's failure body) -> master2 named with `[-]etcd failed`, exit 1; master1's too ->
+//! the VIP not ready as well, still exit 1 (degraded, not down); master2's stand-in stopped ->
+//! master2 named with the connection error, exit 1. Every report validates against
+//! docs/status-schema.json.
+
+mod common;
+
+use common::status::{wait_status, Status};
+use common::{haop, require_root};
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use haop_coordinator::inventory::Inventory;
+use haop_coordinator::lab::{LabGuard, LabSpec};
+use haop_coordinator::pki::{
+    CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest,
+};
+use haop_proto::v1 as pb;
+use serde_json::Value;
+
+const STANDIN_UNIT: &str = "kube-apiserver-standin.service";
+
+fn standin_unit() -> String {
+    "[Unit]\n\
+     Description=STAND-IN for kube-apiserver's /readyz (haop lab tests only)\n\
+     \n\
+     [Service]\n\
+     ExecStart=/usr/bin/python3 /usr/local/bin/kube-apiserver-standin\n\
+     Restart=always\n\
+     RestartSec=1\n"
+        .to_string()
+}
+
+fn sleeper_unit(what: &str) -> String {
+    format!(
+        "[Unit]\n\
+         Description=STAND-IN for {what} (haop lab tests only)\n\
+         \n\
+         [Service]\n\
+         ExecStart=/usr/bin/sleep infinity\n"
+    )
+}
+
+/// The row of the Kubernetes endpoint labelled `name` (`VIP` or a master).
+fn api<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json["kubernetes"]["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no Kubernetes section: {json:#}"))
+        .iter()
+        .find(|e| match name {
+            "VIP" => e["via"] == "vip",
+            _ => e["host"] == name,
+        })
+        .unwrap_or_else(|| panic!("no endpoint {name}: {json:#}"))
+}
+
+fn ready(s: &Status, name: &str) -> bool {
+    api(&s.json, name)["ready"] == true
+}
+
+fn problems(s: &Status) -> Vec<&Value> {
+    s.json["problems"].as_array().unwrap().iter().collect()
+}
+
+async fn unit(c: &mut haop_coordinator::agent_client::Client, name: &str, action: pb::Action) {
+    c.unit_action(pb::UnitActionRequest {
+        name: name.into(),
+        action: action as i32,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{action:?} {name}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_asks_the_api_servers_readyz_through_the_vip_and_on_each_master() {
+    if !require_root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-sk", std::process::id() % 100_000);
+    let spec = LabSpec {
+        etcd: 3,
+        masters: 2,
+        workers: 0,
+    };
+    let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
+    let out = haop(
+        st,
+        &["apply", "-f", &lab.inventory_path().display().to_string()],
+    );
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}",
+        common::text(&out)
+    );
+
+    let (mut inventory, _) = Inventory::load(&lab.inventory_path()).unwrap();
+    inventory.kubernetes.enabled = true;
+    let inv_path = st.join("kube-inventory.yaml");
+    std::fs::write(&inv_path, inventory.to_yaml().unwrap()).unwrap();
+    let inv = inv_path.display().to_string();
+    let vip = inventory
+        .vip
+        .as_ref()
+        .expect("a lab with 2 masters has a VIP")
+        .address;
+
+    // The test CA, and on each master: the CA where kubeadm keeps it, a server certificate for
+    // the master's address and the VIP, the stand-in and its units, started.
+    let ca = CertificateAuthority::create(
+        &st.join("kube-standin-pki"),
+        "kube-ca-standin",
+        "kubernetes",
+        KeyAlgorithm::EcdsaP256,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let script = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube-apiserver-standin"),
+    )
+    .unwrap();
+    let trust = haop_coordinator::trust::Trust::load(st).unwrap();
+    let mut clients = Vec::new();
+    for m in ["master1", "master2"] {
+        let host = lab.host(m).unwrap();
+        let leaf = ca
+            .issue_local(
+                &st.join("kube-standin-pki"),
+                m,
+                KeyAlgorithm::EcdsaP256,
+                &SigningRequest {
+                    profile: Profile::Server,
+                    lifetime: Duration::from_secs(3600),
+                    expected: ExpectedNames {
+                        dns: vec!["kubernetes".into(), m.into()],
+                        ips: vec![host.address.into(), vip],
+                    },
+                    organization: None,
+                    common_name: "kube-apiserver".into(),
+                },
+            )
+            .unwrap();
+        let root = &host.root_dir;
+        let put = |path: &str, data: &[u8], mode: u32| {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        put("etc/kubernetes/pki/ca.crt", ca.cert_pem().as_bytes(), 0o644);
+        put(
+            "var/lib/haop-standin/apiserver.crt",
+            leaf.cert_pem.as_bytes(),
+            0o644,
+        );
+        put(
+            "var/lib/haop-standin/apiserver.key",
+            &std::fs::read(&leaf.key_path).unwrap(),
+            0o600,
+        );
+        put("usr/local/bin/kube-apiserver-standin", &script, 0o755);
+
+        let mut c =
+            haop_coordinator::agent_client::connect(&trust, &host.endpoint, Duration::from_secs(5))
+                .await
+                .unwrap();
+        for (unit_name, content) in [
+            (STANDIN_UNIT, standin_unit()),
+            ("containerd.service", sleeper_unit("containerd")),
+            ("kubelet.service", sleeper_unit("the kubelet")),
+        ] {
+            c.ensure_unit(pb::EnsureUnitRequest {
+                name: unit_name.into(),
+                content,
+                data_dirs: vec![],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("EnsureUnit {unit_name} on {m}: {e}"));
+            unit(&mut c, unit_name, pb::Action::Start).await;
+        }
+        clients.push(c);
+    }
+    let root = |m: &str| lab.host(m).unwrap().root_dir.clone();
+    let fail_flag = |m: &str| root(m).join("var/lib/haop-standin/readyz-fail");
+
+    // All ready (keepalived's election and python's start polled for, not slept on).
+    let s = wait_status(st, &inv, Duration::from_secs(20), "all ready", |s| {
+        s.code == 0 && ["VIP", "master1", "master2"].iter().all(|n| ready(s, n))
+    });
+    let k = &s.json["kubernetes"];
+    assert!(k["ca_error"].is_null(), "{k:#}");
+    assert!(
+        ["master1", "master2"].contains(&k["ca_source"].as_str().unwrap()),
+        "{k:#}"
+    );
+    assert_eq!(k["endpoints"].as_array().unwrap().len(), 3);
+    let through_vip = api(&s.json, "VIP");
+    assert_eq!(through_vip["url"], format!("https://{vip}:6443/readyz"));
+    assert_eq!(
+        (
+            through_vip["http_status"].as_u64(),
+            through_vip["detail"].as_str()
+        ),
+        (Some(200), Some("ok"))
+    );
+    assert!(through_vip["latency_ms"].as_f64().is_some());
+    assert_eq!(s.json["vip"]["holder"], "master1");
+    assert!(problems(&s).is_empty(), "{:#}", s.json);
+    // The VIP's request reached master1's stand-in, named by the VIP.
+    let log =
+        std::fs::read_to_string(root("master1").join("var/lib/haop-standin/readyz.log")).unwrap();
+    assert!(log.contains(&format!("GET /readyz {vip}:6443")), "{log}");
+    // The table shows the section.
+    let table = haop(st, &["status", "-f", &inv]);
+    let text = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        text.contains("KUBERNETES  API /readyz: 3/3 ready"),
+        "{text}"
+    );
+
+    // master2's API server not ready: named, degraded; the VIP (on master1) still ready.
+    std::fs::write(fail_flag("master2"), b"").unwrap();
+    let s = wait_status(
+        st,
+        &inv,
+        Duration::from_secs(10),
+        "master2 not ready",
+        |s| !ready(s, "master2"),
+    );
+    assert_eq!(s.code, 1, "{:#}", s.json);
+    assert!(ready(&s, "VIP") && ready(&s, "master1"), "{:#}", s.json);
+    assert_eq!(api(&s.json, "master2")["http_status"], 500);
+    let p = problems(&s);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(
+        (p[0]["section"].as_str(), p[0]["host"].as_str()),
+        (Some("kubernetes"), Some("master2"))
+    );
+    assert_eq!(
+        p[0]["message"],
+        "the Kubernetes API server on master2 is not ready: HTTP 500: [-]etcd failed: reason withheld"
+    );
+    let table = haop(st, &["status", "-f", &inv]);
+    assert_eq!(table.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&table.stdout).to_string();
+    let kube = &text[text.find("KUBERNETES").unwrap()..];
+    let first_row = kube.lines().nth(2).unwrap();
+    assert!(
+        first_row.starts_with("master2") && first_row.contains("not ready"),
+        "{text}"
+    );
+
+    // master1's too: through the VIP not ready either, still degraded (not down).
+    std::fs::write(fail_flag("master1"), b"").unwrap();
+    let s = wait_status(st, &inv, Duration::from_secs(10), "VIP not ready", |s| {
+        !ready(s, "VIP") && !ready(s, "master1")
+    });
+    assert_eq!(s.code, 1, "{:#}", s.json);
+    let p = problems(&s);
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(p
+        .iter()
+        .all(|p| p["severity"] == "degraded" && p["section"] == "kubernetes"));
+    assert!(
+        p.iter()
+            .any(|p| p["host"].is_null()
+                && p["message"].as_str().unwrap().contains("through the VIP"))
+    );
+
+    // Both answer again; then master2's stand-in is stopped: a connection error, named.
+    std::fs::remove_file(fail_flag("master1")).unwrap();
+    std::fs::remove_file(fail_flag("master2")).unwrap();
+    wait_status(st, &inv, Duration::from_secs(10), "ready again", |s| {
+        s.code == 0
+    });
+    unit(&mut clients[1], STANDIN_UNIT, pb::Action::Stop).await;
+    let s = wait_status(st, &inv, Duration::from_secs(10), "master2 stopped", |s| {
+        !ready(s, "master2")
+    });
+    assert_eq!(s.code, 1, "{:#}", s.json);
+    let m2 = api(&s.json, "master2");
+    assert!(m2["http_status"].is_null(), "{m2:#}");
+    assert!(
+        m2["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot connect: "),
+        "{m2:#}"
+    );
+    let p = problems(&s);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(
+        (p[0]["section"].as_str(), p[0]["host"].as_str()),
+        (Some("kubernetes"), Some("master2"))
+    );
+    assert!(ready(&s, "VIP") && ready(&s, "master1"), "{:#}", s.json);
+
+    lab.down().expect("lab down");
+}
