@@ -148,6 +148,15 @@ pub enum EtcdApiError {
 }
 
 impl EtcdApiError {
+    /// Whether etcd may have done what was asked although the call failed: the connection broke
+    /// or the answer did not come in time after the request was sent.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            EtcdApiError::ConnectionLost { .. } | EtcdApiError::Timeout { .. }
+        )
+    }
+
     /// Whether the call may succeed if repeated later as it is (etcd said "wait", or did not
     /// answer in time).
     pub fn is_retryable(&self) -> bool {
