@@ -10,7 +10,7 @@
 //! * enrolled: mTLS only, clients must present a certificate from the agent CA.
 //!
 //! When enrollment completes, the plaintext server drains and the same listener is served again
-//! with mTLS. On shutdown the supervisor's children are stopped.
+//! with mTLS. On shutdown the units keep running (see [`crate::units::supervisor`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -95,7 +95,7 @@ pub fn assemble(
     }
 }
 
-/// Serves `agent` on `listener` until `shutdown` completes, then stops supervised units.
+/// Serves `agent` on `listener` until `shutdown` completes. Units keep running.
 pub async fn serve(
     agent: Agent,
     listener: TcpListener,
@@ -109,7 +109,6 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let result = serve_modes(&agent, listener, stop_rx).await;
-    info!("agent stopping supervised units");
     units.shutdown().await;
     result
 }

@@ -111,7 +111,12 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                     data_dirs: data_dirs.clone(),
                 })
                 .await
-                .with_context(|| format!("installing {name} on {ep}"))?
+                .map_err(|s| {
+                    anyhow::anyhow!(
+                        "installing {name} on {ep}: {}",
+                        agent_client::describe_failure(&s)
+                    )
+                })?
                 .into_inner();
             println!(
                 "{name}: {} ({})",
@@ -124,7 +129,12 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                 client
                     .unit_status(pb::UnitStatusRequest { name: name.clone() })
                     .await
-                    .with_context(|| format!("status of {name} on {ep}"))?
+                    .map_err(|s| {
+                        anyhow::anyhow!(
+                            "status of {name} on {ep}: {}",
+                            agent_client::describe_failure(&s)
+                        )
+                    })?
                     .into_inner()
             } else {
                 let act = match action {
@@ -141,7 +151,12 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                         action: act as i32,
                     })
                     .await
-                    .with_context(|| format!("{action:?} {name} on {ep}"))?
+                    .map_err(|s| {
+                        anyhow::anyhow!(
+                            "{action:?} {name} on {ep}: {}",
+                            agent_client::describe_failure(&s)
+                        )
+                    })?
                     .into_inner();
                 eprintln!(
                     "{name}: {}",

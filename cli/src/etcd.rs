@@ -104,6 +104,14 @@ pub enum EtcdCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Discard the history before the current revision: every key keeps its current value,
+    /// older values go, and their space in every member's database is free for reuse (`haop
+    /// etcd defrag` then returns it to the filesystem). The first step out of NOSPACE.
+    Compact {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
     /// Defragment every member, one at a time, each healthy again before the next.
     Defrag {
         /// The inventory file.
@@ -111,8 +119,8 @@ pub enum EtcdCommand {
         inventory: PathBuf,
     },
     /// Show active alarms (NOSPACE, CORRUPT); with --disarm, clear them once the cause is
-    /// dealt with (for NOSPACE: free or grow the disk, compact, defrag). Exits 1 when an alarm
-    /// is active and was not disarmed.
+    /// dealt with (for NOSPACE: `haop etcd compact`, `haop etcd defrag`, or a larger
+    /// --quota-backend-bytes). Exits 1 when an alarm is active and was not disarmed.
     Alarms {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
@@ -203,6 +211,22 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        EtcdCommand::Compact { inventory } => {
+            let inv = load_inventory(&inventory)?;
+            let client =
+                EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(5))
+                    .await?;
+            let c = client.compact().await?;
+            if c.changed {
+                println!("compacted the history before revision {}", c.revision);
+            } else {
+                println!(
+                    "the history before revision {} was compacted already",
+                    c.revision
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         EtcdCommand::Defrag { inventory } => {
             let inv = load_inventory(&inventory)?;
             let endpoints = inv.etcd_client_urls();
@@ -233,8 +257,17 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 println!("no active alarms");
                 return Ok(ExitCode::SUCCESS);
             }
+            // Members by name where the member list answers (it does during NOSPACE).
+            let names: std::collections::HashMap<u64, String> = client
+                .member_list()
+                .await
+                .map(|ms| ms.into_iter().map(|m| (m.id, m.name)).collect())
+                .unwrap_or_default();
             for (member, alarm) in &active {
-                println!("{alarm} on member {member:x}");
+                match names.get(member).filter(|n| !n.is_empty()) {
+                    Some(name) => println!("{alarm} on member {name} ({member:x})"),
+                    None => println!("{alarm} on member {member:x}"),
+                }
             }
             if disarm {
                 let n = client.disarm_alarms().await?;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use haop_coordinator::lab::{HostReport, Lab, LabSpec};
+use haop_coordinator::lab::{AgentStop, HostReport, Lab, LabSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -59,6 +59,36 @@ pub enum LabCommand {
         /// Also remove the unit's declared data directories.
         #[arg(long)]
         wipe: bool,
+    },
+    /// Cut a host off the lab's network: its link goes down, as a pulled cable.
+    ///
+    /// The host keeps running; nobody reaches it and it reaches nobody, without any error
+    /// packet, until `haop lab restore`. Needs root.
+    Cut {
+        /// The lab's name.
+        name: String,
+        /// The host, such as etcd2.
+        host: String,
+    },
+    /// Connect a host cut off with `haop lab cut` again. Needs root.
+    Restore {
+        /// The lab's name.
+        name: String,
+        /// The host, such as etcd2.
+        host: String,
+    },
+    /// Restart a host's haop-agent, as an upgrade (SIGTERM) or a crash (--kill, SIGKILL) would.
+    ///
+    /// Waits until the new agent answers. The units the agent ran keep running, and the new
+    /// agent takes them over. Needs root.
+    RestartAgent {
+        /// The lab's name.
+        name: String,
+        /// The host, such as etcd2.
+        host: String,
+        /// SIGKILL instead of SIGTERM: the agent gets no chance to exit cleanly.
+        #[arg(long)]
+        kill: bool,
     },
     /// Run a command inside a host.
     ///
@@ -163,6 +193,41 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
                 text.push_str("no declared data dir existed; nothing wiped\n");
             }
             text
+        }
+        LabCommand::Cut { name, host } => {
+            let lab = Lab::open(state_dir, &name)?;
+            if lab.cut(&host)? {
+                format!("{host} is cut off\n")
+            } else {
+                format!("{host} was cut off already\n")
+            }
+        }
+        LabCommand::Restore { name, host } => {
+            let lab = Lab::open(state_dir, &name)?;
+            if lab.restore(&host)? {
+                format!("{host} is connected again\n")
+            } else {
+                format!("{host} was connected already\n")
+            }
+        }
+        LabCommand::RestartAgent { name, host, kill } => {
+            let mut lab = Lab::open(state_dir, &name)?;
+            let how = if kill {
+                AgentStop::Kill
+            } else {
+                AgentStop::Term
+            };
+            let r = lab.restart_agent(&host, how).await?;
+            match r.old_pid {
+                Some(old) => format!(
+                    "agent of {} restarted (pid {old} -> {})\n",
+                    r.host, r.new_pid
+                ),
+                None => format!(
+                    "agent of {} was not running; started (pid {})\n",
+                    r.host, r.new_pid
+                ),
+            }
         }
         LabCommand::Exec {
             name,

@@ -124,6 +124,13 @@ pub enum EtcdApiError {
     NotEnoughStartedMembers { endpoint: String, op: &'static str },
     #[error("etcd at {endpoint} has no leader ({op})")]
     NoLeader { endpoint: String, op: &'static str },
+    #[error(
+        "etcd at {endpoint} refused {op}: database space exceeded (the NOSPACE alarm is active; \
+         `haop etcd alarms` shows it, README's \"etcd is out of space\" says how to clear it)"
+    )]
+    NoSpace { endpoint: String, op: &'static str },
+    #[error("etcd at {endpoint} has compacted its history up to revision {revision} already")]
+    Compacted { endpoint: String, revision: i64 },
     #[error("no etcd endpoint answered {op}: {}", failures.join("; "))]
     NoEndpointAnswered {
         op: &'static str,
@@ -148,6 +155,15 @@ pub enum EtcdApiError {
 }
 
 impl EtcdApiError {
+    /// Whether etcd may have done what was asked although the call failed: the connection broke
+    /// or the answer did not come in time after the request was sent.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            EtcdApiError::ConnectionLost { .. } | EtcdApiError::Timeout { .. }
+        )
+    }
+
     /// Whether the call may succeed if repeated later as it is (etcd said "wait", or did not
     /// answer in time).
     pub fn is_retryable(&self) -> bool {
@@ -266,6 +282,15 @@ pub struct SnapshotInfo {
     pub sha256: String,
     /// The store revision in the stream's header, when etcd sends one (3.4 does not).
     pub revision: Option<i64>,
+}
+
+/// What [`EtcdClient::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Compaction {
+    /// History before this revision is gone; it is the store's revision when compact ran.
+    pub revision: i64,
+    /// False when the history had been compacted up to that revision already.
+    pub changed: bool,
 }
 
 /// A client of one etcd cluster, authenticated with haop's etcd client certificate.
@@ -502,6 +527,43 @@ impl EtcdClient {
             .await?;
         }
         Ok(active.len())
+    }
+
+    /// Discards the history of every key before the store's current revision, as `etcdctl
+    /// compact REV --physical`: each key keeps its current value, older values go, and the
+    /// space they took in each member's backend is free for reuse once this returns (physical:
+    /// etcd answers after the backends applied it). Defragmenting then gives that space back to
+    /// the filesystem. etcd accepts a compaction while the NOSPACE alarm is active, which is how
+    /// a cluster filled with history gets out of it. Running it again with nothing new to
+    /// compact is not an error: the answer says so.
+    pub async fn compact(&self) -> Result<Compaction, EtcdApiError> {
+        let (_, r) = self
+            .any("revision", Failover::Read, |mut c| async move {
+                let only_count = etcd_client::GetOptions::new().with_count_only();
+                c.get(HEALTH_KEY, Some(only_count)).await
+            })
+            .await?;
+        let revision = r.header().map(|h| h.revision()).unwrap_or_default();
+        let compacted = self
+            .any("compact", Failover::Write, move |mut c| async move {
+                let physical = etcd_client::CompactionOptions::new().with_physical();
+                c.compact(revision, Some(physical)).await
+            })
+            .await;
+        match compacted {
+            Ok((endpoint, _)) => {
+                info!(endpoint = %endpoint, revision, "etcd history compacted");
+                Ok(Compaction {
+                    revision,
+                    changed: true,
+                })
+            }
+            Err(EtcdApiError::Compacted { .. }) => Ok(Compaction {
+                revision,
+                changed: false,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Defragments the member at `endpoint` (it blocks that member while it runs).
@@ -955,6 +1017,13 @@ fn classify(endpoint: &str, op: &'static str, e: etcd_client::Error) -> EtcdApiE
         EtcdApiError::NotEnoughStartedMembers { endpoint, op }
     } else if message.contains("etcdserver: no leader") {
         EtcdApiError::NoLeader { endpoint, op }
+    } else if message.contains("database space exceeded") {
+        EtcdApiError::NoSpace { endpoint, op }
+    } else if message.contains("required revision has been compacted") {
+        EtcdApiError::Compacted {
+            endpoint,
+            revision: 0,
+        }
     } else if is_connect_failure(status) {
         EtcdApiError::Unreachable {
             endpoint,

@@ -315,8 +315,21 @@ impl Recovery {
                     }
                 }
                 let barrier = action.is_barrier();
-                self.act(&action, &obs, &mut added_cluster, progress)
-                    .await?;
+                match self.act(&action, &obs, &mut added_cluster, progress).await {
+                    Ok(()) => {}
+                    // The answer was lost (a connection that broke, a call that timed out):
+                    // whether etcd made the change is unknown, and the next observation tells.
+                    // The planner acts on what it observes, so observing again is safe.
+                    Err(RecoverError::Etcd { what, source }) if source.outcome_unknown() => {
+                        progress(Progress::Waiting(format!(
+                            "{what}: {}; observing again",
+                            crate::error_chain(&source)
+                        )));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
                 crate::failpoint::hit(&format!("recover:after-{}", action.kind()));
                 if barrier {
                     break;

@@ -10,6 +10,7 @@
 //! through the agent's [`crate::paths::HostFs`]) and then calls [`ServiceManager::reload`]; the
 //! backend reads the file from there whenever it starts the unit.
 
+pub mod adopt;
 pub mod supervisor;
 pub mod systemd;
 pub mod unitfile;
@@ -89,7 +90,7 @@ pub trait ServiceManager: Send + Sync + std::fmt::Debug {
     async fn reload(&self) -> Result<(), UnitError>;
     async fn action(&self, unit: &UnitName, action: UnitAction) -> Result<bool, UnitError>;
     async fn status(&self, unit: &UnitName) -> Result<UnitState, UnitError>;
-    /// Stops everything the backend itself started (the supervisor's children) when the agent
-    /// shuts down. systemd's units outlive the agent, so its implementation does nothing.
+    /// Called when the agent exits. Units outlive the agent with either backend (systemd's by
+    /// nature, the supervisor's for the next agent to adopt), so this only lets go of them.
     async fn shutdown(&self);
 }

@@ -12,8 +12,8 @@
 //! * `start` reads and parses the unit file every time (there is no daemon-reload cache), builds
 //!   the environment, spawns the program in its own process group with stdout and stderr
 //!   appended to `<state_dir>/logs/<unit>.log`, records the main pid in
-//!   `<state_dir>/supervisor/<unit>.pid` (for outside tools such as `haop lab crash`), and hands
-//!   the child to a monitor task.
+//!   `<state_dir>/supervisor/<unit>.pid` (for outside tools) and the pid with its start time in
+//!   `<unit>.proc` (for the next agent), and hands the child to a monitor task.
 //! * The monitor waits for the main process. When it ends, what is left of its process group is
 //!   killed (as systemd's control-group kill mode would), the exit is recorded, and if
 //!   `Restart=` says so the unit waits `RestartSec` in `activating (auto-restart)` and is started
@@ -22,18 +22,18 @@
 //!   SIGKILL. Every start and stop bumps the unit's *generation*; a monitor acts only for its own
 //!   generation, which is how a stop cancels a pending restart.
 //! * Enabled units are kept in `<state_dir>/supervisor/enabled.json`; the agent calls
-//!   [`Supervisor::start_enabled`] when it starts, as boot would, and
-//!   [`ServiceManager::shutdown`] when it exits.
+//!   [`Supervisor::start_enabled`] when it starts, as boot would.
+//!
+//! Units outlive the agent, as systemd's do: an agent that exits, gracefully or not, leaves
+//! them running (their own process groups keep them out of a signal to the agent's), and the
+//! next agent adopts them ([`super::adopt`]) when it starts, instead of starting a second copy
+//! or killing the first. An agent upgrade or crash therefore never restarts etcd; stopping the
+//! units is what [`Supervisor::stop_all`] (and `systemctl stop`) is for.
 //!
 //! Programs run in the agent's own view of the filesystem (the agent has already entered its
 //! host root, see [`crate::rootfs`]): the program path, its arguments and `WorkingDirectory` are
 //! passed as written. Files the agent itself reads (the unit file, `EnvironmentFile`s, its
 //! state) go through [`HostFs::real`].
-//!
-//! Children live in their own process groups, so they survive an agent that dies without
-//! stopping them. The next start of such a unit finds the old process through the pid file and
-//! kills its group first, after checking that it still is a group leader running the unit's
-//! program, so that a recycled pid is never signalled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::process::ExitStatusExt;
@@ -51,6 +51,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{watch, Mutex as AsyncMutex};
 use tracing::{debug, info, warn};
 
+use super::adopt::{self, Orphan};
 use super::unitfile::{self, ExitClass, RestartPolicy, ServiceSpec, ServiceType};
 use super::{ServiceManager, UnitAction, UnitError, UnitState};
 use crate::files::{write_atomic, Ownership};
@@ -119,10 +120,40 @@ struct Slot {
     state: watch::Sender<RunState>,
 }
 
+/// The main process of a unit: a child of this agent, or one an earlier agent started.
+#[derive(Debug)]
+enum MainProcess {
+    Child(Child),
+    Adopted(Orphan),
+}
+
+impl MainProcess {
+    /// Waits for the process to end: its exit status for a child; for an adopted process,
+    /// which this agent cannot reap, a description of what is known.
+    async fn wait(&mut self, ignore_failure: bool) -> (String, ExitClass) {
+        match self {
+            MainProcess::Child(child) => match child.wait().await {
+                Ok(status) => describe_exit(status, ignore_failure),
+                Err(e) => (
+                    format!("lost track of the process: {e}"),
+                    ExitClass::UncleanCode,
+                ),
+            },
+            MainProcess::Adopted(orphan) => {
+                orphan.ended().await;
+                (
+                    "ended (exit status unknown: an earlier agent started it)".to_string(),
+                    ExitClass::UncleanCode,
+                )
+            }
+        }
+    }
+}
+
 /// What a monitor needs to know about the process it watches.
 #[derive(Debug)]
 struct Launched {
-    child: Child,
+    process: MainProcess,
     pid: u32,
     restart: RestartPolicy,
     restart_sec: Duration,
@@ -203,8 +234,27 @@ impl Supervisor {
         })
     }
 
-    /// Starts every enabled unit, as boot does. Failures are logged and do not stop the others.
+    /// What boot does for an agent: adopts every unit's process an earlier agent left running
+    /// (enabled or not), then starts every enabled unit that does not run. Failures are logged
+    /// and do not stop the others.
     pub async fn start_enabled(&self) {
+        for unit in self.inner.units_with_pid_files().await {
+            let slot = self.inner.slot(&unit);
+            let _op = slot.op.lock().await;
+            if slot.state.borrow().main_pid.is_some() {
+                continue;
+            }
+            let Ok(spec) = self.inner.load_spec(&unit).await else {
+                continue;
+            };
+            if let Some(orphan) = self
+                .inner
+                .find_orphan(&unit, &spec.exec_start.program)
+                .await
+            {
+                self.inner.adopt(&unit, &slot, spec, orphan).await;
+            }
+        }
         let units: Vec<UnitName> = self.inner.enabled.lock().await.iter().cloned().collect();
         for unit in units {
             match self.action(&unit, UnitAction::Start).await {
@@ -265,6 +315,26 @@ impl Inner {
             .clone()
     }
 
+    /// Units that have a pid file: those whose process may still run from an earlier agent.
+    async fn units_with_pid_files(&self) -> Vec<UnitName> {
+        let Ok(mut dir) = tokio::fs::read_dir(&self.supervisor_dir).await else {
+            return Vec::new();
+        };
+        let mut units = Vec::new();
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let name = entry.file_name();
+            let Some(unit) = name.to_str().and_then(|n| n.strip_suffix(".pid")) else {
+                continue;
+            };
+            match UnitName::try_from(unit) {
+                Ok(u) => units.push(u),
+                Err(e) => debug!(file = %unit, error = %e, "ignoring a pid file of no valid unit"),
+            }
+        }
+        units.sort();
+        units
+    }
+
     fn existing_slots(&self) -> Vec<(UnitName, Arc<Slot>)> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -276,6 +346,10 @@ impl Inner {
 
     fn pid_file(&self, unit: &UnitName) -> PathBuf {
         self.supervisor_dir.join(format!("{unit}.pid"))
+    }
+
+    fn proc_file(&self, unit: &UnitName) -> PathBuf {
+        self.supervisor_dir.join(format!("{unit}.proc"))
     }
 
     fn log_file(&self, unit: &UnitName) -> PathBuf {
@@ -435,7 +509,7 @@ impl Inner {
         self.log_line(unit, &format!("started {} as pid {pid}", exec.program))
             .await;
         Ok(Launched {
-            child,
+            process: MainProcess::Child(child),
             pid,
             restart: spec.restart,
             restart_sec: spec.restart_sec,
@@ -447,12 +521,19 @@ impl Inner {
         })
     }
 
+    /// Records the unit's main process: `<unit>.proc` (pid and start time, what the next agent
+    /// adopts by), then `<unit>.pid` (the pid alone, for outside tools).
     async fn write_pid_file(&self, unit: &UnitName, pid: u32) {
-        let path = self.pid_file(unit);
+        let (proc_path, pid_path) = (self.proc_file(unit), self.pid_file(unit));
         let dir = self.supervisor_dir.clone();
         let result = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
-            write_atomic(&path, format!("{pid}\n").as_bytes(), own_files(0o644))
+            if let Some(start) = adopt::start_time(pid) {
+                let text = adopt::proc_file_text(pid, start);
+                write_atomic(&proc_path, text.as_bytes(), own_files(0o644))
+                    .map_err(std::io::Error::other)?;
+            }
+            write_atomic(&pid_path, format!("{pid}\n").as_bytes(), own_files(0o644))
                 .map_err(std::io::Error::other)
         })
         .await;
@@ -466,31 +547,80 @@ impl Inner {
     }
 
     async fn remove_pid_file(&self, unit: &UnitName) {
-        match tokio::fs::remove_file(self.pid_file(unit)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(unit = %unit, error = %e, "cannot remove pid file"),
+        for path in [self.pid_file(unit), self.proc_file(unit)] {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(unit = %unit, path = %path.display(), error = %e, "cannot remove pid file")
+                }
+            }
         }
     }
 
-    /// Kills a process left running by an earlier agent, found through the pid file. Called
-    /// with the unit's op lock held and no process of ours running.
-    async fn kill_orphan(&self, unit: &UnitName, program: &str) {
-        let pid_file = self.pid_file(unit);
+    /// The unit's process left running by an earlier agent, found through the pid file.
+    async fn find_orphan(&self, unit: &UnitName, program: &str) -> Option<Orphan> {
+        let (proc_file, pid_file) = (self.proc_file(unit), self.pid_file(unit));
         let program = program.to_string();
-        let found = tokio::task::spawn_blocking(move || find_orphan(&pid_file, &program))
+        tokio::task::spawn_blocking(move || adopt::find(&proc_file, &pid_file, &program))
             .await
             .ok()
-            .flatten();
-        let Some(pid) = found else { return };
-        warn!(unit = %unit, pid, "killing a process of this unit left by an earlier agent");
-        signal_group(unit, pid, Signal::SIGKILL);
-        let deadline = Instant::now() + KILL_GRACE;
-        while Instant::now() < deadline && process_alive(pid) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            .flatten()
     }
 
+    /// Takes over `orphan` as the unit's main process: running, watched by a monitor, stopped
+    /// and restarted as if this agent had started it.
+    async fn adopt(
+        self: &Arc<Self>,
+        unit: &UnitName,
+        slot: &Arc<Slot>,
+        spec: ServiceSpec,
+        orphan: Orphan,
+    ) {
+        info!(unit = %unit, pid = orphan.pid, "adopting the unit's process left running by an earlier agent");
+        self.log_line(
+            unit,
+            &format!("adopted pid {} (started by an earlier agent)", orphan.pid),
+        )
+        .await;
+        let launched = Launched {
+            process: MainProcess::Adopted(orphan),
+            pid: orphan.pid,
+            restart: spec.restart,
+            restart_sec: spec.restart_sec,
+            ignore_failure: spec.exec_start.ignore_failure,
+            service_type: spec.service_type,
+            remain_after_exit: spec.remain_after_exit,
+            kill_signal: spec.kill_signal,
+            timeout_stop: spec.timeout_stop_sec,
+        };
+        self.watch(unit, slot, launched, true);
+    }
+
+    /// Records `launched` as the unit's running main process and starts its monitor. An
+    /// explicit start resets the restart counter, as systemd's NRestarts.
+    fn watch(self: &Arc<Self>, unit: &UnitName, slot: &Arc<Slot>, launched: Launched, reset: bool) {
+        let mut generation = 0;
+        slot.state.send_modify(|s| {
+            s.generation += 1;
+            generation = s.generation;
+            s.phase = Phase::Running;
+            s.main_pid = Some(launched.pid);
+            s.since_unix_ms = now_unix_ms();
+            if reset {
+                s.restart_count = 0;
+            }
+            s.kill_signal = launched.kill_signal;
+            s.timeout_stop = launched.timeout_stop;
+        });
+        tokio::spawn(
+            self.clone()
+                .monitor(unit.clone(), slot.clone(), generation, launched),
+        );
+    }
+
+    /// Starts the unit unless it runs: a process an earlier agent left running is adopted
+    /// (answering `false`, nothing changed), otherwise the program is launched.
     async fn start_locked(
         self: &Arc<Self>,
         unit: &UnitName,
@@ -500,10 +630,13 @@ impl Inner {
         if current.main_pid.is_some() || current.phase == Phase::Exited {
             return Ok(false);
         }
-        // A unit waiting in auto-restart is started now; the generation bump below cancels the
-        // pending restart.
+        // A unit waiting in auto-restart is started now; the generation bump in `watch` cancels
+        // the pending restart.
         let spec = self.load_spec(unit).await?;
-        self.kill_orphan(unit, &spec.exec_start.program).await;
+        if let Some(orphan) = self.find_orphan(unit, &spec.exec_start.program).await {
+            self.adopt(unit, slot, spec, orphan).await;
+            return Ok(false);
+        }
         let launched = match self.launch(unit, spec).await {
             Ok(l) => l,
             Err(e) => {
@@ -520,22 +653,7 @@ impl Inner {
             }
         };
         self.write_pid_file(unit, launched.pid).await;
-        let mut generation = 0;
-        slot.state.send_modify(|s| {
-            s.generation += 1;
-            generation = s.generation;
-            s.phase = Phase::Running;
-            s.main_pid = Some(launched.pid);
-            s.since_unix_ms = now_unix_ms();
-            // An explicit start resets the counter, as systemd's NRestarts.
-            s.restart_count = 0;
-            s.kill_signal = launched.kill_signal;
-            s.timeout_stop = launched.timeout_stop;
-        });
-        tokio::spawn(
-            self.clone()
-                .monitor(unit.clone(), slot.clone(), generation, launched),
-        );
+        self.watch(unit, slot, launched, true);
         Ok(true)
     }
 
@@ -623,19 +741,12 @@ impl Inner {
         mut run: Launched,
     ) {
         loop {
-            let status = run.child.wait().await;
+            let (exit, class) = run.process.wait(run.ignore_failure).await;
             // What is left of the group goes with its main process, as systemd's control-group
             // kill mode does. During a stop, the stop gives the rest its remaining time.
             if slot.state.borrow().generation == generation {
                 signal_group(&unit, run.pid, Signal::SIGKILL);
             }
-            let (exit, class) = match status {
-                Ok(status) => describe_exit(status, run.ignore_failure),
-                Err(e) => (
-                    format!("lost track of the process: {e}"),
-                    ExitClass::UncleanCode,
-                ),
-            };
             self.remove_pid_file(&unit).await;
             self.log_line(&unit, &format!("pid {} {exit}", run.pid))
                 .await;
@@ -822,31 +933,6 @@ fn describe_exit(status: ExitStatus, ignore_failure: bool) -> (String, ExitClass
     )
 }
 
-/// The pid in `pid_file` if it names a live process group leader running `program`: a process
-/// of this unit that outlived the agent that started it.
-fn find_orphan(pid_file: &Path, program: &str) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    if pid <= 1 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name in parentheses: state, ppid, pgrp, ...
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?;
-    let _ppid = fields.next()?;
-    let pgrp: u32 = fields.next()?.parse().ok()?;
-    if state == "Z" || pgrp != pid {
-        return None;
-    }
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let wanted = std::fs::canonicalize(program).ok()?;
-    (exe == wanted).then_some(pid)
-}
-
 /// Whether any live (not zombie) process is in the process group `pgid`. Scans /proc: after
 /// its leader ended, a group's members may be anyone's children.
 fn group_alive(pgid: u32) -> bool {
@@ -872,17 +958,6 @@ fn group_alive(pgid: u32) -> bool {
         let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
         pgrp == Some(pgid) && state != "Z" && state != "X"
     })
-}
-
-/// Whether `pid` is a process that has not ended (zombies count as ended).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
 }
 
 fn phase_states(phase: Phase) -> (&'static str, &'static str) {
@@ -952,6 +1027,24 @@ impl ServiceManager for Supervisor {
     }
 
     async fn shutdown(&self) {
+        let running = self
+            .inner
+            .existing_slots()
+            .iter()
+            .filter(|(_, slot)| slot.state.borrow().main_pid.is_some())
+            .count();
+        info!(
+            running,
+            "agent exits; supervised units keep running for the next agent to adopt"
+        );
+    }
+}
+
+impl Supervisor {
+    /// Stops every unit this supervisor runs, concurrently (each as `stop` would). Not done
+    /// when the agent exits (units outlive it); for tests and tools that must leave nothing
+    /// running.
+    pub async fn stop_all(&self) {
         let mut tasks = tokio::task::JoinSet::new();
         for (unit, slot) in self.inner.existing_slots() {
             let inner = self.inner.clone();
@@ -1135,7 +1228,7 @@ mod tests {
         assert!(f.sup.action(&u, UnitAction::Restart).await.unwrap());
         let second = f.sup.status(&u).await.unwrap();
         assert!(second.is_running() && second.main_pid != first);
-        f.sup.shutdown().await;
+        f.sup.stop_all().await;
         assert!(!f.sup.status(&u).await.unwrap().is_running());
     }
 
@@ -1226,7 +1319,7 @@ mod tests {
             })
             .await;
         }
-        f.sup.shutdown().await;
+        f.sup.stop_all().await;
     }
 
     #[tokio::test]
@@ -1266,7 +1359,7 @@ mod tests {
         })
         .await;
         assert_eq!(s.active_state, "inactive");
-        f.sup.shutdown().await;
+        f.sup.stop_all().await;
     }
 
     #[tokio::test]
@@ -1302,7 +1395,7 @@ mod tests {
         );
         let args = wait_for_file(&args).await;
         assert_eq!(args, "two words\ntwo\nwords\nxfrom-filey\n");
-        f.sup.shutdown().await;
+        f.sup.stop_all().await;
     }
 
     #[tokio::test]
@@ -1340,7 +1433,7 @@ mod tests {
             s.last_exit
         );
         assert_eq!(s.restart_count, 0, "a stop is never followed by a restart");
-        f.sup.shutdown().await;
+        f.sup.stop_all().await;
     }
 
     #[tokio::test]
@@ -1357,12 +1450,12 @@ mod tests {
         );
         assert!(f.sup.action(&u, UnitAction::Start).await.unwrap());
         let child: u32 = wait_for_file(&child_pid).await.trim().parse().unwrap();
-        assert!(process_alive(child));
+        assert!(adopt::start_time(child).is_some());
         let before = Instant::now();
         assert!(f.sup.action(&u, UnitAction::Stop).await.unwrap());
         assert!(before.elapsed() >= Duration::from_millis(300));
         wait_until("the leftover to die", || async {
-            if process_alive(child) {
+            if adopt::start_time(child).is_some() {
                 Err(format!("{child} alive"))
             } else {
                 Ok(())
@@ -1404,7 +1497,7 @@ mod tests {
         .await;
         assert!(f.sup.action(&u, UnitAction::Start).await.unwrap());
         assert!(f.sup.status(&u).await.unwrap().is_running());
-        f.sup.shutdown().await;
+        f.sup.stop_all().await;
     }
 
     #[tokio::test]
@@ -1423,7 +1516,7 @@ mod tests {
         assert!(again.status(&u).await.unwrap().enabled);
         again.start_enabled().await;
         assert!(again.status(&u).await.unwrap().is_running());
-        again.shutdown().await;
+        again.stop_all().await;
         assert!(!again.status(&u).await.unwrap().is_running());
 
         assert!(again.action(&u, UnitAction::Disable).await.unwrap());
@@ -1442,10 +1535,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn orphan_of_an_earlier_agent_is_killed_before_start() {
+    async fn a_process_of_an_older_agent_is_adopted_not_started_again() {
         use std::os::unix::process::CommandExt;
         let f = Fixture::new();
         let u = f.install("etcd.service", "[Service]\nExecStart=/bin/sleep 30\n");
+        // As an older agent left it: the unit's program, its pid file without a start time.
         let mut orphan = std::process::Command::new("/bin/sleep")
             .arg("30")
             .process_group(0)
@@ -1455,20 +1549,13 @@ mod tests {
         std::fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
         std::fs::write(&pid_file, format!("{}\n", orphan.id())).unwrap();
 
-        assert!(f.sup.action(&u, UnitAction::Start).await.unwrap());
-        let status = wait_until("the orphan to die", || {
-            let r = orphan.try_wait();
-            async move {
-                match r {
-                    Ok(Some(status)) => Ok(status),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-        })
-        .await;
-        assert_eq!(status.signal(), Some(Signal::SIGKILL as i32));
+        assert!(!f.sup.action(&u, UnitAction::Start).await.unwrap());
         let s = f.sup.status(&u).await.unwrap();
-        assert!(s.is_running() && s.main_pid != orphan.id());
+        assert!(s.is_running() && s.main_pid == orphan.id(), "{s:?}");
+        assert!(f.sup.action(&u, UnitAction::Stop).await.unwrap());
+        let status = orphan.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
+        assert!(!f.sup.status(&u).await.unwrap().is_running());
 
         // A pid file naming a process that is not this unit's program is left alone.
         let mut other = std::process::Command::new("/bin/sh")
@@ -1476,17 +1563,77 @@ mod tests {
             .process_group(0)
             .spawn()
             .unwrap();
-        f.sup.action(&u, UnitAction::Stop).await.unwrap();
         let cat = f.install("cat.service", "[Service]\nExecStart=/bin/cat\n");
         std::fs::write(f.sup.pid_file(&cat), format!("{}\n", other.id())).unwrap();
         assert!(f.sup.action(&cat, UnitAction::Start).await.unwrap());
+        assert_ne!(f.sup.status(&cat).await.unwrap().main_pid, other.id());
         assert!(
             other.try_wait().unwrap().is_none(),
             "an unrelated process was killed"
         );
         other.kill().unwrap();
         other.wait().unwrap();
-        f.sup.shutdown().await;
+        f.sup.stop_all().await;
+    }
+
+    /// An agent's life in its own runtime: when it returns, the agent's tasks are gone, as
+    /// when the agent process exits.
+    fn agent_life<T>(life: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(life)
+    }
+
+    #[test]
+    fn units_outlive_the_agent_and_the_next_agent_adopts_them() {
+        let f = Fixture::new();
+        let always = "[Service]\nExecStart=/bin/sleep 30\nRestart=always\nRestartSec=100ms\n";
+        let boot = f.install("boot.service", always);
+        let manual = f.install("manual.service", always);
+        let (boot_pid, manual_pid) = agent_life(async {
+            let sup = Fixture::supervisor(f.root());
+            sup.action(&boot, UnitAction::Enable).await.unwrap();
+            sup.action(&boot, UnitAction::Start).await.unwrap();
+            sup.action(&manual, UnitAction::Start).await.unwrap();
+            // What the agent does when it exits, gracefully.
+            sup.shutdown().await;
+            (
+                sup.status(&boot).await.unwrap().main_pid,
+                sup.status(&manual).await.unwrap().main_pid,
+            )
+        });
+        for pid in [boot_pid, manual_pid] {
+            assert!(
+                adopt::start_time(pid).is_some(),
+                "pid {pid} ended with its agent"
+            );
+        }
+
+        agent_life(async {
+            let sup = Fixture::supervisor(f.root());
+            sup.start_enabled().await;
+            // Both adopted, enabled or not, and not started again.
+            for (u, pid) in [(&boot, boot_pid), (&manual, manual_pid)] {
+                let s = sup.status(u).await.unwrap();
+                assert!(s.is_running() && s.main_pid == pid, "{u}: {s:?}");
+                assert!(!sup.action(u, UnitAction::Start).await.unwrap());
+            }
+            // An adopted process that dies is noticed and restarted as Restart= says.
+            sigkill(boot_pid);
+            let s = wait_for(&sup, &boot, "a restart", |s| {
+                s.is_running() && s.main_pid != boot_pid && s.main_pid != 0
+            })
+            .await;
+            assert_eq!(s.restart_count, 1);
+            assert!(s.last_exit.contains("exit status unknown"), "{s:?}");
+            // An adopted process is stopped as if this agent had started it.
+            assert!(sup.action(&manual, UnitAction::Stop).await.unwrap());
+            assert!(adopt::start_time(manual_pid).is_none());
+            assert!(!sup.status(&manual).await.unwrap().is_running());
+            sup.stop_all().await;
+        });
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub struct TestAgent {
     pub client: AgentClient<Channel>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Units outlive the agent; `shutdown` stops them so that no test leaves processes behind.
+    units: Arc<Supervisor>,
 }
 
 impl TestAgent {
@@ -168,7 +170,7 @@ impl TestAgent {
         let kernel = Arc::new(LabKernel {
             paths: KernelPaths { proc, sys },
         });
-        let agent = haop_agent::server::assemble(&config, units, kernel);
+        let agent = haop_agent::server::assemble(&config, units.clone(), kernel);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -200,6 +202,7 @@ impl TestAgent {
             client,
             stop: Some(tx),
             task: Some(task),
+            units,
         }
     }
 
@@ -214,6 +217,7 @@ impl TestAgent {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        self.units.stop_all().await;
     }
 }
 

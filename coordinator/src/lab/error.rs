@@ -146,6 +146,8 @@ pub enum LabError {
     },
     #[error("refusing to remove {path}: {reason}")]
     UnsafeRemove { path: PathBuf, reason: String },
+    #[error("refusing to touch link {link}: {reason}")]
+    NotOurLink { link: String, reason: String },
     #[error("refusing to signal pid {pid}: {reason}")]
     ForeignProcess { pid: u32, reason: String },
     #[error("cannot send {signal} to pid {pid}")]

@@ -22,6 +22,7 @@
 
 mod agents;
 mod error;
+mod faults;
 mod inventory;
 mod names;
 mod record;
@@ -42,6 +43,7 @@ use tracing::{info, warn, Instrument};
 
 pub use agents::{find_agent_binary, AGENT_BIN_ENV, DECLARED_FILE};
 pub use error::{LabError, LogTail};
+pub use faults::{AgentRestart, AgentStop};
 pub use inventory::INVENTORY_FILE;
 pub use names::{
     LabName, LabSpec, Role, AGENT_PORT, MAX_ETCD, MAX_INDEX, MAX_MASTERS, MAX_WORKERS,
@@ -336,7 +338,13 @@ impl Lab {
     }
 
     pub fn host(&self, name: &str) -> Result<&LabHost, LabError> {
-        self.record.host(name).ok_or_else(|| LabError::NoSuchHost {
+        self.record
+            .host(name)
+            .ok_or_else(|| self.no_such_host(name))
+    }
+
+    fn no_such_host(&self, name: &str) -> LabError {
+        LabError::NoSuchHost {
             lab: self.name().to_string(),
             host: name.to_string(),
             known: self
@@ -346,7 +354,7 @@ impl Lab {
                 .map(|h| h.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-        })
+        }
     }
 
     /// The state dir this lab belongs to (`<state-dir>/labs/NAME` is its directory).
@@ -524,7 +532,9 @@ impl Lab {
         let _span = tracing::info_span!("lab_down", lab = %self.name()).entered();
         sys::require_root()?;
         let ip = Ip::find()?;
-        teardown(&ip, &self.dir, &self.record)
+        // The record on disk is the freshest: another process may have restarted an agent.
+        let record = LabRecord::read(&self.dir).unwrap_or_else(|_| self.record.clone());
+        teardown(&ip, &self.dir, &record)
     }
 
     /// Removes the lab `name` of `state_dir`, also when its `up` died before writing a record.
@@ -910,6 +920,14 @@ impl std::ops::Deref for LabGuard {
     fn deref(&self) -> &Lab {
         self.lab
             .as_ref()
+            .expect("a guard holds its lab until dropped")
+    }
+}
+
+impl std::ops::DerefMut for LabGuard {
+    fn deref_mut(&mut self) -> &mut Lab {
+        self.lab
+            .as_mut()
             .expect("a guard holds its lab until dropped")
     }
 }

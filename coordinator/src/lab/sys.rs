@@ -117,6 +117,14 @@ pub fn link_mac(name: &str) -> Option<String> {
         .map(|s| s.trim().to_ascii_lowercase())
 }
 
+/// Whether link `name` is administratively up (`IFF_UP` in its flags).
+pub fn link_is_up(name: &str) -> bool {
+    fs::read_to_string(Path::new("/sys/class/net").join(name).join("flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & 0x1 != 0)
+}
+
 /// The bridge link `name` is enslaved to, when any.
 pub fn link_master(name: &str) -> Option<String> {
     fs::read_link(Path::new("/sys/class/net").join(name).join("master"))

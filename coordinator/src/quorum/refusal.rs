@@ -30,7 +30,9 @@ pub enum Refusal {
     StateUnknown { member: String, field: UnknownField },
     #[error(
         "{healthy} of {voters} voters are healthy, below the quorum of {needed}: quorum is lost and \
-         membership cannot change; restore every member from one snapshot with `haop etcd restore`"
+         membership cannot change; bring back the members that are down or cut off (their hosts, \
+         their network), and only if they are lost for good, restore every member from one \
+         snapshot with `haop etcd restore` (writes after the snapshot are lost)"
     )]
     QuorumLost {
         healthy: usize,

@@ -47,10 +47,12 @@ impl Change {
 /// Errors of one step; the executor adds the host and the step.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("agent refused {rpc}: {message}")]
+    /// An RPC that failed: the agent's answer, or a connection that broke before one.
+    #[error("{rpc} failed: {message}")]
     Rpc {
         rpc: &'static str,
         code: Code,
+        /// [`crate::agent_client::describe_failure`] of the status.
         message: String,
     },
     #[error("{0}")]
@@ -63,7 +65,7 @@ fn rpc(name: &'static str) -> impl Fn(tonic::Status) -> StepError {
     move |s| StepError::Rpc {
         rpc: name,
         code: s.code(),
-        message: s.message().to_string(),
+        message: crate::agent_client::describe_failure(&s),
     }
 }
 

@@ -163,7 +163,7 @@ fn rpc(name: &'static str) -> impl Fn(tonic::Status) -> StepError {
     move |s| StepError::Rpc {
         rpc: name,
         code: s.code(),
-        message: s.message().to_string(),
+        message: crate::agent_client::describe_failure(&s),
     }
 }
 
