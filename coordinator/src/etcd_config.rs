@@ -113,6 +113,9 @@ impl MemberConfig {
             ("ETCD_PEER_KEY_FILE", self.cert("peer.key")),
             ("ETCD_PEER_TRUSTED_CA_FILE", self.cert("ca.crt")),
             ("ETCD_PEER_CLIENT_CERT_AUTH", "true".into()),
+            // A member back from a partition or a restart asks before it campaigns, instead of
+            // forcing an election on a healthy leader (3.4 and 3.5 default to false).
+            ("ETCD_PRE_VOTE", "true".into()),
         ];
         let mut out = String::from(
             "# Managed by haop: etcd member configuration (etcd reads ETCD_* variables).\n",

@@ -591,7 +591,7 @@ async fn nospace_alarm_is_shown_and_cleared() {
     let shown = haop(st, &["status", "-f", &c.inv]);
     let said = text(&shown);
     assert_eq!(shown.status.code(), Some(1), "{said}");
-    assert!(said.contains("NOSPACE"), "{said}");
+    assert!(said.contains("NOSPACE") && said.contains("haop etcd compact"), "{said}");
     assert!(
         ["etcd1", "etcd2", "etcd3"]
             .iter()

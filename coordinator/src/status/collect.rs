@@ -526,7 +526,9 @@ fn etcd_section(inventory: &Inventory, probes: &[EndpointProbe]) -> EtcdSection 
             db_size_in_use_bytes: status.map(|s| s.db_size_in_use),
             db_quota_bytes: quota,
             version: status.map(|s| s.version.clone()),
-            alarms: status.map(|s| s.errors.clone()).unwrap_or_default(),
+            alarms: status
+                .map(|s| s.errors.iter().map(|e| explain_alarm(e)).collect())
+                .unwrap_or_default(),
             peer_urls_match: member.is_some_and(|m| m.peer_urls == [peer.clone()]),
             peer_urls,
             expected_peer_url: Some(peer),
@@ -878,4 +880,31 @@ fn drift_section(inventory: &Inventory, probes: &[HostProbe]) -> Vec<DriftRow> {
         push("swap", swap_drift(facts.swap.as_ref()));
     }
     rows
+}
+
+/// etcd's status error for an alarm (`memberID:8212... alarm:NOSPACE `) said for an operator,
+/// with the way out; other errors as etcd says them.
+pub(crate) fn explain_alarm(error: &str) -> String {
+    if error.contains("alarm:NOSPACE") {
+        "NOSPACE alarm: the database reached its quota and etcd refuses writes (free space with \
+         `haop etcd compact` and `haop etcd defrag`, then `haop etcd alarms --disarm`)"
+            .into()
+    } else if error.contains("alarm:CORRUPT") {
+        "CORRUPT alarm: this member's data differs from the others' (recover it with \
+         `haop etcd recover`, then `haop etcd alarms --disarm`)"
+            .into()
+    } else {
+        error.trim().to_string()
+    }
+}
+
+#[cfg(test)]
+mod alarm_tests {
+    #[test]
+    fn alarms_are_said_with_the_way_out() {
+        let s = super::explain_alarm("memberID:8212839184738 alarm:NOSPACE ");
+        assert!(s.starts_with("NOSPACE alarm") && s.contains("haop etcd compact"), "{s}");
+        assert!(super::explain_alarm("memberID:1 alarm:CORRUPT").contains("haop etcd recover"));
+        assert_eq!(super::explain_alarm(" other "), "other");
+    }
 }
