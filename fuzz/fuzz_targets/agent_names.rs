@@ -154,7 +154,7 @@ fn check_host_path(s: &str) {
         assert_normalized(&p, s);
         assert_eq!(HostPath::try_from(p.to_string()).ok().as_ref(), Some(&p));
         assert_eq!(p.is_root(), p.as_path() == Path::new("/"));
-        assert_eq!(p.relative().is_absolute(), false, "{s:?}");
+        assert!(!p.relative().is_absolute(), "{s:?}");
         if let Some(parent) = p.parent() {
             assert_normalized(&parent, s);
             assert!(p.starts_with(&parent), "{s:?}");
