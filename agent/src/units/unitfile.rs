@@ -955,7 +955,9 @@ pub fn parse_time_span(s: &str) -> Result<Option<Duration>, String> {
         let mut scale = unit;
         for d in frac.chars() {
             scale /= 10;
-            part += u128::from(d.to_digit(10).ok_or_else(bad)?) * scale;
+            // The fraction can carry a whole that fits just below u128::MAX over it.
+            let digit = u128::from(d.to_digit(10).ok_or_else(bad)?);
+            part = part.checked_add(digit * scale).ok_or_else(bad)?;
         }
         total = total.checked_add(part).ok_or_else(bad)?;
     }
@@ -1512,6 +1514,17 @@ ExecStart=-/bin/sh -c "echo 'a b'; exit 3" 'single "q"' tab\tsep \x41\101 semi\;
         ] {
             assert!(parse_time_span(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// Found by the `unitfile` fuzz target: a whole part that fits just below u128::MAX
+    /// nanoseconds plus a fraction overflowed (a panic with overflow checks, a silently wrapped,
+    /// tiny `RestartSec=` without).
+    #[test]
+    fn time_span_fraction_cannot_overflow() {
+        let huge = "340282366920938463463374607431.9s";
+        assert!(parse_time_span(huge).is_err(), "{huge:?} accepted");
+        let unit = parse(&format!("[Service]\nExecStart=/bin/a\nRestartSec={huge}\n")).unwrap();
+        assert!(ServiceSpec::from_unit(&unit).is_err());
     }
 
     #[test]
