@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{haop, text, Writer};
+use common::{assert_all_present, haop, members, text, voters_named, Writer};
 
 use std::time::Duration;
 
@@ -73,32 +73,12 @@ async fn etcd_351_uploaded_formed_and_healed() {
     let acked = writer.finish().await;
     assert!(acked.len() > 20, "{}", acked.len());
 
-    let mut members: Vec<(String, bool)> = client
-        .member_list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.name, m.is_learner))
-        .collect();
-    members.sort();
-    assert_eq!(
-        members,
-        [
-            ("etcd1".to_string(), false),
-            ("etcd2".to_string(), false),
-            ("etcd3".to_string(), false)
-        ]
-    );
+    assert_eq!(members(&client).await, voters_named(3));
     client
         .wait_for_quorum(&endpoints, 3, Duration::from_secs(30))
         .await
         .expect("healthy after heal");
-    for key in &acked {
-        assert!(
-            client.get(key).await.unwrap().is_some(),
-            "acknowledged write {key} lost"
-        );
-    }
+    assert_all_present(&client, &acked).await;
     let plan = haop(st, &["plan", "-f", &p, "--exit-code"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     lab.down().expect("lab down");

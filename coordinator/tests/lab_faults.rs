@@ -31,7 +31,7 @@
 
 mod common;
 
-use common::{haop, haop_bin, require_root, text, Writer};
+use common::{assert_all_present, haop, haop_bin, members, require_root, text, Writer};
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -134,16 +134,6 @@ fn etcd_pids(lab: &Lab, host: &str) -> Vec<u32> {
 }
 
 /// Every acknowledged key is there.
-async fn assert_all_present(client: &EtcdClient, acked: &[String]) {
-    for key in acked {
-        let got = client.get(key).await;
-        assert!(
-            matches!(got, Ok(Some(_))),
-            "acknowledged write {key} was lost: {got:?}"
-        );
-    }
-}
-
 /// Waits for `child` to exit within `limit`; kills it (by pid, ours) and panics otherwise.
 fn wait_child(child: &mut Child, what: &str, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
@@ -457,7 +447,7 @@ async fn host_cut_off_during_recover_then_restored() {
         .crash("etcd2", "etcd.service", true)
         .await
         .expect("crash");
-    let members_before = names(&c.client).await;
+    let members_before = members(&c.client).await;
     assert!(c.lab.cut("etcd3").unwrap());
     let started = Instant::now();
     let refused = haop(
@@ -508,18 +498,6 @@ async fn put_soon(client: &EtcdClient, key: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn names(client: &EtcdClient) -> Vec<(String, bool)> {
-    let mut v: Vec<(String, bool)> = client
-        .member_list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.name, m.is_learner))
-        .collect();
-    v.sort();
-    v
 }
 
 /// The member list once a member answers it again (after a quorum came back).
@@ -591,7 +569,10 @@ async fn nospace_alarm_is_shown_and_cleared() {
     let shown = haop(st, &["status", "-f", &c.inv]);
     let said = text(&shown);
     assert_eq!(shown.status.code(), Some(1), "{said}");
-    assert!(said.contains("NOSPACE") && said.contains("haop etcd compact"), "{said}");
+    assert!(
+        said.contains("NOSPACE") && said.contains("haop etcd compact"),
+        "{said}"
+    );
     assert!(
         ["etcd1", "etcd2", "etcd3"]
             .iter()

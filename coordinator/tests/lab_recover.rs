@@ -14,24 +14,12 @@
 
 mod common;
 
-use common::{haop, require_root, text, Etcd, Writer};
+use common::{assert_all_present, haop, members, require_root, text, voters_named, Etcd, Writer};
 
 use std::time::{Duration, Instant};
 
 use haop_coordinator::etcd_api::EtcdClient;
 use haop_coordinator::lab::{LabGuard, LabSpec};
-
-async fn voters(client: &EtcdClient) -> Vec<(String, bool)> {
-    let mut v: Vec<(String, bool)> = client
-        .member_list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.name, m.is_learner))
-        .collect();
-    v.sort();
-    v
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_a_killed_and_wiped_member_under_a_writer_etcd_3_4() {
@@ -113,14 +101,7 @@ async fn recover_a_killed_and_wiped_member_under_a_writer(etcd: Etcd) {
     );
 
     // Three started voters, and every acknowledged write is there.
-    assert_eq!(
-        voters(&client).await,
-        [
-            ("etcd1".to_string(), false),
-            ("etcd2".to_string(), false),
-            ("etcd3".to_string(), false)
-        ]
-    );
+    assert_eq!(members(&client).await, voters_named(3));
     let ep2 = vec![inventory.etcd_client_url(inventory.host("etcd2").unwrap())];
     let only2 = EtcdClient::connect(st, &ep2, Duration::from_secs(2))
         .await
@@ -130,18 +111,13 @@ async fn recover_a_killed_and_wiped_member_under_a_writer(etcd: Etcd) {
         assert!(Instant::now() < deadline, "etcd2 never became healthy");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for key in &acked {
-        assert!(
-            client.get(key).await.unwrap().is_some(),
-            "acknowledged write {key} was lost"
-        );
-    }
+    assert_all_present(&client, &acked).await;
     // Converged: apply changes nothing and plan has nothing to do.
     let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 
     // Two of three down: recover refuses with a message about quorum and changes nothing.
-    let before = voters(&client).await;
+    let before = members(&client).await;
     lab.crash("etcd2", "etcd.service", true)
         .await
         .expect("crash etcd2");

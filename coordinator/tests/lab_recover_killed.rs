@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{haop, haop_bin, require_root, text, Etcd};
+use common::{haop, haop_bin, members, require_root, text, voters_named, Etcd};
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -98,22 +98,7 @@ async fn recovery_killed_after_each_step_converges_when_rerun(etcd: Etcd) {
     let last = haop(st, &["etcd", "recover", "etcd2", "-f", &inv]);
     assert!(last.status.success(), "{}", text(&last));
 
-    let mut members: Vec<(String, bool)> = client
-        .member_list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.name, m.is_learner))
-        .collect();
-    members.sort();
-    assert_eq!(
-        members,
-        [
-            ("etcd1".to_string(), false),
-            ("etcd2".to_string(), false),
-            ("etcd3".to_string(), false)
-        ]
-    );
+    assert_eq!(members(&client).await, voters_named(3));
     client
         .wait_for_quorum(&endpoints, 3, Duration::from_secs(30))
         .await

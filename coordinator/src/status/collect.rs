@@ -903,7 +903,10 @@ mod alarm_tests {
     #[test]
     fn alarms_are_said_with_the_way_out() {
         let s = super::explain_alarm("memberID:8212839184738 alarm:NOSPACE ");
-        assert!(s.starts_with("NOSPACE alarm") && s.contains("haop etcd compact"), "{s}");
+        assert!(
+            s.starts_with("NOSPACE alarm") && s.contains("haop etcd compact"),
+            "{s}"
+        );
         assert!(super::explain_alarm("memberID:1 alarm:CORRUPT").contains("haop etcd recover"));
         assert_eq!(super::explain_alarm(" other "), "other");
     }

@@ -166,3 +166,32 @@ pub fn etcd351() -> PathBuf {
     );
     p
 }
+
+/// The cluster's members as (name, is learner), sorted.
+pub async fn members(client: &haop_coordinator::etcd_api::EtcdClient) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = client
+        .member_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.is_learner))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `etcd1..etcdN` as voters, as [`members`] answers them.
+pub fn voters_named(n: usize) -> Vec<(String, bool)> {
+    (1..=n).map(|i| (format!("etcd{i}"), false)).collect()
+}
+
+/// Panics unless every acknowledged write is there.
+pub async fn assert_all_present(client: &haop_coordinator::etcd_api::EtcdClient, acked: &[String]) {
+    for key in acked {
+        let got = client.get(key).await;
+        assert!(
+            matches!(got, Ok(Some(_))),
+            "acknowledged write {key} was lost: {got:?}"
+        );
+    }
+}
