@@ -18,6 +18,10 @@ set -o pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 HAOP=${HAOP:-$REPO_DIR/target/release/haop}
+# The lab's agents run the agent as shipped: the static musl build that packaging/build makes
+# (profile release-agent), handed to `haop lab up` through HAOP_AGENT_BIN.
+MUSL_TARGET=$(uname -m)-unknown-linux-musl
+HAOP_AGENT_BIN=${HAOP_AGENT_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/$MUSL_TARGET/release-agent/haop-agent}
 ETCD_BIN=${ETCD_BIN:-/usr/bin/etcd}
 ETCDCTL=${ETCDCTL:-/usr/bin/etcdctl}
 SEED_DOMAIN=ledivan.local

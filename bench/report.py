@@ -104,7 +104,7 @@ def main():
                 "rerun with `sudo bench/run` (10 runs) for numbers to judge the targets by.")
     L.append(f"Medians of {runs} runs, all measured in the same run of `bench/run`.{note}")
     L.append("")
-    L.append("Reproduce (as root, on the lab; builds release first; ~30 s per run):")
+    L.append("Reproduce (as root, on the lab; builds haop (release) and the shipped agent first; ~30 s per run):")
     L.append("")
     L.append("```sh")
     L.append("sudo bench/run            # 10 runs, rewrites these sections and bench/last-run.tsv")
@@ -113,7 +113,8 @@ def main():
     L.append("")
     L.append("### Machine")
     L.append("")
-    L.append(f"- date: {m['date']}; haop commit {m['commit']}; release build")
+    L.append(f"- date: {m['date']}; haop commit {m['commit']}; haop release build; agents as shipped "
+             "(static musl, profile release-agent, as packaging/build makes them)")
     L.append(f"- {m['nproc']} CPUs: {m['cpu']}; memory {m['mem']}; kernel {m['kernel']}")
     L.append(f"- etcd {m['etcd']} (Debian's /usr/bin/etcd and etcdctl), used by haop, the seed script and the floor alike")
     L.append(f"- load average when the run ended: {' '.join(m['load'])} (other work on the machine "
@@ -204,9 +205,12 @@ def main():
              "and `member list` shows three started voters. A request refused with \"unhealthy cluster\" "
              "(the error the seed shows) or timed out is retried every 0.5 s, as an operator would; the "
              "retry count is in the table.")
-    L.append("- **agents**: after apply, idle 2 s, VmRSS from /proc/PID/status and utime+stime from "
+    L.append("- **agents**: the lab runs the agent as shipped (`HAOP_AGENT_BIN` = the static musl build "
+             "of profile release-agent that packaging/build puts in the .deb). After apply, idle 2 s, "
+             "VmRSS from /proc/PID/status and utime+stime from "
              "/proc/PID/stat of each agent pid in `haop lab hosts NAME -o json`; idle CPU is the CPU "
-             "time used over the next 3 s. `haop status` is timed once per run over the 3-host lab.")
+             "time used over the next 3 s. `haop status` is timed once per run over the 3-host lab. "
+             "`bench/agent-rss` breaks an agent's RSS down (see \"Agent memory\" below).")
     L.append("- Raw numbers of the last run: `bench/last-run.tsv` (metric, run, value).")
     L.append(END)
     section = "\n".join(L) + "\n"

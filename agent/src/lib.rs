@@ -21,6 +21,7 @@ pub mod facts;
 pub mod files;
 pub mod identity;
 pub mod kernel;
+pub mod logging;
 pub mod names;
 pub mod paths;
 pub mod rootfs;
