@@ -16,7 +16,8 @@ pub enum Format {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Every certificate in the state dir and on every host of the inventory (etcd server,
-    /// peer and CA certificates, each agent's serving certificate), soonest expiry first.
+    /// peer and CA certificates, the masters' kube-apiserver etcd client certificates, each
+    /// agent's serving certificate), soonest expiry first.
     /// Exits 1 when one could not be read or expires within 30 days.
     List {
         /// The inventory file.

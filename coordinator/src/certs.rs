@@ -2,8 +2,10 @@
 //!
 //! kubeadm does not watch the certificates of an external etcd at all, so an expired peer
 //! certificate is found when the cluster stops. This module collects them: the CAs and haop's own
-//! certificates in the state dir, and on every host of the inventory the etcd certificates and
-//! the agent's serving certificate, asked from all hosts at once with a timeout each, so one dead
+//! certificates in the state dir, and on every host of the inventory the etcd certificates (on
+//! etcd hosts: the CA, server and peer certificates; on masters: the CA and kube-apiserver's
+//! etcd client certificate, which expires as surely and stops the API server) and the agent's
+//! serving certificate, asked from all hosts at once with a timeout each, so one dead
 //! host shows as an error row and never delays the others.
 
 use std::path::Path;
@@ -16,12 +18,48 @@ use time::OffsetDateTime;
 
 use crate::agent_client;
 use crate::etcd_config::PKI_DIR;
-use crate::inventory::Inventory;
+use crate::inventory::{Host, Inventory, Role};
 use crate::pki::{inspect, CertInfo};
+use crate::render::kubeadm::{ETCD_CA_FILE, ETCD_CLIENT_CERT_FILE};
 use crate::trust::{pki_dir, Trust};
 
 /// Certificate files an etcd host holds.
 pub const HOST_CERTS: &[&str] = &["ca.crt", "server.crt", "peer.crt"];
+
+/// kubeadm's own certificates on a master (not haop's: `kubeadm init` makes them, `kubeadm
+/// certs renew` renews them). `haop status` reads them beside haop's, because the API server's
+/// certificate lasts one year by default and its expiry stops the control plane all the same.
+pub const KUBEADM_CERTS: &[&str] = &[
+    "/etc/kubernetes/pki/ca.crt",
+    "/etc/kubernetes/pki/apiserver.crt",
+    "/etc/kubernetes/pki/apiserver-kubelet-client.crt",
+    "/etc/kubernetes/pki/front-proxy-ca.crt",
+    "/etc/kubernetes/pki/front-proxy-client.crt",
+];
+
+/// Whether `path` is one of kubeadm's certificates ([`KUBEADM_CERTS`]), renewed by kubeadm
+/// rather than by `haop certs renew`.
+pub fn is_kubeadms(path: &str) -> bool {
+    KUBEADM_CERTS.contains(&path)
+}
+
+/// The certificates haop puts on `host` (besides the agent's own): [`HOST_CERTS`] in the etcd
+/// PKI dir on an etcd host; the etcd CA and kube-apiserver's etcd client certificate on a
+/// master (the CA once on a host that is both).
+pub fn host_cert_paths(host: &Host) -> Vec<String> {
+    let mut paths = Vec::new();
+    if host.has_role(Role::Etcd) {
+        paths.extend(HOST_CERTS.iter().map(|f| format!("{PKI_DIR}/{f}")));
+    }
+    if host.has_role(Role::Master) {
+        for p in [ETCD_CA_FILE, ETCD_CLIENT_CERT_FILE] {
+            if !paths.iter().any(|q| q == p) {
+                paths.push(p.to_string());
+            }
+        }
+    }
+    paths
+}
 
 /// One certificate, or one place that could not be read.
 #[derive(Debug, Clone, Serialize)]
@@ -110,7 +148,7 @@ async fn host_rows(
     trust: Arc<Trust>,
     name: String,
     endpoint: String,
-    etcd: bool,
+    paths: Vec<String>,
     timeout: Duration,
     now: OffsetDateTime,
 ) -> Vec<CertRow> {
@@ -129,23 +167,20 @@ async fn host_rows(
             }
             Err(s) => out.push(error_row(&name, "agent", s.message().to_string())),
         }
-        if etcd {
-            for file in HOST_CERTS {
-                let path = format!("{PKI_DIR}/{file}");
-                match c
-                    .read_file(pb::ReadFileRequest {
-                        path: path.clone(),
-                        max_bytes: 256 * 1024,
-                    })
-                    .await
-                {
-                    Ok(r) => {
-                        let pem = String::from_utf8_lossy(&r.into_inner().content).into_owned();
-                        out.extend(rows_of(&name, &path, &pem, now));
-                    }
-                    Err(s) if s.code() == tonic::Code::NotFound => {}
-                    Err(s) => out.push(error_row(&name, &path, s.message().to_string())),
+        for path in paths {
+            match c
+                .read_file(pb::ReadFileRequest {
+                    path: path.clone(),
+                    max_bytes: 256 * 1024,
+                })
+                .await
+            {
+                Ok(r) => {
+                    let pem = String::from_utf8_lossy(&r.into_inner().content).into_owned();
+                    out.extend(rows_of(&name, &path, &pem, now));
                 }
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => out.push(error_row(&name, &path, s.message().to_string())),
             }
         }
         out
@@ -172,7 +207,7 @@ pub async fn list(
             trust.clone(),
             h.name.as_str().to_string(),
             h.agent.as_str().to_string(),
-            h.has_role(crate::inventory::Role::Etcd),
+            host_cert_paths(h),
             timeout,
             now,
         ));
@@ -187,4 +222,35 @@ pub async fn list(
             .then_with(|| a.path.cmp(&b.path))
     });
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_has_its_certificates_once() {
+        let host =
+            |roles: Vec<Role>| Host::new("h1".parse().unwrap(), "10.0.0.1".parse().unwrap(), roles);
+        assert_eq!(
+            host_cert_paths(&host(vec![Role::Etcd])),
+            [
+                "/etc/kubernetes/pki/etcd/ca.crt",
+                "/etc/kubernetes/pki/etcd/server.crt",
+                "/etc/kubernetes/pki/etcd/peer.crt"
+            ]
+        );
+        assert_eq!(
+            host_cert_paths(&host(vec![Role::Master])),
+            [
+                "/etc/kubernetes/pki/etcd/ca.crt",
+                "/etc/kubernetes/pki/apiserver-etcd-client.crt"
+            ]
+        );
+        assert_eq!(
+            host_cert_paths(&host(vec![Role::Etcd, Role::Master])).len(),
+            4
+        );
+        assert!(host_cert_paths(&host(vec![Role::Worker])).is_empty());
+    }
 }

@@ -177,6 +177,7 @@ fn full_example_loads_with_every_field() {
         k.cni_manifest.as_deref(),
         Some(fixture("./calico.yaml").as_path())
     );
+    assert_eq!(k.api_port, 6443);
 
     assert_eq!(inv.pki.key_algorithm, KeyAlgorithm::EcdsaP256);
     assert_eq!(inv.pki.lifetime.as_str(), "43800h");
@@ -209,6 +210,7 @@ fn minimal_example_gets_the_defaults() {
     assert_eq!(inv.etcd_cluster_token(), "lab-etcd");
     assert_eq!(inv.kubernetes.pod_subnet.to_string(), "10.30.0.0/16");
     assert_eq!(inv.kubernetes.service_subnet, None);
+    assert_eq!(inv.kubernetes.api_port, 6443);
     assert_eq!(inv.pki.key_algorithm, KeyAlgorithm::EcdsaP256);
     assert_eq!(inv.pki.lifetime.as_str(), "43800h");
 }
@@ -742,6 +744,52 @@ fn kubernetes_and_pki_settings_are_checked() {
         "hosts[0].fqdn",
     );
     assert!(p.message.contains("dot"), "{}", p.message);
+}
+
+#[test]
+fn the_api_port_is_checked_against_the_masters_other_ports() {
+    let (inv, _) = ok(&format!("{BASE}kubernetes: {{api_port: 8443}}\n"));
+    assert_eq!(inv.kubernetes.api_port, 8443);
+    for bad in ["0", "70000", "-1"] {
+        let p = one_error(
+            &format!("{BASE}kubernetes: {{api_port: {bad}}}\n"),
+            "kubernetes.api_port",
+        );
+        assert_eq!(p.message, format!("{bad} is not a port"));
+        assert!(p.hint.contains("6443"), "{}", p.hint);
+    }
+    // An agent on a master cannot take the API server's port.
+    let p = one_error(
+        &replace(
+            BASE,
+            "{name: master1, address: 10.0.0.21, roles: [master]}",
+            "{name: master1, address: 10.0.0.21, roles: [master], agent: \"https://10.0.0.21:6443\"}",
+        ),
+        "hosts[3].agent",
+    );
+    assert!(p.message.contains("API server"), "{}", p.message);
+    // Nor can etcd on a stacked master; on an etcd-only host the port is free.
+    let stacked = replace(BASE, "roles: [etcd]}", "roles: [etcd, master]}");
+    let p = one_error(
+        &format!("{stacked}kubernetes: {{api_port: 2379}}\n"),
+        "kubernetes.api_port",
+    );
+    assert!(
+        p.message.contains("etcd1") && p.message.contains("2379"),
+        "{}",
+        p.message
+    );
+    ok(&format!("{BASE}kubernetes: {{api_port: 2379}}\n"));
+    // Not checked when Kubernetes is off.
+    ok(&replace(
+        BASE,
+        "{name: master1, address: 10.0.0.21, roles: [master]}",
+        "{name: master1, address: 10.0.0.21, roles: [master], agent: \"https://10.0.0.21:6443\"}",
+    )
+    .replace(
+        "vip:\n  address: 10.0.0.100\n",
+        "vip:\n  address: 10.0.0.100\nkubernetes: {enabled: false}\n",
+    ));
 }
 
 #[test]

@@ -179,6 +179,8 @@ async fn kubeadm_phases_against_standins() {
         j.contains(&format!("--control-plane --certificate-key {key}")),
         "{j}"
     );
+    // Its API server listens where the inventory says (kubeadm's default port here).
+    assert!(j.contains("--apiserver-bind-port 6443"), "{j}");
     let w1_args = record(&w1, "kubeadm.args");
     assert_eq!(w1_args.len(), 1, "{w1_args:?}");
     let j = &w1_args[0];
@@ -190,7 +192,9 @@ async fn kubeadm_phases_against_standins() {
         "{j}"
     );
     assert!(
-        !j.contains("--control-plane") && !j.contains("--certificate-key"),
+        !j.contains("--control-plane")
+            && !j.contains("--certificate-key")
+            && !j.contains("--apiserver-bind-port"),
         "{j}"
     );
     for h in lab.hosts().iter().filter(|h| h.name.starts_with("etcd")) {

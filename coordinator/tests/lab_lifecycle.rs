@@ -458,14 +458,27 @@ async fn crash_kills_the_unit_and_wipes_its_data_dir() {
         "pid {} is dead",
         report.pid
     );
-    let status = c
-        .unit_status(pb::UnitStatusRequest {
-            name: "sleeper.service".into(),
-        })
-        .await
-        .expect("status")
-        .into_inner();
-    assert_ne!(status.main_pid, report.pid);
+    // The supervisor notices the death as it reaps the process (it may still be a zombie
+    // here): the unit's status stops naming the dead pid shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = c
+            .unit_status(pb::UnitStatusRequest {
+                name: "sleeper.service".into(),
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        if status.main_pid != report.pid {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unit's status still names the killed pid {}: {status:?}",
+            report.pid
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let record = lab.record().clone();
     let dir = lab.dir().to_path_buf();

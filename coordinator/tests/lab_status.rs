@@ -100,6 +100,39 @@ async fn status_reports_health_vip_crashes_and_dead_agents() {
     assert_eq!(s.json["vip"]["holder"], "master1", "{:#}", s.json);
     assert!(s.json["problems"].as_array().unwrap().is_empty());
     assert_eq!(s.json["drift"].as_array().unwrap().len(), 6);
+    // On a master: the agent's certificate, the etcd CA and kube-apiserver's etcd client
+    // certificate (haop made it; it expires as surely as a member's).
+    let master1 = s.json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["location"] == "master1")
+        .expect("master1's certificates");
+    assert_eq!(master1["certificates"], 3, "{master1:#}");
+    assert!(
+        master1["errors"].as_array().unwrap().is_empty(),
+        "{master1:#}"
+    );
+    let listed = haop(st, &["certs", "list", "-f", &inv, "-o", "json"]);
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    for (host, path) in [
+        ("master1", "/etc/kubernetes/pki/apiserver-etcd-client.crt"),
+        ("master2", "/etc/kubernetes/pki/apiserver-etcd-client.crt"),
+        ("master2", "/etc/kubernetes/pki/etcd/ca.crt"),
+        ("etcd1", "/etc/kubernetes/pki/etcd/peer.crt"),
+    ] {
+        assert!(
+            rows.iter()
+                .any(|r| r["location"] == host && r["path"] == path),
+            "{host} {path} not listed: {rows:#?}"
+        );
+    }
     // YAML carries the same report under the same schema.
     let yaml = haop(st, &["status", "-f", &inv, "-o", "yaml"]);
     assert_eq!(yaml.status.code(), Some(0));

@@ -123,12 +123,13 @@ async fn status_asks_the_api_servers_readyz_through_the_vip_and_on_each_master()
 
     // The test CA, and on each master: the CA where kubeadm keeps it, a server certificate for
     // the master's address and the VIP, the stand-in and its units, started.
+    // Status reads the CA's expiry too (kubeadm's CA lasts ten years): a long-lived one here.
     let ca = CertificateAuthority::create(
         &st.join("kube-standin-pki"),
         "kube-ca-standin",
         "kubernetes",
         KeyAlgorithm::EcdsaP256,
-        Duration::from_secs(3600),
+        Duration::from_secs(400 * 86_400),
     )
     .unwrap();
     let script = std::fs::read(
@@ -310,6 +311,65 @@ async fn status_asks_the_api_servers_readyz_through_the_vip_and_on_each_master()
         (Some("kubernetes"), Some("master2"))
     );
     assert!(ready(&s, "VIP") && ready(&s, "master1"), "{:#}", s.json);
+
+    // kubeadm's certificates are read beside haop's: an API server certificate five days from
+    // expiry on master1 is the soonest there, and the way out named is kubeadm's.
+    let master1 = lab.host("master1").unwrap();
+    let short = ca
+        .issue_local(
+            &st.join("kube-standin-pki"),
+            "apiserver-short",
+            KeyAlgorithm::EcdsaP256,
+            &SigningRequest {
+                profile: Profile::Server,
+                lifetime: Duration::from_secs(5 * 86_400),
+                expected: ExpectedNames {
+                    dns: vec!["kubernetes".into()],
+                    ips: vec![master1.address.into()],
+                },
+                organization: None,
+                common_name: "kube-apiserver".into(),
+            },
+        )
+        .unwrap();
+    std::fs::write(
+        master1.root_dir.join("etc/kubernetes/pki/apiserver.crt"),
+        short.cert_pem.as_bytes(),
+    )
+    .unwrap();
+    let s = wait_status(
+        st,
+        &inv,
+        Duration::from_secs(10),
+        "apiserver.crt seen",
+        |s| problems(s).iter().any(|p| p["section"] == "certificates"),
+    );
+    let c = s.json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["location"] == "master1")
+        .expect("master1's certificates");
+    assert_eq!(
+        c["soonest_path"], "/etc/kubernetes/pki/apiserver.crt",
+        "{c:#}"
+    );
+    // The agent's, the etcd CA, kube-apiserver's etcd client certificate, kubeadm's CA and
+    // the API server's.
+    assert_eq!(c["certificates"], 5, "{c:#}");
+    let p: Vec<&Value> = problems(&s)
+        .into_iter()
+        .filter(|p| p["section"] == "certificates")
+        .collect();
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0]["host"], "master1");
+    let said = p[0]["message"].as_str().unwrap();
+    assert!(
+        said.starts_with(
+            "certificate /etc/kubernetes/pki/apiserver.crt on master1 expires in 4 days"
+        ) && said.contains("kubeadm certs renew all"),
+        "{said}"
+    );
 
     lab.down().expect("lab down");
 }

@@ -193,6 +193,26 @@ fn kubeadm_optional_fields_and_ipv6() {
 }
 
 #[test]
+fn another_api_port_reaches_every_place_that_names_it() {
+    let mut inv = inventory();
+    inv.kubernetes.api_port = 8443;
+    let docs = documents(
+        &kubeadm_config(&inv, inv.masters()[0], v("1.30.2"))
+            .unwrap()
+            .content,
+    );
+    assert_eq!(s(&docs[0], &["controlPlaneEndpoint"]), "10.0.0.100:8443");
+    assert_eq!(docs[1]["localAPIEndpoint"]["bindPort"].as_u64(), Some(8443));
+    let script = check_apiserver_script(&inv).unwrap().content;
+    assert!(
+        script.contains("https://localhost:8443/readyz")
+            && script.contains("https://10.0.0.100:8443/readyz")
+            && !script.contains("6443"),
+        "{script}"
+    );
+}
+
+#[test]
 fn kubeadm_refusals() {
     let inv = inventory();
     let m = inv.masters()[0];

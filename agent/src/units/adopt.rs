@@ -5,11 +5,16 @@
 //! touch etcd. The built-in supervisor must behave the same, or restarting the agents of a
 //! cluster would restart every member at once. So the supervisor's children live in their own
 //! process groups and are not stopped when the agent exits, and the supervisor records each
-//! unit's main process in `<state_dir>/supervisor/<unit>.proc` as `PID START_TIME`, the start
-//! time being the kernel's (clock ticks since boot, `/proc/PID/stat` field 22), next to the
-//! plain `<unit>.pid` that outside tools read. A pid with its start time names one process for
-//! the life of the machine, so a recycled pid, even one running the same program for another
-//! lab host, is never mistaken for the unit's. Older agents wrote only the pid file; for that
+//! unit's main process in `<state_dir>/supervisor/<unit>.proc` as `PID START_TIME SINCE_MS`,
+//! the start time being the kernel's (clock ticks since boot, `/proc/PID/stat` field 22) and
+//! `SINCE_MS` the wall-clock time of the launch in Unix milliseconds, next to the plain
+//! `<unit>.pid` that outside tools read. The launch time survives adoption so that the unit's
+//! "active since" stays the time its process started and read its configuration: haop restarts
+//! a unit whose configuration changed after that time (a change an interrupted apply wrote but
+//! did not act on), and an agent restart must not hide such a change.
+//!
+//! A pid with its start time names one process for the life of the machine, so a recycled pid,
+//! even one running the same program for another lab host, is never mistaken for the unit's. Older agents wrote only the pid file; for that
 //! the process must also run the unit's program (compared by device and inode, which works
 //! across the mount namespaces of lab hosts).
 //!
@@ -62,6 +67,9 @@ pub fn start_time(pid: u32) -> Option<u64> {
 pub struct Orphan {
     pub pid: u32,
     pub start_time: u64,
+    /// When the earlier agent launched it (Unix ms); `None` from an agent that did not record
+    /// it.
+    pub since_unix_ms: Option<i64>,
 }
 
 impl Orphan {
@@ -78,20 +86,38 @@ impl Orphan {
     }
 }
 
-/// The `.proc` file's text for a process.
-pub fn proc_file_text(pid: u32, start_time: u64) -> String {
-    format!("{pid} {start_time}\n")
+/// The `.proc` file's text for a process launched at `since_unix_ms`.
+pub fn proc_file_text(pid: u32, start_time: u64, since_unix_ms: i64) -> String {
+    format!("{pid} {start_time} {since_unix_ms}\n")
 }
 
-/// `(pid, start time)` from a `.proc` file's text, or `(pid, None)` from a pid file's.
-fn parse_pid_file(text: &str) -> Option<(u32, Option<u64>)> {
+/// What a `.proc` or pid file records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Recorded {
+    pid: u32,
+    /// Absent from a pid file.
+    start_time: Option<u64>,
+    /// Absent from a pid file and from an older agent's `.proc` file.
+    since_unix_ms: Option<i64>,
+}
+
+/// A `.proc` file's text (`PID START [SINCE_MS]`) or a pid file's (`PID`).
+fn parse_pid_file(text: &str) -> Option<Recorded> {
     let mut words = text.split_whitespace();
     let pid: u32 = words.next()?.parse().ok()?;
-    let start = match words.next() {
+    let start_time = match words.next() {
         Some(w) => Some(w.parse().ok()?),
         None => None,
     };
-    (pid > 1).then_some((pid, start))
+    let since_unix_ms = match words.next() {
+        Some(w) => Some(w.parse().ok()?),
+        None => None,
+    };
+    (pid > 1).then_some(Recorded {
+        pid,
+        start_time,
+        since_unix_ms,
+    })
 }
 
 /// The unit's process an earlier agent left running, if any: the one `proc_file` names when
@@ -108,12 +134,13 @@ pub fn find(proc_file: &Path, pid_file: &Path, program: &str) -> Option<Orphan> 
         }
         Err(_) => return None,
     };
-    let (pid, recorded) = parse_pid_file(&text)?;
+    let recorded = parse_pid_file(&text)?;
+    let pid = recorded.pid;
     let s = stat(pid)?;
     if matches!(s.state, 'Z' | 'X') || s.pgrp != pid || !same_net_namespace(pid) {
         return None;
     }
-    match recorded {
+    match recorded.start_time {
         Some(t) if t == s.start_time => {}
         Some(_) => return None,
         None if runs_program(pid, program) => {}
@@ -122,6 +149,7 @@ pub fn find(proc_file: &Path, pid_file: &Path, program: &str) -> Option<Orphan> 
     Some(Orphan {
         pid,
         start_time: s.start_time,
+        since_unix_ms: recorded.since_unix_ms,
     })
 }
 
@@ -160,12 +188,27 @@ mod tests {
 
     #[test]
     fn pid_files_old_and_new() {
-        assert_eq!(parse_pid_file("42\n"), Some((42, None)));
-        assert_eq!(parse_pid_file("42 9000\n"), Some((42, Some(9000))));
+        let rec = |pid, start_time, since_unix_ms| {
+            Some(Recorded {
+                pid,
+                start_time,
+                since_unix_ms,
+            })
+        };
+        assert_eq!(parse_pid_file("42\n"), rec(42, None, None));
+        assert_eq!(parse_pid_file("42 9000\n"), rec(42, Some(9000), None));
+        assert_eq!(
+            parse_pid_file(&proc_file_text(42, 9000, 1_700_000_000_123)),
+            rec(42, Some(9000), Some(1_700_000_000_123))
+        );
+        assert_eq!(parse_pid_file("42 9000 soon\n"), None);
         assert_eq!(parse_pid_file("1\n"), None);
         assert_eq!(parse_pid_file("x\n"), None);
         assert_eq!(parse_pid_file("42 x\n"), None);
-        assert_eq!(parse_pid_file(&proc_file_text(42, 7)), Some((42, Some(7))));
+        assert_eq!(
+            parse_pid_file(&proc_file_text(42, 7, 8)),
+            rec(42, Some(7), Some(8))
+        );
     }
 
     #[test]
@@ -181,18 +224,19 @@ mod tests {
         let start = start_time(pid).unwrap();
         std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
 
-        std::fs::write(&proc_file, proc_file_text(pid, start)).unwrap();
+        std::fs::write(&proc_file, proc_file_text(pid, start, 1_700_000_000_123)).unwrap();
         let found = find(&proc_file, &pid_file, "/no/such/program").expect("by start time");
         assert_eq!(
             found,
             Orphan {
                 pid,
-                start_time: start
+                start_time: start,
+                since_unix_ms: Some(1_700_000_000_123),
             }
         );
         assert!(found.alive());
         // Another start time: a recycled pid, not the unit's process.
-        std::fs::write(&proc_file, proc_file_text(pid, start + 1)).unwrap();
+        std::fs::write(&proc_file, proc_file_text(pid, start + 1, 0)).unwrap();
         assert_eq!(find(&proc_file, &pid_file, "/bin/sleep"), None);
         // An older agent's pid file alone: the program decides.
         std::fs::remove_file(&proc_file).unwrap();
@@ -202,7 +246,7 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!found.alive());
-        std::fs::write(&proc_file, proc_file_text(pid, start)).unwrap();
+        std::fs::write(&proc_file, proc_file_text(pid, start, 0)).unwrap();
         assert_eq!(find(&proc_file, &pid_file, "/bin/sleep"), None);
     }
 
@@ -215,7 +259,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        std::fs::write(&proc_file, proc_file_text(pid, start_time(pid).unwrap())).unwrap();
+        std::fs::write(&proc_file, proc_file_text(pid, start_time(pid).unwrap(), 0)).unwrap();
         assert_eq!(find(&proc_file, &pid_file, "/bin/sleep"), None);
         child.kill().unwrap();
         child.wait().unwrap();

@@ -162,6 +162,9 @@ struct Launched {
     remain_after_exit: bool,
     kill_signal: Signal,
     timeout_stop: Option<Duration>,
+    /// When the process was launched (Unix ms; taken just before the spawn): what the unit's
+    /// "active since" says, also after an adoption.
+    started_unix_ms: i64,
 }
 
 #[derive(Debug)]
@@ -492,6 +495,7 @@ impl Inner {
         };
         cmd.current_dir(dir);
 
+        let started_unix_ms = now_unix_ms();
         let child = cmd.spawn().map_err(|source| UnitError::Spawn {
             unit: unit.to_string(),
             program: exec.program.clone(),
@@ -518,18 +522,20 @@ impl Inner {
             remain_after_exit: spec.remain_after_exit,
             kill_signal: spec.kill_signal,
             timeout_stop: spec.timeout_stop_sec,
+            started_unix_ms,
         })
     }
 
-    /// Records the unit's main process: `<unit>.proc` (pid and start time, what the next agent
-    /// adopts by), then `<unit>.pid` (the pid alone, for outside tools).
-    async fn write_pid_file(&self, unit: &UnitName, pid: u32) {
+    /// Records the unit's main process: `<unit>.proc` (pid, start time and launch time, what
+    /// the next agent adopts by), then `<unit>.pid` (the pid alone, for outside tools).
+    async fn write_pid_file(&self, unit: &UnitName, launched: &Launched) {
+        let (pid, since) = (launched.pid, launched.started_unix_ms);
         let (proc_path, pid_path) = (self.proc_file(unit), self.pid_file(unit));
         let dir = self.supervisor_dir.clone();
         let result = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
             if let Some(start) = adopt::start_time(pid) {
-                let text = adopt::proc_file_text(pid, start);
+                let text = adopt::proc_file_text(pid, start, since);
                 write_atomic(&proc_path, text.as_bytes(), own_files(0o644))
                     .map_err(std::io::Error::other)?;
             }
@@ -593,6 +599,9 @@ impl Inner {
             remain_after_exit: spec.remain_after_exit,
             kill_signal: spec.kill_signal,
             timeout_stop: spec.timeout_stop_sec,
+            // An earlier agent that did not record the launch time: the adoption's time is
+            // the best left.
+            started_unix_ms: orphan.since_unix_ms.unwrap_or_else(now_unix_ms),
         };
         self.watch(unit, slot, launched, true);
     }
@@ -606,7 +615,7 @@ impl Inner {
             generation = s.generation;
             s.phase = Phase::Running;
             s.main_pid = Some(launched.pid);
-            s.since_unix_ms = now_unix_ms();
+            s.since_unix_ms = launched.started_unix_ms;
             if reset {
                 s.restart_count = 0;
             }
@@ -652,7 +661,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        self.write_pid_file(unit, launched.pid).await;
+        self.write_pid_file(unit, &launched).await;
         self.watch(unit, slot, launched, true);
         Ok(true)
     }
@@ -797,11 +806,11 @@ impl Inner {
             };
             match next {
                 Ok(next) => {
-                    self.write_pid_file(&unit, next.pid).await;
+                    self.write_pid_file(&unit, &next).await;
                     slot.state.send_modify(|s| {
                         s.phase = Phase::Running;
                         s.main_pid = Some(next.pid);
-                        s.since_unix_ms = now_unix_ms();
+                        s.since_unix_ms = next.started_unix_ms;
                         s.restart_count = s.restart_count.saturating_add(1);
                         s.kill_signal = next.kill_signal;
                         s.timeout_stop = next.timeout_stop;
@@ -1592,18 +1601,22 @@ mod tests {
         let always = "[Service]\nExecStart=/bin/sleep 30\nRestart=always\nRestartSec=100ms\n";
         let boot = f.install("boot.service", always);
         let manual = f.install("manual.service", always);
-        let (boot_pid, manual_pid) = agent_life(async {
+        let (boot_pid, manual_pid, manual_since) = agent_life(async {
             let sup = Fixture::supervisor(f.root());
             sup.action(&boot, UnitAction::Enable).await.unwrap();
             sup.action(&boot, UnitAction::Start).await.unwrap();
             sup.action(&manual, UnitAction::Start).await.unwrap();
             // What the agent does when it exits, gracefully.
             sup.shutdown().await;
+            let manual = sup.status(&manual).await.unwrap();
             (
                 sup.status(&boot).await.unwrap().main_pid,
-                sup.status(&manual).await.unwrap().main_pid,
+                manual.main_pid,
+                manual.since_unix_ms,
             )
         });
+        // The next agent comes up later: "active since" must stay the launch time.
+        std::thread::sleep(Duration::from_millis(20));
         for pid in [boot_pid, manual_pid] {
             assert!(
                 adopt::start_time(pid).is_some(),
@@ -1620,6 +1633,11 @@ mod tests {
                 assert!(s.is_running() && s.main_pid == pid, "{u}: {s:?}");
                 assert!(!sup.action(u, UnitAction::Start).await.unwrap());
             }
+            // Active since the launch by the earlier agent, not since the adoption: a file
+            // changed in between must still look newer than the process.
+            let s = sup.status(&manual).await.unwrap();
+            assert!(manual_since > 0);
+            assert_eq!(s.since_unix_ms, manual_since);
             // An adopted process that dies is noticed and restarted as Restart= says.
             sigkill(boot_pid);
             let s = wait_for(&sup, &boot, "a restart", |s| {

@@ -34,6 +34,8 @@ pub const DEFAULT_ROUTER_ID: u8 = 51;
 pub const DEFAULT_VIP_INTERFACE: &str = "eth0";
 /// The pod network unless the inventory says otherwise (the seed's value).
 pub const DEFAULT_POD_SUBNET: &str = "10.30.0.0/16";
+/// The API servers' port unless the inventory says otherwise (kubeadm's default).
+pub const DEFAULT_API_PORT: u16 = 6443;
 
 /// A whole cluster as one file describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +141,9 @@ pub struct KubernetesSettings {
     /// The CNI manifest applied after `kubeadm init` (a local file; relative to the inventory
     /// file's directory once loaded with [`Inventory::load`]).
     pub cni_manifest: Option<PathBuf>,
+    /// The port every kube-apiserver listens on (`bindPort`), and the port of the
+    /// controlPlaneEndpoint on the VIP: keepalived's check and `haop status` use it too.
+    pub api_port: u16,
 }
 
 impl Default for KubernetesSettings {
@@ -151,6 +156,7 @@ impl Default for KubernetesSettings {
                 .expect("the default pod subnet is valid"),
             service_subnet: None,
             cni_manifest: None,
+            api_port: DEFAULT_API_PORT,
         }
     }
 }
@@ -349,6 +355,7 @@ impl Inventory {
                 pod_subnet: Some(self.kubernetes.pod_subnet.to_string()),
                 service_subnet: self.kubernetes.service_subnet.map(|c| c.to_string()),
                 cni_manifest: self.kubernetes.cni_manifest.as_deref().map(path),
+                api_port: Some(i64::from(self.kubernetes.api_port)),
             },
             pki: RawPki {
                 key_algorithm: Some(self.pki.key_algorithm.to_string()),

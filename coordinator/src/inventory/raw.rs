@@ -119,7 +119,7 @@ pub(crate) struct RawVip {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "Kubernetes settings: a map with enabled, version, pod_subnet, service_subnet, cni_manifest"
+    expecting = "Kubernetes settings: a map with enabled, version, pod_subnet, service_subnet, cni_manifest, api_port"
 )]
 pub(crate) struct RawKubernetes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +132,8 @@ pub(crate) struct RawKubernetes {
     pub service_subnet: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_manifest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_port: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,8 @@ use std::str::FromStr;
 use super::error::{Problem, Severity};
 use super::model::{
     subnet_of, EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings, Vip,
-    DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT, DEFAULT_ROUTER_ID, DEFAULT_VIP_INTERFACE,
+    DEFAULT_API_PORT, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT, DEFAULT_ROUTER_ID,
+    DEFAULT_VIP_INTERFACE,
 };
 use super::raw::{RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawVip};
 use super::types::{
@@ -169,6 +170,9 @@ impl Checker<'_> {
             self.vip_needed(raw.vip.is_some(), &hosts);
         }
         let kubernetes = self.kubernetes(&raw.kubernetes, &hosts, vip.as_ref(), roles_known);
+        if let (Some(k), Some(e)) = (&kubernetes, &etcd) {
+            self.api_port_free(&hosts, k, e);
+        }
         let pki = self.pki(&raw.pki);
 
         let hosts = hosts
@@ -411,6 +415,44 @@ impl Checker<'_> {
                         etcd.peer_port
                     ),
                     "let the agent listen on another port (7443 by default)",
+                );
+            }
+        }
+    }
+
+    /// On a master, the API server's port is its own: not the agent's, and not etcd's when the
+    /// master is also an etcd host.
+    fn api_port_free(&mut self, hosts: &[PartHost], k: &KubernetesSettings, etcd: &EtcdSettings) {
+        if !k.enabled {
+            return;
+        }
+        let port = k.api_port;
+        for (i, h) in hosts.iter().enumerate() {
+            if !h.roles.contains(&Role::Master) {
+                continue;
+            }
+            if h.agent.as_ref().is_some_and(|a| a.port() == port) {
+                self.error(
+                    &format!("hosts[{i}].agent"),
+                    format!(
+                        "agent port {port} is the API server's port (kubernetes.api_port) on \
+                         this master"
+                    ),
+                    "let the agent listen on another port (7443 by default), or change \
+                     kubernetes.api_port",
+                );
+            }
+            if h.roles.contains(&Role::Etcd) && [etcd.client_port, etcd.peer_port].contains(&port) {
+                self.error(
+                    "kubernetes.api_port",
+                    format!(
+                        "{port} is one of etcd's ports ({} and {}) on {}, an etcd host and \
+                         a master",
+                        etcd.client_port,
+                        etcd.peer_port,
+                        h.name.as_ref().map(|n| n.as_str()).unwrap_or("a host")
+                    ),
+                    "the API server needs its own port (6443 by default)",
                 );
             }
         }
@@ -965,12 +1007,14 @@ impl Checker<'_> {
             }
             Some(s) => Some(Some(PathBuf::from(s))),
         };
+        let api_port = self.port("kubernetes.api_port", raw.api_port, DEFAULT_API_PORT);
         Some(KubernetesSettings {
             enabled,
             version: version?,
             pod_subnet: pod_subnet?,
             service_subnet: service_subnet?,
             cni_manifest: cni_manifest?,
+            api_port: api_port?,
         })
     }
 

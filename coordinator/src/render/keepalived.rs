@@ -36,8 +36,6 @@ pub const UNIT_NAME: &str = "keepalived.service";
 pub const UNIT_PATH: &str = "/etc/systemd/system/keepalived.service";
 pub const BINARY: &str = "/usr/sbin/keepalived";
 pub const PID_FILE: &str = "/run/keepalived.pid";
-/// The Kubernetes API server's port on every master (kubeadm's default).
-pub const API_SERVER_PORT: u16 = 6443;
 /// The first master's priority; each next master has one less.
 pub const FIRST_PRIORITY: u8 = 101;
 /// keepalived reads at most this many characters of an `auth_type PASS` password.
@@ -199,11 +197,9 @@ pub fn keepalived_conf(
 /// `check_apiserver.sh` (mode 0755) for the cluster's VIP: the same on every master.
 pub fn check_apiserver_script(inv: &Inventory) -> Result<RenderedFile, KeepalivedError> {
     let vip = vip_of(inv)?;
-    let local = format!("https://localhost:{API_SERVER_PORT}/readyz");
-    let through_vip = format!(
-        "https://{}/readyz",
-        SocketAddr::new(vip.address, API_SERVER_PORT)
-    );
+    let port = inv.kubernetes.api_port;
+    let local = format!("https://localhost:{port}/readyz");
+    let through_vip = format!("https://{}/readyz", SocketAddr::new(vip.address, port));
     let content = format!(
         "#!/bin/sh\n\
          # Managed by haop: keepalived's health check of the Kubernetes API server.\n\

@@ -31,7 +31,6 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use super::keepalived::API_SERVER_PORT;
 use super::RenderedFile;
 use crate::inventory::{Host, Inventory, Role, Version};
 
@@ -120,7 +119,7 @@ pub fn kubeadm_config(
          \x20   - \"{endpoint_addr}\"\n\
          networking:\n\
          \x20 podSubnet: \"{}\"\n",
-        host_port(endpoint_addr, API_SERVER_PORT),
+        host_port(endpoint_addr, inv.kubernetes.api_port),
         inv.kubernetes.pod_subnet,
     ));
     if let Some(s) = inv.kubernetes.service_subnet {
@@ -148,13 +147,14 @@ pub fn kubeadm_config(
          kind: InitConfiguration\n\
          localAPIEndpoint:\n\
          \x20 advertiseAddress: \"{node_ip}\"\n\
-         \x20 bindPort: {API_SERVER_PORT}\n\
+         \x20 bindPort: {port}\n\
          nodeRegistration:\n\
          \x20 name: \"{name}\"\n\
          \x20 criSocket: \"{CRI_SOCKET}\"\n\
          \x20 kubeletExtraArgs:\n\
          {kubelet_extra_args}",
         name = master.name,
+        port = inv.kubernetes.api_port,
     ));
     out.push_str(
         "---\n\

@@ -212,6 +212,30 @@ pub(crate) fn file_change(
     }
 }
 
+/// The first of `paths` that changed after the active unit's process started (so the process
+/// runs an older content), if any. A path that does not exist counts as unchanged, and so does
+/// everything when the service manager does not know when the unit started.
+async fn changed_after_start(
+    c: &mut Client,
+    paths: &[String],
+    unit: &pb::UnitStatus,
+) -> Result<Option<String>, StepError> {
+    if unit.since_unix_ms <= 0 {
+        return Ok(None);
+    }
+    for path in paths {
+        let st = c
+            .stat(pb::StatRequest { path: path.clone() })
+            .await
+            .map_err(rpc("Stat"))?
+            .into_inner();
+        if st.exists && st.modified_unix_ms > unit.since_unix_ms {
+            return Ok(Some(path.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether the certificate at `cert_path` is one haop would issue now: signed by our CA, the
 /// expected names, far from expiry. Answers the reason when it is not.
 async fn certificate_problem(
@@ -367,14 +391,21 @@ pub async fn check(
             let current = read_text(c, &path).await?;
             Ok(file_change(&path, current, content, 0o644))
         }
-        Action::Running { unit, .. } => {
+        Action::Running {
+            unit, restart_on, ..
+        } => {
             let s = c
                 .unit_status(pb::UnitStatusRequest { name: unit.clone() })
                 .await
                 .map_err(rpc("UnitStatus"))?
                 .into_inner();
             Ok(if s.active_state == "active" && s.enabled {
-                Change::Unchanged
+                match changed_after_start(c, restart_on, &s).await? {
+                    Some(path) => Change::Run {
+                        detail: format!("restart {unit}: {path} changed after it started"),
+                    },
+                    None => Change::Unchanged,
+                }
             } else {
                 Change::Run {
                     detail: format!("start and enable {unit} (now {})", s.active_state),
@@ -602,18 +633,24 @@ pub async fn run(
                 }
             };
             let enabled = act(c, pb::Action::Enable).await?.changed;
-            let restart = restart_on.iter().any(|p| changed_paths.contains(p));
             let status = c
                 .unit_status(pb::UnitStatusRequest { name: unit.clone() })
                 .await
                 .map_err(rpc("UnitStatus"))?
                 .into_inner();
-            let started = if status.active_state == "active" && restart {
+            // Restarted when this run changed what the unit reads, or when an earlier run did
+            // and was interrupted (killed, a host cut off) before the restart: the file is
+            // then newer than the process.
+            let restart = status.active_state == "active"
+                && (restart_on.iter().any(|p| changed_paths.contains(p))
+                    || changed_after_start(c, restart_on, &status).await?.is_some());
+            let started = if restart {
                 match rolling_etcd {
                     Some(endpoint) => {
                         // One etcd member at a time, each back before the next.
                         let _one = ctx.rolling.lock().await;
                         let changed = act(c, pb::Action::Restart).await?.changed;
+                        crate::failpoint::hit("apply:after-etcd-restart");
                         wait_member_healthy(ctx, endpoint).await?;
                         changed
                     }

@@ -97,6 +97,7 @@ pub fn steps(inv: &Inventory) -> Result<Vec<Step>, String> {
         control_plane,
         node_name: h.name.as_str().to_string(),
         advertise_address: control_plane.then(|| h.address.to_string()),
+        bind_port: control_plane.then_some(inv.kubernetes.api_port),
         first_master: first_name.clone(),
         first_master_endpoint: first.agent.as_str().to_string(),
         config_path: CONFIG_PATH.into(),
@@ -402,6 +403,7 @@ pub async fn run(
             control_plane,
             node_name,
             advertise_address,
+            bind_port,
             first_master,
             first_master_endpoint,
             config_path,
@@ -423,6 +425,9 @@ pub async fn run(
             args.extend(["--node-name".to_string(), node_name.clone()]);
             if let Some(a) = advertise_address {
                 args.extend(["--apiserver-advertise-address".to_string(), a.clone()]);
+            }
+            if let Some(p) = bind_port {
+                args.extend(["--apiserver-bind-port".to_string(), p.to_string()]);
             }
             let kind = if *control_plane {
                 "control-plane"
@@ -829,6 +834,7 @@ mod tests {
         let Action::KubeadmJoin {
             control_plane,
             advertise_address,
+            bind_port,
             first_master,
             ..
         } = &s[2].action
@@ -837,12 +843,14 @@ mod tests {
         };
         assert!(*control_plane);
         assert_eq!(advertise_address.as_deref(), Some("10.0.0.22"));
+        assert_eq!(*bind_port, Some(6443));
         assert_eq!(first_master, "m1");
         assert!(matches!(
             &s[3].action,
             Action::KubeadmJoin {
                 control_plane: false,
                 advertise_address: None,
+                bind_port: None,
                 ..
             }
         ));

@@ -135,7 +135,9 @@ pub enum Action {
         content: String,
         data_dirs: Vec<String>,
     },
-    /// The unit runs and is enabled. Restarted when a file in `restart_on` changed in this run.
+    /// The unit runs and is enabled. Restarted when a file in `restart_on` changed in this run,
+    /// or changed after the unit's process started (by an earlier run that did not get to the
+    /// restart).
     Running {
         unit: String,
         restart_on: Vec<String>,
@@ -190,6 +192,8 @@ pub enum Action {
         node_name: String,
         /// The API server's advertise address of a joining control-plane node.
         advertise_address: Option<String>,
+        /// The API server's port of a joining control-plane node (`kubernetes.api_port`).
+        bind_port: Option<u16>,
         first_master: String,
         first_master_endpoint: String,
         config_path: String,

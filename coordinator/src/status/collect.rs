@@ -20,9 +20,8 @@ use super::{
     assess, db_quota_bytes, CertSummary, DriftRow, EtcdSection, HostStatus, MemberStatus,
     StatusOptions, StatusReport, UnitRow, VipMaster, VipSection, SCHEMA_VERSION,
 };
-use crate::certs::{state_dir_rows, HOST_CERTS};
+use crate::certs::{host_cert_paths, state_dir_rows, KUBEADM_CERTS};
 use crate::etcd_api::{EndpointStatus, EtcdClient, Member};
-use crate::etcd_config::PKI_DIR;
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki::{inspect, AGENT_CA};
 use crate::render::{keepalived, nodeprep};
@@ -77,10 +76,13 @@ pub async fn collect(
         let units = expected_units(inventory, h);
         let tls = tls.clone();
         let endpoint = h.agent.as_str().to_string();
-        let etcd = h.has_role(Role::Etcd);
+        let mut cert_paths = host_cert_paths(h);
+        if inventory.kubernetes.enabled && h.has_role(Role::Master) {
+            cert_paths.extend(KUBEADM_CERTS.iter().map(|p| p.to_string()));
+        }
         let node = h.has_role(Role::Master) || h.has_role(Role::Worker);
         hosts_set.spawn(async move {
-            let p = probe_host(tls, endpoint, units, etcd, node, timeout, deadline).await;
+            let p = probe_host(tls, endpoint, units, cert_paths, node, timeout, deadline).await;
             (i, p)
         });
     }
@@ -213,7 +215,7 @@ async fn probe_host(
     tls: ClientTlsConfig,
     endpoint: String,
     units: Vec<String>,
-    etcd: bool,
+    cert_paths: Vec<String>,
     node: bool,
     timeout: Duration,
     deadline: Instant,
@@ -271,14 +273,11 @@ async fn probe_host(
                 Err(status_text(&s)),
             )),
         }
-        if etcd {
-            for file in HOST_CERTS {
-                let path = format!("{PKI_DIR}/{file}");
-                match read_file(&client, &path).await {
-                    Ok(Some(pem)) => out.push((path, Ok(pem))),
-                    Ok(None) => {}
-                    Err(e) => out.push((path, Err(e))),
-                }
+        for path in cert_paths {
+            match read_file(&client, &path).await {
+                Ok(Some(pem)) => out.push((path, Ok(pem))),
+                Ok(None) => {}
+                Err(e) => out.push((path, Err(e))),
             }
         }
         out

@@ -14,8 +14,8 @@
 //! and takes the first master that answers with a certificate. Without a CA nothing is asked:
 //! an unverified answer could come from anything listening on the port. The name verified is
 //! the IP address asked: kubeadm puts the VIP in the certificate through `apiServer.certSANs`
-//! and each master's advertiseAddress in its own (see `render/kubeadm.rs`), on
-//! [`API_SERVER_PORT`].
+//! and each master's advertiseAddress in its own (see `render/kubeadm.rs`), on the inventory's
+//! `kubernetes.api_port`.
 //!
 //! Lifecycle: [`probe`] runs beside the hosts' and etcd's probes under the same deadline: the
 //! CA first, then every endpoint at once, each one TLS connection and one HTTP/1.1 GET whose
@@ -41,7 +41,6 @@ use tonic::transport::ClientTlsConfig;
 use super::collect::{connect_agent, read_file, short_error, LATE};
 use super::{ApiEndpoint, ApiVia, KubernetesSection};
 use crate::inventory::Inventory;
-use crate::render::keepalived::API_SERVER_PORT;
 
 /// Where kubeadm writes the cluster CA's certificate on every master.
 pub const CA_PATH: &str = "/etc/kubernetes/pki/ca.crt";
@@ -72,12 +71,12 @@ pub(super) fn targets(inventory: &Inventory) -> Vec<Target> {
     let vip = inventory.vip.iter().map(|v| Target {
         via: ApiVia::Vip,
         host: None,
-        addr: SocketAddr::new(v.address, API_SERVER_PORT),
+        addr: SocketAddr::new(v.address, inventory.kubernetes.api_port),
     });
     let masters = masters.into_iter().map(|m| Target {
         via: ApiVia::Master,
         host: Some(m.name.to_string()),
-        addr: SocketAddr::new(m.address, API_SERVER_PORT),
+        addr: SocketAddr::new(m.address, inventory.kubernetes.api_port),
     });
     vip.chain(masters).collect()
 }

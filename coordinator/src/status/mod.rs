@@ -605,15 +605,22 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
             } else {
                 format!("expires in {days} days")
             };
+            let path = c.soonest_path.as_deref().unwrap_or("?");
+            // kubeadm's own certificates are kubeadm's to renew, not `haop certs renew`'s.
+            let how = if crate::certs::is_kubeadms(path) {
+                format!(
+                    " (kubeadm's: `kubeadm certs renew all` on {}, then restart the control \
+                     plane's static pods)",
+                    c.location
+                )
+            } else {
+                String::new()
+            };
             push(
                 Degraded,
                 Section::Certificates,
                 host,
-                format!(
-                    "certificate {} on {} {when}",
-                    c.soonest_path.as_deref().unwrap_or("?"),
-                    c.location
-                ),
+                format!("certificate {path} on {} {when}{how}", c.location),
             );
         }
         for e in &c.errors {

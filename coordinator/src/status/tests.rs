@@ -199,6 +199,26 @@ fn unreachable_host_expiring_cert_skew_and_drift_degrade() {
     let (p, v) = assess(&r);
     assert_eq!(v.exit_code, 1);
     assert!(p[0].message.contains("expires in 12 days"), "{p:?}");
+    assert!(!p[0].message.contains("kubeadm"), "{p:?}");
+
+    // One of kubeadm's: the way to renew it is kubeadm's.
+    let mut r = healthy();
+    r.certificates.push(CertSummary {
+        location: "master1".into(),
+        certificates: 8,
+        soonest_path: Some("/etc/kubernetes/pki/apiserver.crt".into()),
+        soonest_subject: None,
+        soonest_not_after: None,
+        days_left: Some(-2),
+        errors: vec![],
+    });
+    let (p, v) = assess(&r);
+    assert_eq!(v.exit_code, 1);
+    assert_eq!(
+        p[0].message,
+        "certificate /etc/kubernetes/pki/apiserver.crt on master1 expired 2 days ago (kubeadm's: \
+         `kubeadm certs renew all` on master1, then restart the control plane's static pods)"
+    );
 
     let mut r = healthy();
     r.drift.push(DriftRow {

@@ -295,6 +295,11 @@ fn targets_are_the_vip_then_each_master_on_the_api_server_port() {
     assert!(!row.ready && row.latency_ms.is_none());
     assert!(row.error.unwrap().contains("no Kubernetes CA"));
 
+    // The inventory's API port, wherever it is asked.
+    inv.kubernetes.api_port = 8443;
+    let ports: Vec<u16> = targets(&inv).iter().map(|t| t.addr.port()).collect();
+    assert_eq!(ports, [8443, 8443, 8443]);
+
     inv.kubernetes.enabled = false;
     assert!(targets(&inv).is_empty());
 }
