@@ -95,10 +95,38 @@ pub fn caller_from_der(der: &[u8]) -> Result<Caller, String> {
     Ok(Caller { common_name, role })
 }
 
-/// Whether bytes hold a PEM private key. No RPC carries one, in either direction.
+/// Whether bytes hold a PEM private key, as PEM or base64-encoded PEM (a kubeconfig's
+/// `client-key-data`, as in kubeadm's admin.conf, which holds the cluster-admin key). No RPC
+/// carries one, in either direction.
 pub fn holds_private_key(data: &[u8]) -> bool {
     const MARK: &[u8] = b"PRIVATE KEY-----";
-    data.windows(MARK.len()).any(|w| w == MARK)
+    data.windows(MARK.len()).any(|w| w == MARK) || holds_encoded_private_key(data)
+}
+
+/// Whether a run of base64 in `data` decodes to bytes holding a PEM private key. A run is a
+/// field's value, a line of a wrapped blob, or a whole file: each starts where its encoding
+/// starts, so decoding the runs as they stand finds a key wherever it sits in what they encode.
+fn holds_encoded_private_key(data: &[u8]) -> bool {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    const MARK: &[u8] = b"PRIVATE KEY-----";
+    // The shortest run that can encode "-----BEGIN PRIVATE KEY-----".
+    const SHORTEST: usize = 36;
+    let engine = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let is_b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    data.split(|b| !is_b64(b))
+        .filter(|run| run.len() >= SHORTEST)
+        .any(|run| {
+            let whole = run.len() / 4 * 4;
+            engine
+                .decode(&run[..whole])
+                .is_ok_and(|bytes| bytes.windows(MARK.len()).any(|w| w == MARK))
+        })
 }
 
 #[cfg(test)]
@@ -112,5 +140,33 @@ mod tests {
         ));
         assert!(holds_private_key(b"-----BEGIN PRIVATE KEY-----"));
         assert!(!holds_private_key(b"-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn private_keys_in_base64_are_found_too() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let key = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB\n-----END EC PRIVATE KEY-----\n";
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        // kubeadm's admin.conf: the certificate may go, the key beside it may not.
+        let kubeconfig = format!(
+            "users:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {}\n    \
+             client-key-data: {}\n",
+            b64(cert),
+            b64(key)
+        );
+        assert!(holds_private_key(kubeconfig.as_bytes()));
+        assert!(holds_private_key(
+            b64("-----BEGIN PRIVATE KEY-----\nMC4CAQ\n").as_bytes()
+        ));
+        assert!(!holds_private_key(
+            format!("client-certificate-data: {}\n", b64(cert)).as_bytes()
+        ));
+        // A key anywhere in a blob, as in a bundle of certificate and key encoded together.
+        assert!(holds_private_key(b64(&format!("{cert}{key}")).as_bytes()));
+        // Ordinary text is base64 too, and no key.
+        assert!(!holds_private_key(
+            b"ExecStart=/usr/bin/etcd --name etcd1 --data-dir /var/lib/etcd\nKubernetesVersion\n"
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! Hostile inputs through the real gRPC API (mTLS, admin certificate): each is refused with a
 //! clear status and nothing is written. Path traversal, symlink escapes, huge files, oversized
-//! messages, unit text that tries to smuggle a second unit, sysctl keys with `/` or `..`.
+//! messages, unit text that tries to smuggle a second unit, sysctl keys with `/` or `..`, keys
+//! hidden in base64.
 
 mod common;
 
@@ -201,5 +202,76 @@ async fn smuggled_units_and_traversing_names_are_refused() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(nothing_under(&a.real("/etc/sysctl.d")));
     assert!(nothing_under(&a.real("/etc/modules-load.d")));
+    a.shutdown().await;
+}
+
+/// kubeadm's admin.conf holds the cluster-admin key as base64 (`client-key-data`), where no
+/// PEM marker shows. ReadFile refuses it all the same, and WriteFile refuses a key sent that
+/// way; a kubeconfig that only names its key file reads.
+#[tokio::test]
+async fn keys_in_base64_never_leave_the_host() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = common::TestCa::new("kubernetes");
+    let admin = ca.client("kubernetes-admin", Some("system:masters"));
+    let kubeconfig = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    \
+         server: https://10.0.0.10:6443\n  name: kubernetes\nkind: Config\nusers:\n- name: \
+         kubernetes-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(&ca.cert_pem),
+        b64(&admin.cert_pem),
+        b64(&admin.key_pem),
+    );
+    assert!(!kubeconfig.contains("PRIVATE KEY"));
+    let mut a = TestAgent::start().await;
+    std::fs::create_dir_all(a.real("/etc/kubernetes")).unwrap();
+    std::fs::write(a.real("/etc/kubernetes/admin.conf"), &kubeconfig).unwrap();
+    let err = a
+        .client
+        .read_file(pb::ReadFileRequest {
+            path: "/etc/kubernetes/admin.conf".into(),
+            max_bytes: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert_eq!(
+        err.message(),
+        "/etc/kubernetes/admin.conf holds a private key; private keys never leave their host"
+    );
+
+    let err = a
+        .client
+        .write_file(pb::WriteFileRequest {
+            path: "/etc/kubernetes/stolen.conf".into(),
+            content: kubeconfig.clone().into_bytes(),
+            mode: 0o600,
+            create_parents: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("private keys never travel"),
+        "{}",
+        err.message()
+    );
+    assert!(!a.real("/etc/kubernetes/stolen.conf").exists());
+
+    let by_file = "users:\n- name: default-auth\n  user:\n    client-certificate: \
+                   /var/lib/kubelet/pki/kubelet-client-current.pem\n    client-key: \
+                   /var/lib/kubelet/pki/kubelet-client-current.pem\n";
+    std::fs::write(a.real("/etc/kubernetes/kubelet.conf"), by_file).unwrap();
+    let r = a
+        .client
+        .read_file(pb::ReadFileRequest {
+            path: "/etc/kubernetes/kubelet.conf".into(),
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.content, by_file.as_bytes());
     a.shutdown().await;
 }
