@@ -25,6 +25,7 @@ pub mod logging;
 pub mod names;
 pub mod paths;
 pub mod rootfs;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod units;

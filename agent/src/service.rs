@@ -24,6 +24,7 @@ use crate::identity::IdentityStore;
 use crate::kernel::{self, Kernel, ModuleOutcome, SysctlOutcome};
 use crate::names::{DropInName, ModuleName, SysctlKey, SysctlValue, UnitName};
 use crate::paths::{HostFs, HostPath};
+use crate::secrets;
 use crate::units::{unitfile, ServiceManager, UnitAction, UnitState};
 
 /// Largest file ReadFile returns.
@@ -155,7 +156,7 @@ impl Agent for AgentService {
         let span = info_span!("write_file", path = %req.path);
         async {
             let path = host_path(&req.path)?;
-            if auth::holds_private_key(&req.content) {
+            if secrets::holds_private_key(&req.content) {
                 return Err(AgentError::Invalid(format!(
                     "refusing to write a private key to {path}: private keys never travel; \
                      use CreateCsr to have this host generate its own"
@@ -191,8 +192,11 @@ impl Agent for AgentService {
                 0 => READ_CAP,
                 n => n.min(READ_CAP),
             };
-            let (content, mode) = files::read_capped(&real, limit)?;
-            if auth::holds_private_key(&content) {
+            let (mut content, mode) = files::read_capped(&real, limit)?;
+            if req.certificates_only {
+                content = secrets::certificates_in(&content);
+            }
+            if secrets::holds_private_key(&content) {
                 return Err(AgentError::Secret(path.to_string()));
             }
             Ok::<_, AgentError>(pb::ReadFileResponse {
@@ -702,8 +706,8 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let span = info_span!("install_certificate", cert = %req.cert_path);
         async {
-            if auth::holds_private_key(req.cert_pem.as_bytes())
-                || auth::holds_private_key(req.ca_pem.as_bytes())
+            if secrets::holds_private_key(req.cert_pem.as_bytes())
+                || secrets::holds_private_key(req.ca_pem.as_bytes())
             {
                 return Err(AgentError::Invalid(
                     "refusing a certificate bundle that carries a private key".into(),

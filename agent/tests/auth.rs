@@ -142,6 +142,7 @@ async fn private_keys_never_travel() {
         .read_file(pb::ReadFileRequest {
             path: "/etc/kubernetes/pki/etcd/server.key".into(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
         .unwrap_err();

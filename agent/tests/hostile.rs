@@ -43,6 +43,7 @@ async fn oversized_and_huge_inputs_are_refused() {
         .read_file(pb::ReadFileRequest {
             path: "/etc/haop/huge".into(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
         .unwrap_err();
@@ -206,8 +207,9 @@ async fn smuggled_units_and_traversing_names_are_refused() {
 }
 
 /// kubeadm's admin.conf holds the cluster-admin key as base64 (`client-key-data`), where no
-/// PEM marker shows. ReadFile refuses it all the same, and WriteFile refuses a key sent that
-/// way; a kubeconfig that only names its key file reads.
+/// PEM marker shows. ReadFile refuses it all the same, but answers its certificates alone when
+/// asked for certificates only; WriteFile refuses a key sent that way; a kubeconfig that only
+/// names its key file reads.
 #[tokio::test]
 async fn keys_in_base64_never_leave_the_host() {
     use base64::Engine;
@@ -231,6 +233,7 @@ async fn keys_in_base64_never_leave_the_host() {
         .read_file(pb::ReadFileRequest {
             path: "/etc/kubernetes/admin.conf".into(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
         .unwrap_err();
@@ -238,6 +241,26 @@ async fn keys_in_base64_never_leave_the_host() {
     assert_eq!(
         err.message(),
         "/etc/kubernetes/admin.conf holds a private key; private keys never leave their host"
+    );
+
+    // Its certificates can be read all the same, and only they come.
+    let r = a
+        .client
+        .read_file(pb::ReadFileRequest {
+            path: "/etc/kubernetes/admin.conf".into(),
+            max_bytes: 0,
+            certificates_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        String::from_utf8(r.content).unwrap(),
+        format!(
+            "{}\n{}\n",
+            ca.cert_pem.trim_end(),
+            admin.cert_pem.trim_end()
+        )
     );
 
     let err = a
@@ -268,6 +291,7 @@ async fn keys_in_base64_never_leave_the_host() {
         .read_file(pb::ReadFileRequest {
             path: "/etc/kubernetes/kubelet.conf".into(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
         .unwrap()

@@ -74,6 +74,7 @@ async fn files_land_under_the_root_with_mode_and_are_ensured() {
         .read_file(pb::ReadFileRequest {
             path: "/etc/haop/x.conf".into(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
         .unwrap()

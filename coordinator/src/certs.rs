@@ -37,10 +37,56 @@ pub const KUBEADM_CERTS: &[&str] = &[
     "/etc/kubernetes/pki/front-proxy-client.crt",
 ];
 
-/// Whether `path` is one of kubeadm's certificates ([`KUBEADM_CERTS`]), renewed by kubeadm
-/// rather than by `haop certs renew`.
+/// kubeadm's kubeconfigs on a master, each embedding a client certificate that lasts one year
+/// and that `kubeadm certs renew all` renews with the others. (kubelet.conf names a file that
+/// the kubelet rotates itself.) They hold their private keys too: they are read with
+/// [`read_certificates`], which brings the certificates alone.
+pub const KUBEADM_KUBECONFIGS: &[&str] = &[
+    "/etc/kubernetes/admin.conf",
+    "/etc/kubernetes/super-admin.conf",
+    "/etc/kubernetes/controller-manager.conf",
+    "/etc/kubernetes/scheduler.conf",
+];
+
+/// Every file of kubeadm's that holds certificates: [`KUBEADM_CERTS`], [`KUBEADM_KUBECONFIGS`].
+pub fn kubeadm_cert_paths() -> impl Iterator<Item = String> {
+    KUBEADM_CERTS
+        .iter()
+        .chain(KUBEADM_KUBECONFIGS)
+        .map(|p| p.to_string())
+}
+
+/// Whether `path` is one of kubeadm's ([`kubeadm_cert_paths`]), renewed by kubeadm rather than
+/// by `haop certs renew`.
 pub fn is_kubeadms(path: &str) -> bool {
-    KUBEADM_CERTS.contains(&path)
+    KUBEADM_CERTS.contains(&path) || KUBEADM_KUBECONFIGS.contains(&path)
+}
+
+/// The certificates of `path` on a host, as PEM: the agent answers only the certificate blocks
+/// it finds (PEM, or base64 in a kubeconfig), so a file that also holds a key reads, and the key
+/// stays. `None` when there is nothing to read: the file is missing, or it is a kubeconfig that
+/// names its certificate by file. A certificate file holding none answers `Some("")`, which
+/// [`inspect`] reports.
+pub async fn read_certificates(
+    client: &agent_client::Client,
+    path: &str,
+) -> Result<Option<String>, tonic::Status> {
+    let request = pb::ReadFileRequest {
+        path: path.to_string(),
+        max_bytes: 256 * 1024,
+        certificates_only: true,
+    };
+    match client.clone().read_file(request).await {
+        Ok(r) => {
+            let content = r.into_inner().content;
+            if content.is_empty() && KUBEADM_KUBECONFIGS.contains(&path) {
+                return Ok(None);
+            }
+            Ok(Some(String::from_utf8_lossy(&content).into_owned()))
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(s),
+    }
 }
 
 /// The certificates haop puts on `host` (besides the agent's own): [`HOST_CERTS`] in the etcd
@@ -168,18 +214,9 @@ async fn host_rows(
             Err(s) => out.push(error_row(&name, "agent", s.message().to_string())),
         }
         for path in paths {
-            match c
-                .read_file(pb::ReadFileRequest {
-                    path: path.clone(),
-                    max_bytes: 256 * 1024,
-                })
-                .await
-            {
-                Ok(r) => {
-                    let pem = String::from_utf8_lossy(&r.into_inner().content).into_owned();
-                    out.extend(rows_of(&name, &path, &pem, now));
-                }
-                Err(s) if s.code() == tonic::Code::NotFound => {}
+            match read_certificates(&c, &path).await {
+                Ok(Some(pem)) => out.extend(rows_of(&name, &path, &pem, now)),
+                Ok(None) => {}
                 Err(s) => out.push(error_row(&name, &path, s.message().to_string())),
             }
         }

@@ -62,6 +62,7 @@ async fn days_left(c: &mut Client, path: &str) -> Option<i64> {
         .read_file(pb::ReadFileRequest {
             path: path.to_string(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
         .ok()?

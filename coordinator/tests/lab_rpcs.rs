@@ -59,6 +59,7 @@ async fn every_rpc_on_a_lab_host() {
         .read_file(pb::ReadFileRequest {
             path: "/etc/haop/demo.conf".into(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
         .unwrap()

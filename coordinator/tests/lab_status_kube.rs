@@ -371,5 +371,72 @@ async fn status_asks_the_api_servers_readyz_through_the_vip_and_on_each_master()
         "{said}"
     );
 
+    // kubeadm's kubeconfigs embed client certificates beside their keys. The stand-in's
+    // admin.conf names none and was passed over; a real one, its client certificate two days
+    // from expiry, is read for its certificates alone (the key stays on master1).
+    use base64::Engine;
+    let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+    let admin = ca
+        .issue_local(
+            &st.join("kube-standin-pki"),
+            "kubernetes-admin",
+            KeyAlgorithm::EcdsaP256,
+            &SigningRequest {
+                profile: Profile::Client,
+                lifetime: Duration::from_secs(2 * 86_400 + 3600),
+                expected: ExpectedNames::default(),
+                organization: Some("kubeadm:cluster-admins".into()),
+                common_name: "kubernetes-admin".into(),
+            },
+        )
+        .unwrap();
+    let admin_key = std::fs::read(&admin.key_path).unwrap();
+    let kubeconfig = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    \
+         server: https://{vip}:6443\n  name: kubernetes\ncontexts:\n- context:\n    cluster: \
+         kubernetes\n    user: kubernetes-admin\n  name: kubernetes-admin@kubernetes\n\
+         current-context: kubernetes-admin@kubernetes\nkind: Config\nusers:\n- name: \
+         kubernetes-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(ca.cert_pem().as_bytes()),
+        b64(admin.cert_pem.as_bytes()),
+        b64(&admin_key),
+    );
+    std::fs::write(
+        master1.root_dir.join("etc/kubernetes/admin.conf"),
+        kubeconfig,
+    )
+    .unwrap();
+    let s = wait_status(
+        st,
+        &inv,
+        Duration::from_secs(10),
+        "admin.conf's certificate seen",
+        |s| {
+            s.json["certificates"].as_array().unwrap().iter().any(|c| {
+                c["location"] == "master1" && c["soonest_path"] == "/etc/kubernetes/admin.conf"
+            })
+        },
+    );
+    let c = s.json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["location"] == "master1")
+        .unwrap();
+    // The five before, and admin.conf's CA and client certificates.
+    assert_eq!(c["certificates"], 7, "{c:#}");
+    assert_eq!(c["errors"], serde_json::json!([]), "{c:#}");
+    let said: Vec<&str> = problems(&s)
+        .into_iter()
+        .filter(|p| p["section"] == "certificates")
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(
+        said[0].starts_with("certificate /etc/kubernetes/admin.conf on master1 expires in 2 days")
+            && said[0].contains("kubeadm certs renew all"),
+        "{said:?}"
+    );
+
     lab.down().expect("lab down");
 }

@@ -170,6 +170,7 @@ pub(crate) async fn read_text(
         .read_file(pb::ReadFileRequest {
             path: path.to_string(),
             max_bytes: 0,
+            certificates_only: false,
         })
         .await
     {

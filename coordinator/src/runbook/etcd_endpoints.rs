@@ -161,6 +161,7 @@ pub async fn sync(
             .read_file(pb::ReadFileRequest {
                 path: APISERVER_MANIFEST.into(),
                 max_bytes: 0,
+                certificates_only: false,
             })
             .await
             .map_err(rpc("ReadFile"))

@@ -20,7 +20,7 @@ use super::{
     assess, db_quota_bytes, CertSummary, DriftRow, EtcdSection, HostStatus, MemberStatus,
     StatusOptions, StatusReport, UnitRow, VipMaster, VipSection, SCHEMA_VERSION,
 };
-use crate::certs::{host_cert_paths, state_dir_rows, KUBEADM_CERTS};
+use crate::certs::{host_cert_paths, kubeadm_cert_paths, read_certificates, state_dir_rows};
 use crate::etcd_api::{EndpointStatus, EtcdClient, Member};
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki::{inspect, AGENT_CA};
@@ -78,7 +78,7 @@ pub async fn collect(
         let endpoint = h.agent.as_str().to_string();
         let mut cert_paths = host_cert_paths(h);
         if inventory.kubernetes.enabled && h.has_role(Role::Master) {
-            cert_paths.extend(KUBEADM_CERTS.iter().map(|p| p.to_string()));
+            cert_paths.extend(kubeadm_cert_paths());
         }
         let node = h.has_role(Role::Master) || h.has_role(Role::Worker);
         hosts_set.spawn(async move {
@@ -274,10 +274,13 @@ async fn probe_host(
             )),
         }
         for path in cert_paths {
-            match read_file(&client, &path).await {
+            match read_certificates(&client, &path).await {
                 Ok(Some(pem)) => out.push((path, Ok(pem))),
                 Ok(None) => {}
-                Err(e) => out.push((path, Err(e))),
+                Err(s) => {
+                    let e = format!("{path}: {}", status_text(&s));
+                    out.push((path, Err(e)));
+                }
             }
         }
         out
@@ -351,6 +354,7 @@ pub(super) async fn read_file(client: &AgentClient<Channel>, path: &str) -> Mayb
         .read_file(pb::ReadFileRequest {
             path: path.to_string(),
             max_bytes: 256 * 1024,
+            certificates_only: false,
         })
         .await
     {
