@@ -58,16 +58,7 @@ fn host_err(host: &str) -> impl Fn(String) -> RenewError + '_ {
 }
 
 async fn days_left(c: &mut Client, path: &str) -> Option<i64> {
-    let r = c
-        .read_file(pb::ReadFileRequest {
-            path: path.to_string(),
-            max_bytes: 0,
-            certificates_only: false,
-        })
-        .await
-        .ok()?
-        .into_inner();
-    let pem = String::from_utf8_lossy(&r.content).into_owned();
+    let pem = crate::certs::read_certificates(c, path).await.ok()??;
     inspect(&pem)
         .ok()?
         .first()

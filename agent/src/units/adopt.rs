@@ -14,9 +14,9 @@
 //! did not act on), and an agent restart must not hide such a change.
 //!
 //! A pid with its start time names one process for the life of the machine, so a recycled pid,
-//! even one running the same program for another lab host, is never mistaken for the unit's. Older agents wrote only the pid file; for that
-//! the process must also run the unit's program (compared by device and inode, which works
-//! across the mount namespaces of lab hosts).
+//! even one running the same program for another lab host, is never mistaken for the unit's.
+//! Older agents wrote only the pid file; for that the process must also run the unit's program
+//! (compared by device and inode, which works across the mount namespaces of lab hosts).
 //!
 //! Either way the process must be a live process group leader in the agent's own network
 //! namespace. An adopted process is not the agent's child, so its end is noticed by polling

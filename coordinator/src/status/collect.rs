@@ -277,10 +277,8 @@ async fn probe_host(
             match read_certificates(&client, &path).await {
                 Ok(Some(pem)) => out.push((path, Ok(pem))),
                 Ok(None) => {}
-                Err(s) => {
-                    let e = format!("{path}: {}", status_text(&s));
-                    out.push((path, Err(e)));
-                }
+                // summarize() puts the path before the error.
+                Err(s) => out.push((path, Err(status_text(&s)))),
             }
         }
         out
