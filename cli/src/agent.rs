@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use haop_coordinator::agent_client;
+use haop_coordinator::agent;
 use haop_proto::v1 as pb;
 
 #[derive(Debug, Args)]
@@ -87,7 +87,7 @@ async fn endpoint(state_dir: &Path, args: &AgentArgs) -> anyhow::Result<String> 
 pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let ep = endpoint(state_dir, &args).await?;
     let trust = haop_coordinator::trust::Trust::load(state_dir)?;
-    let mut client = agent_client::connect(&trust, &ep, Duration::from_secs(5)).await?;
+    let mut client = agent::connect(&trust, &ep, Duration::from_secs(5)).await?;
     match &args.command {
         AgentCommand::Facts => {
             let f = client.get_facts(pb::GetFactsRequest {}).await?.into_inner();
@@ -112,10 +112,7 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                 })
                 .await
                 .map_err(|s| {
-                    anyhow::anyhow!(
-                        "installing {name} on {ep}: {}",
-                        agent_client::describe_failure(&s)
-                    )
+                    anyhow::anyhow!("installing {name} on {ep}: {}", agent::describe_failure(&s))
                 })?
                 .into_inner();
             println!(
@@ -130,10 +127,7 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                     .unit_status(pb::UnitStatusRequest { name: name.clone() })
                     .await
                     .map_err(|s| {
-                        anyhow::anyhow!(
-                            "status of {name} on {ep}: {}",
-                            agent_client::describe_failure(&s)
-                        )
+                        anyhow::anyhow!("status of {name} on {ep}: {}", agent::describe_failure(&s))
                     })?
                     .into_inner()
             } else {
@@ -154,7 +148,7 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                     .map_err(|s| {
                         anyhow::anyhow!(
                             "{action:?} {name} on {ep}: {}",
-                            agent_client::describe_failure(&s)
+                            agent::describe_failure(&s)
                         )
                     })?
                     .into_inner();

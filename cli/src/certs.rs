@@ -66,10 +66,10 @@ pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode
                 )
             })?;
             let inv = load_inventory(&inventory)?;
-            let renewed = haop_coordinator::renew::renew(
+            let renewed = haop_coordinator::certs::renew::renew(
                 state_dir,
                 inv,
-                haop_coordinator::renew::RenewOptions {
+                haop_coordinator::certs::renew::RenewOptions {
                     expiring_within_days: days,
                     all,
                     member_timeout: Duration::from_secs(60),

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
-use haop_coordinator::etcd_api::EtcdClient;
-use haop_coordinator::recover::{Progress, Recovery};
+use haop_coordinator::etcd::api::EtcdClient;
+use haop_coordinator::etcd::maintenance;
+use haop_coordinator::etcd::recover::{Progress, Recovery};
 
 use crate::certs::load_inventory;
 
@@ -176,8 +177,14 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         EtcdCommand::Add { host, inventory } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("adding {host}:");
-            haop_coordinator::scale::add(state_dir, inv, Some(&inventory), &host, &show_progress)
-                .await?;
+            haop_coordinator::etcd::scale::add(
+                state_dir,
+                inv,
+                Some(&inventory),
+                &host,
+                &show_progress,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Replace {
@@ -187,7 +194,7 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("replacing {old} with {new}:");
-            haop_coordinator::scale::replace(
+            haop_coordinator::etcd::scale::replace(
                 state_dir,
                 inv,
                 Some(&inventory),
@@ -201,7 +208,7 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         EtcdCommand::Remove { host, inventory } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("removing {host}:");
-            haop_coordinator::scale::remove(
+            haop_coordinator::etcd::scale::remove(
                 state_dir,
                 inv,
                 Some(&inventory),
@@ -216,7 +223,7 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             let client =
                 EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(5))
                     .await?;
-            let c = client.compact().await?;
+            let c = maintenance::compact(&client).await?;
             if c.changed {
                 println!("compacted the history before revision {}", c.revision);
             } else {
@@ -231,20 +238,13 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             let inv = load_inventory(&inventory)?;
             let endpoints = inv.etcd_client_urls();
             let client = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(5)).await?;
-            for ep in &endpoints {
-                let before = client.status_of(ep).await?.db_size;
-                client.defragment(ep).await?;
-                // The next member only once this one answers again.
-                let started = std::time::Instant::now();
-                while client.health(ep).await.is_err() {
-                    if started.elapsed() > Duration::from_secs(60) {
-                        anyhow::bail!("{ep} did not answer within 60 s of its defragmentation; the other members were not touched");
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let after = client.status_of(ep).await?.db_size;
-                println!("{ep}: defragmented, {before} -> {after} bytes");
-            }
+            maintenance::defrag_rolling(&client, &endpoints, &|d| {
+                println!(
+                    "{}: defragmented, {} -> {} bytes",
+                    d.endpoint, d.before, d.after
+                )
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Alarms { inventory, disarm } => {
@@ -252,25 +252,16 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             let client =
                 EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(5))
                     .await?;
-            let active = client.alarms().await?;
+            let active = maintenance::alarms(&client).await?;
             if active.is_empty() {
                 println!("no active alarms");
                 return Ok(ExitCode::SUCCESS);
             }
-            // Members by name where the member list answers (it does during NOSPACE).
-            let names: std::collections::HashMap<u64, String> = client
-                .member_list()
-                .await
-                .map(|ms| ms.into_iter().map(|m| (m.id, m.name)).collect())
-                .unwrap_or_default();
-            for (member, alarm) in &active {
-                match names.get(member).filter(|n| !n.is_empty()) {
-                    Some(name) => println!("{alarm} on member {name} ({member:x})"),
-                    None => println!("{alarm} on member {member:x}"),
-                }
+            for a in &active {
+                println!("{a}");
             }
             if disarm {
-                let n = client.disarm_alarms().await?;
+                let n = maintenance::disarm(&client).await?;
                 println!("disarmed {n} alarm(s)");
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -326,7 +317,7 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             use std::io::{BufRead, IsTerminal, Write};
             let inv = load_inventory(&inventory)?;
             let snapshot =
-                haop_coordinator::restore::choose_snapshot(state_dir, &inv, from).await?;
+                haop_coordinator::etcd::restore::choose_snapshot(state_dir, &inv, from).await?;
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     anyhow::bail!(
@@ -352,8 +343,10 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 inv.cluster.as_str(),
                 snapshot.display()
             );
-            haop_coordinator::restore::restore(state_dir, &inv, &snapshot, &|l| eprintln!("  {l}"))
-                .await?;
+            haop_coordinator::etcd::restore::restore(state_dir, &inv, &snapshot, &|l| {
+                eprintln!("  {l}")
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Snapshot(SnapshotCommand::Save { inventory, out }) => {
@@ -363,7 +356,7 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                     .await?;
             let path = match out {
                 Some(p) => p,
-                None => haop_coordinator::recover::new_snapshot_path(
+                None => haop_coordinator::etcd::snapshots::new_snapshot_path(
                     state_dir,
                     inv.cluster.as_str(),
                     "manual",

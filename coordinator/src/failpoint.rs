@@ -4,7 +4,7 @@
 //!
 //! `HAOP_FAILPOINT=NAME` makes the process abort (SIGABRT: no destructor, no cleanup, nothing
 //! flushed that was not written already) the first time it passes [`hit`]`(NAME)`. Names are
-//! `recover:after-ACTION` (see [`crate::recover`]) and `apply:after-etcd-restart` (an etcd
+//! `recover:after-ACTION` (see [`crate::etcd::recover`]) and `apply:after-etcd-restart` (an etcd
 //! member just restarted by `haop apply`, before it is back and before the next one). Unset, a
 //! failpoint costs one environment lookup per pass. Only tests set it; the variable is
 //! documented so that nobody sets it by accident without knowing what it does.

@@ -1,38 +1,30 @@
 //! haop's coordinator library: all cluster knowledge.
 //!
-//! The `haop` binary is a thin front over this crate. Modules: [`agent_client`] (how agents are
-//! reached) and [`lab`] (hosts on this machine, in network namespaces, for trying haop and for
-//! its tests).
+//! The `haop` binary is a thin front over this crate; `docs/ARCHITECTURE.md` shows how the
+//! modules fit and how data flows through plan/apply and recovery.
+//!
+//! * [`inventory`]: the one input file, parsed and validated (every problem at once).
+//! * [`pki`] and [`trust`]: the two CAs, CSR signing, haop's own certificates, tokens.
+//! * [`agent`]: how the coordinator talks to a host: connections, enrollment, and the
+//!   [`agent::HostAgent`] facade with one error type.
+//! * [`render`]: pure renderers of every file haop writes to a host.
+//! * [`runbook`]: `haop plan` and `haop apply` (pure plan, executor, journal).
+//! * [`etcd`]: the etcd lifecycle (API, quorum planner, recover, scale, restore, maintenance).
+//! * [`certs`]: certificates in place (list) and their rolling renewal.
+//! * [`status`]: cluster-wide health.
+//! * [`lab`]: hosts on this machine, in network namespaces, for trying haop and for its tests.
 
-pub mod agent_client;
+pub mod agent;
 pub mod certs;
-pub mod etcd_api;
-pub mod etcd_config;
+pub mod error;
+pub mod etcd;
 pub mod failpoint;
 pub mod inventory;
 pub mod lab;
 pub mod pki;
-pub mod quorum;
-pub mod recover;
 pub mod render;
-pub mod renew;
-pub mod restore;
 pub mod runbook;
-pub mod scale;
 pub mod status;
 pub mod trust;
 
-/// An error and its sources, `: `-separated, for one line of output.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        source = s.source();
-    }
-    out
-}
+pub use error::error_chain;

@@ -365,7 +365,7 @@ pub async fn enroll(
     timeout: Duration,
 ) -> Result<Enrolled, TrustError> {
     // An enrolled agent speaks mTLS only: try that first, so re-running is harmless.
-    if let Ok(mut c) = crate::agent_client::connect(trust, endpoint, timeout).await {
+    if let Ok(mut c) = crate::agent::connect(trust, endpoint, timeout).await {
         if c.who_am_i(pb::WhoAmIRequest {}).await.is_ok() {
             return Ok(Enrolled::Already);
         }

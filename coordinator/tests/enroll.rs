@@ -9,7 +9,7 @@ use std::time::Duration;
 use haop_agent::config::AgentConfig;
 use haop_agent::kernel::LabKernel;
 use haop_agent::units::supervisor::Supervisor;
-use haop_coordinator::agent_client;
+use haop_coordinator::agent;
 use haop_coordinator::trust::{self, Enrolled, ExpectedAgent, InitOptions, Trust, TrustError};
 use haop_proto::enroll::Token;
 use haop_proto::v1 as pb;
@@ -93,7 +93,7 @@ async fn enrolls_then_speaks_mtls_with_the_admin_certificate() {
 
     let deadline = std::time::Instant::now() + T;
     let mut client = loop {
-        match agent_client::connect(&trust, &agent.endpoint, T).await {
+        match agent::connect(&trust, &agent.endpoint, T).await {
             Ok(c) => break c,
             Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
         }
@@ -158,8 +158,8 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
     // None of them was enrolled: they still refuse mTLS callers.
     for a in [&agent, &stranger, &impostor, &wary] {
         assert!(
-            agent_client::connect(&trust, &a.endpoint, T).await.is_err()
-                || agent_client::connect(&trust, &a.endpoint, T)
+            agent::connect(&trust, &a.endpoint, T).await.is_err()
+                || agent::connect(&trust, &a.endpoint, T)
                     .await
                     .unwrap()
                     .get_facts(pb::GetFactsRequest {})

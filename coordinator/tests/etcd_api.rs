@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haop_coordinator::etcd_api::{initial_cluster, EtcdApiError, EtcdClient};
+use haop_coordinator::etcd::api::{initial_cluster, EtcdApiError, EtcdClient};
 use haop_coordinator::pki::{
     CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest, DEFAULT_LIFETIME,
     ETCD_CA,

@@ -10,7 +10,7 @@ use common::{assert_all_present, haop, members, text, voters_named, Writer};
 
 use std::time::Duration;
 
-use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::inventory::{EtcdBinary, Inventory, Sha256Hex};
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use sha2::{Digest, Sha256};

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use haop_coordinator::agent_client::{self, Client};
-use haop_coordinator::etcd_config::{ClusterState, Member, MemberConfig, PKI_DIR, UNIT_NAME};
+use haop_coordinator::agent::{self, Client};
+use haop_coordinator::etcd::config::{ClusterState, Member, MemberConfig, PKI_DIR, UNIT_NAME};
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use haop_coordinator::pki::{
     is_private_key_pem, CertificateAuthority, ExpectedNames, Profile, SigningRequest,
@@ -147,7 +147,7 @@ async fn tls_etcd_cluster_through_agents() {
 
     let mut clients = Vec::new();
     for (h, m) in lab.hosts().iter().zip(&members) {
-        let mut c = agent_client::connect(&trust, &h.endpoint, Duration::from_secs(5))
+        let mut c = agent::connect(&trust, &h.endpoint, Duration::from_secs(5))
             .await
             .expect("agent over mTLS");
         let server = issue(

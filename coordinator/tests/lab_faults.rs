@@ -43,7 +43,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haop_coordinator::etcd_api::{EtcdApiError, EtcdClient};
+use haop_coordinator::etcd::api::{EtcdApiError, EtcdClient};
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{AgentStop, Lab, LabGuard, LabSpec};
 

@@ -39,7 +39,7 @@ fn fixture(name: &str) -> Vec<u8> {
 /// Uploads a stand-in to `path` on the host behind `endpoint` with the agent's UploadFile.
 async fn install(state: &Path, endpoint: &str, path: &str, data: &[u8]) {
     let trust = haop_coordinator::trust::Trust::load(state).unwrap();
-    let mut c = haop_coordinator::agent_client::connect(&trust, endpoint, Duration::from_secs(5))
+    let mut c = haop_coordinator::agent::connect(&trust, endpoint, Duration::from_secs(5))
         .await
         .unwrap();
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use haop_coordinator::agent_client;
+use haop_coordinator::agent;
 use haop_coordinator::lab::{
     find_agent_binary, Lab, LabError, LabGuard, LabRecord, LabSpec, DECLARED_FILE, LABS_DIR,
 };
@@ -129,7 +129,7 @@ fn assert_nothing_left(record: &LabRecord, dir: &Path) {
 
 async fn facts(state_dir: &std::path::Path, endpoint: &str) -> pb::Facts {
     let trust = haop_coordinator::trust::Trust::load(state_dir).expect("trust");
-    let mut c = agent_client::connect(&trust, endpoint, Duration::from_secs(2))
+    let mut c = agent::connect(&trust, endpoint, Duration::from_secs(2))
         .await
         .expect("connect");
     c.get_facts(GetFactsRequest {})
@@ -391,7 +391,7 @@ async fn crash_kills_the_unit_and_wipes_its_data_dir() {
         .expect("lab up");
     let host = &lab.hosts()[0];
     let trust = haop_coordinator::trust::Trust::load(state.path()).expect("trust");
-    let mut c = agent_client::connect(&trust, &host.endpoint, Duration::from_secs(2))
+    let mut c = agent::connect(&trust, &host.endpoint, Duration::from_secs(2))
         .await
         .expect("connect");
     let data = "/var/lib/haop/lab-test";

@@ -18,7 +18,7 @@ use common::{assert_all_present, haop, members, require_root, text, voters_named
 
 use std::time::{Duration, Instant};
 
-use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::lab::{LabGuard, LabSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::lab::{LabGuard, LabSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use common::{haop, text, Writer};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
 

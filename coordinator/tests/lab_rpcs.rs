@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use haop_coordinator::agent_client;
+use haop_coordinator::agent;
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use haop_coordinator::trust::Trust;
 use haop_proto::v1 as pb;
@@ -35,7 +35,7 @@ async fn every_rpc_on_a_lab_host() {
     let host = lab.hosts()[0].clone();
     let root = host.root_dir.clone();
     let trust = Trust::load(state.path()).unwrap();
-    let mut c = agent_client::connect(&trust, &host.endpoint, Duration::from_secs(5))
+    let mut c = agent::connect(&trust, &host.endpoint, Duration::from_secs(5))
         .await
         .unwrap();
 

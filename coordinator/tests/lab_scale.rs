@@ -9,7 +9,7 @@ use common::{haop, require_root, text, Etcd, Writer};
 
 use std::time::Duration;
 
-use haop_coordinator::etcd_api::EtcdClient;
+use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
 

@@ -77,7 +77,7 @@ fn problems(s: &Status) -> Vec<&Value> {
     s.json["problems"].as_array().unwrap().iter().collect()
 }
 
-async fn unit(c: &mut haop_coordinator::agent_client::Client, name: &str, action: pb::Action) {
+async fn unit(c: &mut haop_coordinator::agent::Client, name: &str, action: pb::Action) {
     c.unit_action(pb::UnitActionRequest {
         name: name.into(),
         action: action as i32,
@@ -178,7 +178,7 @@ async fn status_asks_the_api_servers_readyz_through_the_vip_and_on_each_master()
         put("usr/local/bin/kube-apiserver-standin", &script, 0o755);
 
         let mut c =
-            haop_coordinator::agent_client::connect(&trust, &host.endpoint, Duration::from_secs(5))
+            haop_coordinator::agent::connect(&trust, &host.endpoint, Duration::from_secs(5))
                 .await
                 .unwrap();
         for (unit_name, content) in [

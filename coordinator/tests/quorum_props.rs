@@ -5,7 +5,7 @@
 //! The model here is deliberately independent of the planner's own checks: it counts voters and
 //! healthy voters from the mutated observation itself.
 
-use haop_coordinator::quorum::{
+use haop_coordinator::etcd::quorum::{
     plan_heal, plan_recover, quorum, Action, DesiredMember, Observation, ObservedMember, Refusal,
     UnknownField,
 };

@@ -25,7 +25,7 @@ use super::names::AGENT_PORT;
 use super::record::LabHost;
 use super::sys::{self, Ip, ProcStat};
 use super::LabError;
-use crate::agent_client;
+use crate::agent;
 use crate::trust::{self, ExpectedAgent, Trust};
 use haop_proto::enroll::Token;
 
@@ -215,7 +215,7 @@ pub async fn get_facts(
     timeout: Duration,
 ) -> Result<Facts, LabError> {
     let call = async {
-        let mut client = agent_client::connect(trust, &host.endpoint, timeout)
+        let mut client = agent::connect(trust, &host.endpoint, timeout)
             .await
             .map_err(|source| LabError::Connect {
                 host: host.name.clone(),

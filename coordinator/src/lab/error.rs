@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::agent_client::ConnectError;
+use crate::agent::ConnectError;
 
 /// The end of an agent's log, shown when the agent failed to come up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -426,7 +426,7 @@ impl Lab {
             Vec::new()
         };
         let trust = crate::trust::Trust::load(&self.state_dir())?;
-        let mut client = crate::agent_client::connect(&trust, &h.endpoint, RPC_TIMEOUT)
+        let mut client = crate::agent::connect(&trust, &h.endpoint, RPC_TIMEOUT)
             .await
             .map_err(|source| LabError::Connect {
                 host: h.name.clone(),

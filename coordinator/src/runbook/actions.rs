@@ -14,7 +14,7 @@ use haop_proto::v1 as pb;
 use tonic::Code;
 
 use super::steps::{Action, Issuer, Step};
-use crate::agent_client::Client;
+use crate::agent::Client;
 use crate::pki::{inspect, CertificateAuthority, SigningRequest};
 use crate::trust::Trust;
 
@@ -52,7 +52,7 @@ pub enum StepError {
     Rpc {
         rpc: &'static str,
         code: Code,
-        /// [`crate::agent_client::describe_failure`] of the status.
+        /// [`crate::agent::describe_failure`] of the status.
         message: String,
     },
     #[error("{0}")]
@@ -65,7 +65,7 @@ fn rpc(name: &'static str) -> impl Fn(tonic::Status) -> StepError {
     move |s| StepError::Rpc {
         rpc: name,
         code: s.code(),
-        message: crate::agent_client::describe_failure(&s),
+        message: crate::agent::describe_failure(&s),
     }
 }
 
@@ -113,7 +113,7 @@ async fn vip_holders(ctx: &RunContext, vip: &str, masters: &[(String, String)]) 
         let trust = ctx.trust.clone();
         let prefix = format!("{vip}/");
         set.spawn(async move {
-            let mut c = crate::agent_client::connect(&trust, &endpoint, Duration::from_secs(2))
+            let mut c = crate::agent::connect(&trust, &endpoint, Duration::from_secs(2))
                 .await
                 .ok()?;
             let facts = c.get_facts(pb::GetFactsRequest {}).await.ok()?.into_inner();
@@ -131,7 +131,7 @@ async fn vip_holders(ctx: &RunContext, vip: &str, masters: &[(String, String)]) 
 
 /// Waits until the etcd member at `endpoint` answers through the API again.
 async fn wait_member_healthy(ctx: &RunContext, endpoint: &str) -> Result<(), StepError> {
-    let client = crate::etcd_api::EtcdClient::connect(
+    let client = crate::etcd::api::EtcdClient::connect(
         &ctx.state_dir,
         &[endpoint.to_string()],
         Duration::from_secs(1),
@@ -301,7 +301,7 @@ pub async fn check(
     let Some(c) = c else {
         return match &step.action {
             Action::EtcdQuorum { endpoints, members } => {
-                let healthy = super::quorum_wait::quorum_is_healthy(
+                let healthy = crate::etcd::quorum_wait::quorum_is_healthy(
                     &ctx.state_dir,
                     endpoints,
                     *members,
@@ -498,7 +498,7 @@ pub async fn run(
 ) -> Result<bool, StepError> {
     let Some(c) = c else {
         return match &step.action {
-            Action::EtcdQuorum { endpoints, members } => super::quorum_wait::wait_for_quorum(
+            Action::EtcdQuorum { endpoints, members } => crate::etcd::quorum_wait::wait_for_quorum(
                 &ctx.state_dir,
                 endpoints,
                 *members,

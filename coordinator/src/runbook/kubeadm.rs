@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::actions::{Change, StepError};
 use super::steps::{Action, Phase, Step};
-use crate::agent_client::{self, Client};
+use crate::agent::{self, Client};
 use crate::inventory::{Host, Inventory, Role, Version};
 use crate::render::kubeadm::{
     api_version_for, kubeadm_config, parse_kubeadm_init_output, JoinCommand, JoinInfo, CONFIG_PATH,
@@ -164,7 +164,7 @@ fn rpc(name: &'static str) -> impl Fn(tonic::Status) -> StepError {
     move |s| StepError::Rpc {
         rpc: name,
         code: s.code(),
-        message: crate::agent_client::describe_failure(&s),
+        message: crate::agent::describe_failure(&s),
     }
 }
 
@@ -671,7 +671,7 @@ async fn join_command(
             path.display()
         ))
     };
-    let mut fm = agent_client::connect(
+    let mut fm = agent::connect(
         &ctx.trust,
         first_master_endpoint,
         std::time::Duration::from_secs(5),

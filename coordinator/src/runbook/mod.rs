@@ -14,11 +14,9 @@
 //!   cluster reports zero changes.
 
 pub mod actions;
-pub mod etcd_endpoints;
 pub mod journal;
 pub mod kubeadm;
 pub mod preflight;
-pub mod quorum_wait;
 pub mod steps;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,7 +29,7 @@ use tokio::sync::Mutex;
 pub use actions::{Change, RunContext, StepError};
 pub use steps::{Action, Context, Phase, Step, CLUSTER};
 
-use crate::agent_client::{self, Client};
+use crate::agent::{self, Client};
 use crate::inventory::Inventory;
 use crate::pki::{CertificateAuthority, ETCD_CA};
 use crate::trust::{pki_dir, Trust};
@@ -52,7 +50,7 @@ pub enum RunbookError {
         host: String,
         endpoint: String,
         #[source]
-        source: agent_client::ConnectError,
+        source: agent::ConnectError,
     },
     #[error("cannot render the runbook: {0}")]
     Render(String),
@@ -183,7 +181,7 @@ impl Runbook {
             let name = h.name.as_str().to_string();
             let endpoint = h.agent.as_str().to_string();
             set.spawn(async move {
-                let r = agent_client::connect(&trust, &endpoint, timeout).await;
+                let r = agent::connect(&trust, &endpoint, timeout).await;
                 (name, endpoint, r)
             });
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use haop_proto::v1 as pb;
 
 use super::Runbook;
-use crate::agent_client::Client;
+use crate::agent::Client;
 use crate::inventory::{EtcdBinary, Role};
 
 async fn exists(c: &mut Client, path: &str) -> Result<bool, String> {
@@ -133,7 +133,7 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
 async fn not_yet_members(rb: &Runbook) -> Vec<String> {
     let inv = &rb.inventory;
     let endpoints = inv.etcd_client_urls();
-    let Ok(client) = crate::etcd_api::EtcdClient::connect(
+    let Ok(client) = crate::etcd::api::EtcdClient::connect(
         &rb.ctx.state_dir,
         &endpoints,
         std::time::Duration::from_secs(1),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::etcd_config::{
+use crate::etcd::config::{
     ClusterState, Member, MemberConfig, BOOTSTRAP_ENV_FILE, ENV_FILE, PKI_DIR, UNIT_NAME,
 };
 use crate::inventory::{EtcdBinary, Host, Inventory, Role};
@@ -406,7 +406,9 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, String> {
             format!("file {BOOTSTRAP_ENV_FILE} (sealed)"),
             Action::File {
                 path: BOOTSTRAP_ENV_FILE.into(),
-                content: crate::etcd_config::SEALED_BOOTSTRAP_ENV.as_bytes().to_vec(),
+                content: crate::etcd::config::SEALED_BOOTSTRAP_ENV
+                    .as_bytes()
+                    .to_vec(),
                 mode: 0o640,
             },
         );

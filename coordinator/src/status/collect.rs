@@ -21,7 +21,7 @@ use super::{
     StatusOptions, StatusReport, UnitRow, VipMaster, VipSection, SCHEMA_VERSION,
 };
 use crate::certs::{host_cert_paths, kubeadm_cert_paths, read_certificates, state_dir_rows};
-use crate::etcd_api::{EndpointStatus, EtcdClient, Member};
+use crate::etcd::api::{EndpointStatus, EtcdClient, Member};
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki::{inspect, AGENT_CA};
 use crate::render::{keepalived, nodeprep};
@@ -156,7 +156,7 @@ fn client_tls(
 pub(super) fn expected_units(inventory: &Inventory, host: &Host) -> Vec<String> {
     let mut units = Vec::new();
     if host.has_role(Role::Etcd) {
-        units.push(crate::etcd_config::UNIT_NAME.to_string());
+        units.push(crate::etcd::config::UNIT_NAME.to_string());
     }
     if host.has_role(Role::Master) && inventory.vip.is_some() {
         units.push(keepalived::UNIT_NAME.to_string());

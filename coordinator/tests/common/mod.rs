@@ -72,7 +72,7 @@ impl Writer {
             prefix.to_string(),
         );
         let task = tokio::spawn(async move {
-            let c = haop_coordinator::etcd_api::EtcdClient::connect(
+            let c = haop_coordinator::etcd::api::EtcdClient::connect(
                 &state,
                 &endpoints,
                 std::time::Duration::from_secs(2),
@@ -168,7 +168,7 @@ pub fn etcd351() -> PathBuf {
 }
 
 /// The cluster's members as (name, is learner), sorted.
-pub async fn members(client: &haop_coordinator::etcd_api::EtcdClient) -> Vec<(String, bool)> {
+pub async fn members(client: &haop_coordinator::etcd::api::EtcdClient) -> Vec<(String, bool)> {
     let mut v: Vec<(String, bool)> = client
         .member_list()
         .await
@@ -186,7 +186,10 @@ pub fn voters_named(n: usize) -> Vec<(String, bool)> {
 }
 
 /// Panics unless every acknowledged write is there.
-pub async fn assert_all_present(client: &haop_coordinator::etcd_api::EtcdClient, acked: &[String]) {
+pub async fn assert_all_present(
+    client: &haop_coordinator::etcd::api::EtcdClient,
+    acked: &[String],
+) {
     for key in acked {
         let got = client.get(key).await;
         assert!(

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use haop_proto::v1 as pb;
 
-use crate::agent_client::Client;
-use crate::etcd_api::EtcdClient;
-use crate::etcd_config::UNIT_NAME;
+use crate::agent::Client;
+use crate::etcd::api::EtcdClient;
+use crate::etcd::config::UNIT_NAME;
 use crate::inventory::Inventory;
 use crate::pki::inspect;
 use crate::runbook::{actions, Action, Runbook, RunbookError};

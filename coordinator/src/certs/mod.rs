@@ -8,6 +8,8 @@
 //! serving certificate, asked from all hosts at once with a timeout each, so one dead
 //! host shows as an error row and never delays the others.
 
+pub mod renew;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +18,8 @@ use haop_proto::v1 as pb;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::agent_client;
-use crate::etcd_config::PKI_DIR;
+use crate::agent;
+use crate::etcd::config::PKI_DIR;
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki::{inspect, CertInfo};
 use crate::render::kubeadm::{ETCD_CA_FILE, ETCD_CLIENT_CERT_FILE};
@@ -68,7 +70,7 @@ pub fn is_kubeadms(path: &str) -> bool {
 /// names its certificate by file. A certificate file holding none answers `Some("")`, which
 /// [`inspect`] reports.
 pub async fn read_certificates(
-    client: &agent_client::Client,
+    client: &agent::Client,
     path: &str,
 ) -> Result<Option<String>, tonic::Status> {
     let request = pb::ReadFileRequest {
@@ -200,7 +202,7 @@ async fn host_rows(
 ) -> Vec<CertRow> {
     let work = async {
         let mut out = Vec::new();
-        let mut c = match agent_client::connect(&trust, &endpoint, timeout).await {
+        let mut c = match agent::connect(&trust, &endpoint, timeout).await {
             Ok(c) => c,
             Err(e) => return vec![error_row(&name, &endpoint, crate::error_chain(&e))],
         };

@@ -1,5 +1,5 @@
 //! The quorum step: etcd members elect a leader and answer through the etcd API, with haop's
-//! client certificate. Polled, never slept on (see [`crate::etcd_api`]).
+//! client certificate. Polled, never slept on (see [`crate::etcd::api`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +13,7 @@ pub async fn quorum_is_healthy(
     members: usize,
     timeout: Duration,
 ) -> bool {
-    crate::etcd_api::wait_for_quorum_at(state_dir, endpoints, members, timeout)
+    crate::etcd::api::wait_for_quorum_at(state_dir, endpoints, members, timeout)
         .await
         .is_ok()
 }
@@ -26,7 +26,7 @@ pub async fn wait_for_quorum(
     members: usize,
     deadline: Duration,
 ) -> Result<bool, String> {
-    let report = crate::etcd_api::wait_for_quorum_at(state_dir, endpoints, members, deadline)
+    let report = crate::etcd::api::wait_for_quorum_at(state_dir, endpoints, members, deadline)
         .await
         .map_err(|e| crate::error_chain(&e))?;
     info!(

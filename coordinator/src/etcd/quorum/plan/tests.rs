@@ -1,5 +1,5 @@
 use super::*;
-use crate::quorum::check::check_plan;
+use crate::etcd::quorum::check::check_plan;
 
 const NOW: u64 = 1_000_000;
 

@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use haop_proto::v1 as pb;
 
-use crate::etcd_api::{EtcdApiError, EtcdClient};
-use crate::etcd_config::UNIT_NAME;
+use crate::etcd::api::{EtcdApiError, EtcdClient};
+use crate::etcd::config::UNIT_NAME;
+use crate::etcd::kube_endpoints::{self, EndpointsError};
+use crate::etcd::recover::{Progress, RecoverError, Recovery};
 use crate::inventory::edit::EditError;
 use crate::inventory::{Inventory, Role};
-use crate::recover::{Progress, RecoverError, Recovery};
-use crate::runbook::etcd_endpoints::{self, EndpointsError};
 use crate::runbook::{actions, Action, Phase, Runbook, RunbookError};
 
 /// Errors of add and remove; each says what to do.
@@ -119,7 +119,7 @@ pub async fn add(
             "{host} is a voter already (haop etcd recover {host} if it is unhealthy)"
         )));
         record(file, host, &roles, progress)?;
-        for line in etcd_endpoints::sync(state_dir, &inventory).await? {
+        for line in kube_endpoints::sync(state_dir, &inventory).await? {
             progress(Progress::Action(line));
         }
         return Ok(());
@@ -160,7 +160,7 @@ pub async fn add(
         .await?;
     record(file, host, &roles, progress)?;
     // The API servers use the new member once it is a voter.
-    for line in etcd_endpoints::sync(state_dir, &inventory).await? {
+    for line in kube_endpoints::sync(state_dir, &inventory).await? {
         progress(Progress::Action(line));
     }
     Ok(())
@@ -217,7 +217,7 @@ pub async fn remove(
         .iter()
         .filter(|m| m.id != target.id && m.is_healthy())
         .count();
-    let needed = crate::quorum::quorum(remaining);
+    let needed = crate::etcd::quorum::quorum(remaining);
     if remaining == 0 || healthy < needed {
         return Err(ScaleError::WouldLoseQuorum {
             host: host.into(),
@@ -233,7 +233,7 @@ pub async fn remove(
         .map(|m| m.name.clone())
         .unwrap_or_default();
     if let Some(h) = inventory.host(&source) {
-        let path = crate::recover::new_snapshot_path(
+        let path = crate::etcd::snapshots::new_snapshot_path(
             state_dir,
             inventory.cluster.as_str(),
             &format!("before-remove-{host}"),
@@ -242,7 +242,7 @@ pub async fn remove(
             what: "a snapshot".into(),
             source: EtcdApiError::SnapshotIo {
                 action: "create",
-                path: crate::recover::snapshot_dir(state_dir, inventory.cluster.as_str()),
+                path: crate::etcd::snapshots::snapshot_dir(state_dir, inventory.cluster.as_str()),
                 source: e,
             },
         })?;
@@ -267,7 +267,7 @@ pub async fn remove(
         roles = h.roles.clone();
     }
     after.hosts.retain(|h| !h.roles.is_empty());
-    for line in etcd_endpoints::sync(state_dir, &after).await? {
+    for line in kube_endpoints::sync(state_dir, &after).await? {
         progress(Progress::Action(line));
     }
     let started = std::time::Instant::now();
@@ -300,7 +300,7 @@ pub async fn remove(
     // The host itself: stop and disable etcd, move its data aside (fenced by the agent).
     let trust = crate::trust::Trust::load(state_dir).map_err(RecoverError::from)?;
     if let Some(h) = inventory.host(host) {
-        match crate::agent_client::connect(&trust, h.agent.as_str(), Duration::from_secs(5)).await {
+        match crate::agent::connect(&trust, h.agent.as_str(), Duration::from_secs(5)).await {
             Ok(mut c) => {
                 for a in [pb::Action::Stop, pb::Action::Disable] {
                     c.unit_action(pb::UnitActionRequest {

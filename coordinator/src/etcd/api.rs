@@ -568,10 +568,17 @@ impl EtcdClient {
 
     /// Defragments the member at `endpoint` (it blocks that member while it runs).
     pub async fn defragment(&self, endpoint: &str) -> Result<(), EtcdApiError> {
+        let db_size = self.status_of(endpoint).await?.db_size;
+        self.defragment_sized(endpoint, db_size).await
+    }
+
+    /// [`defragment`](Self::defragment) of a member whose database holds `db_size` bytes: etcd
+    /// rewrites the whole file, so the call may take as long as [`scaled_timeout`] allows.
+    pub async fn defragment_sized(&self, endpoint: &str, db_size: i64) -> Result<(), EtcdApiError> {
         self.on(
             endpoint,
             "defragment",
-            self.timeout.max(Duration::from_secs(60)),
+            scaled_timeout(self.timeout.max(Duration::from_secs(60)), db_size),
             |mut c| async move { c.defragment().await.map(|_| ()) },
         )
         .await
@@ -912,6 +919,17 @@ impl EtcdClient {
         info!(endpoint = %endpoint, path = %to.display(), size, sha256 = %info.sha256, "etcd snapshot saved");
         Ok(info)
     }
+}
+
+/// The slowest rate haop assumes a member moves its database at (disk or network), for waits
+/// that have no progress to follow: a defragmentation rewriting the file, a restore.
+pub const SLOWEST_BYTES_PER_SEC: u64 = 10 * 1024 * 1024;
+
+/// `base` plus the time [`SLOWEST_BYTES_PER_SEC`] needs for `db_size` bytes: a bound for an
+/// operation that moves the whole database and reports nothing while it runs. A 20 KiB database
+/// gets `base`; a 2 GiB one `base` + 205 s.
+pub fn scaled_timeout(base: Duration, db_size: i64) -> Duration {
+    base + Duration::from_secs(u64::try_from(db_size).unwrap_or(0) / SLOWEST_BYTES_PER_SEC)
 }
 
 /// Each request of a quorum wait: a member that is starting accepts connections but answers only

@@ -13,9 +13,9 @@ use std::time::Duration;
 use haop_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
-use crate::agent_client::{self, Client};
-use crate::etcd_api::EtcdClient;
-use crate::etcd_config::{BOOTSTRAP_ENV_FILE, SEALED_BOOTSTRAP_ENV, UNIT_NAME};
+use crate::agent::{self, Client};
+use crate::etcd::api::EtcdClient;
+use crate::etcd::config::{BOOTSTRAP_ENV_FILE, SEALED_BOOTSTRAP_ENV, UNIT_NAME};
 use crate::inventory::Inventory;
 use crate::trust::Trust;
 
@@ -43,10 +43,10 @@ pub enum RestoreError {
     Connect {
         host: String,
         #[source]
-        source: agent_client::ConnectError,
+        source: agent::ConnectError,
     },
     #[error("the restored cluster did not form a quorum")]
-    Quorum(#[source] crate::etcd_api::EtcdApiError),
+    Quorum(#[source] crate::etcd::api::EtcdApiError),
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
 }
@@ -61,7 +61,7 @@ pub async fn choose_snapshot(
     if let Some(p) = from {
         return Ok(p);
     }
-    let dir = crate::recover::snapshot_dir(state_dir, inventory.cluster.as_str());
+    let dir = crate::etcd::snapshots::snapshot_dir(state_dir, inventory.cluster.as_str());
     let newest = std::fs::read_dir(&dir).ok().and_then(|entries| {
         entries
             .flatten()
@@ -83,11 +83,15 @@ pub async fn choose_snapshot(
         .flatten()
         .max_by_key(|s| s.raft_index)
         .ok_or_else(|| RestoreError::NoSnapshot { dir: dir.clone() })?;
-    let path = crate::recover::new_snapshot_path(state_dir, inventory.cluster.as_str(), "survivor")
-        .map_err(|source| RestoreError::Read {
-            path: dir.clone(),
-            source,
-        })?;
+    let path = crate::etcd::snapshots::new_snapshot_path(
+        state_dir,
+        inventory.cluster.as_str(),
+        "survivor",
+    )
+    .map_err(|source| RestoreError::Read {
+        path: dir.clone(),
+        source,
+    })?;
     client
         .snapshot_from(&best.endpoint, &path)
         .await
@@ -120,7 +124,7 @@ pub async fn restore(
     let mut clients: Vec<(String, Client)> = Vec::new();
     for h in &hosts {
         let name = h.name.as_str().to_string();
-        let c = agent_client::connect(&trust, h.agent.as_str(), Duration::from_secs(5))
+        let c = agent::connect(&trust, h.agent.as_str(), Duration::from_secs(5))
             .await
             .map_err(|source| RestoreError::Connect {
                 host: name.clone(),
@@ -216,7 +220,7 @@ pub async fn restore(
         .map_err(host_err(name, "start etcd"))?;
     }
     progress("all members started; waiting for the quorum".into());
-    crate::etcd_api::wait_for_quorum_at(
+    crate::etcd::api::wait_for_quorum_at(
         state_dir,
         &inventory.etcd_client_urls(),
         hosts.len(),

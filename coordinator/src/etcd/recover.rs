@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use haop_proto::v1 as pb;
 
-use crate::agent_client::{self, Client};
-use crate::etcd_api::{self, EtcdApiError, EtcdClient};
-use crate::etcd_config::{ClusterState, BOOTSTRAP_ENV_FILE, ENV_FILE, UNIT_NAME};
+use crate::agent::{self, Client};
+use crate::etcd::api::{self, EtcdApiError, EtcdClient};
+use crate::etcd::config::{ClusterState, BOOTSTRAP_ENV_FILE, ENV_FILE, UNIT_NAME};
+use crate::etcd::quorum::{self, Action, DesiredMember, Observation, ObservedMember, Refusal};
 use crate::inventory::Inventory;
-use crate::quorum::{self, Action, DesiredMember, Observation, ObservedMember, Refusal};
 use crate::runbook::steps::member_config;
 use crate::trust::Trust;
 
@@ -58,7 +58,7 @@ pub enum RecoverError {
     Connect {
         host: String,
         #[source]
-        source: agent_client::ConnectError,
+        source: agent::ConnectError,
     },
     #[error("fence: {0}; nothing was wiped")]
     Fence(String),
@@ -115,7 +115,7 @@ impl Recovery {
             .inventory
             .host(host)
             .ok_or_else(|| RecoverError::UnknownHost { host: host.into() })?;
-        let c = agent_client::connect(&self.trust, h.agent.as_str(), Duration::from_secs(5))
+        let c = agent::connect(&self.trust, h.agent.as_str(), Duration::from_secs(5))
             .await
             .map_err(|source| RecoverError::Connect {
                 host: host.into(),
@@ -141,7 +141,7 @@ impl Recovery {
             .filter(|e| !e.is_empty())
             .cloned()
             .collect();
-        let mut answers: HashMap<String, etcd_api::EndpointStatus> = HashMap::new();
+        let mut answers: HashMap<String, api::EndpointStatus> = HashMap::new();
         for (ep, r) in asked.iter().zip(self.etcd.statuses(&asked).await) {
             if let Ok(s) = r {
                 answers.insert(ep.clone(), s);
@@ -352,16 +352,22 @@ impl Recovery {
             }
             Action::Snapshot { from } => {
                 let ep = self.endpoint_of(from).unwrap_or_default();
-                let path =
-                    new_snapshot_path(&self.state_dir, self.inventory.cluster.as_str(), from)
-                        .map_err(|e| RecoverError::Etcd {
-                            what: format!("a snapshot from {from}"),
-                            source: EtcdApiError::SnapshotIo {
-                                action: "create",
-                                path: self.snapshot_dir(),
-                                source: e,
-                            },
-                        })?;
+                let path = crate::etcd::snapshots::new_snapshot_path(
+                    &self.state_dir,
+                    self.inventory.cluster.as_str(),
+                    from,
+                )
+                .map_err(|e| RecoverError::Etcd {
+                    what: format!("a snapshot from {from}"),
+                    source: EtcdApiError::SnapshotIo {
+                        action: "create",
+                        path: crate::etcd::snapshots::snapshot_dir(
+                            &self.state_dir,
+                            self.inventory.cluster.as_str(),
+                        ),
+                        source: e,
+                    },
+                })?;
                 let info = self
                     .etcd
                     .snapshot_from(&ep, &path)
@@ -376,7 +382,7 @@ impl Recovery {
                     info.size,
                     &info.sha256[..12]
                 )));
-                self.prune_snapshots();
+                crate::etcd::snapshots::prune(&self.state_dir, self.inventory.cluster.as_str());
             }
             Action::WaitUntilInactive { member, until_ms } => {
                 progress(Progress::Waiting(format!(
@@ -415,7 +421,7 @@ impl Recovery {
                             .await
                     })
                     .await?;
-                *added_cluster = Some(etcd_api::initial_cluster(&members, id, name));
+                *added_cluster = Some(api::initial_cluster(&members, id, name));
             }
             Action::StartExisting {
                 name,
@@ -666,12 +672,14 @@ impl Recovery {
     }
 
     /// Seals the member's bootstrap file again once it is a voter (see
-    /// [`crate::etcd_config::SEALED_BOOTSTRAP_ENV`]).
+    /// [`crate::etcd::config::SEALED_BOOTSTRAP_ENV`]).
     async fn seal(&self, host: &str) -> Result<(), RecoverError> {
         let mut c = self.agent(host).await?;
         c.write_file(pb::WriteFileRequest {
             path: BOOTSTRAP_ENV_FILE.into(),
-            content: crate::etcd_config::SEALED_BOOTSTRAP_ENV.as_bytes().to_vec(),
+            content: crate::etcd::config::SEALED_BOOTSTRAP_ENV
+                .as_bytes()
+                .to_vec(),
             mode: 0o640,
             create_parents: true,
             ..Default::default()
@@ -684,48 +692,7 @@ impl Recovery {
         })?;
         Ok(())
     }
-
-    fn snapshot_dir(&self) -> PathBuf {
-        snapshot_dir(&self.state_dir, self.inventory.cluster.as_str())
-    }
-
-    /// Keeps the newest [`SNAPSHOTS_KEPT`] snapshots of the cluster.
-    fn prune_snapshots(&self) {
-        let Ok(entries) = std::fs::read_dir(self.snapshot_dir()) else {
-            return;
-        };
-        let mut files: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "db"))
-            .collect();
-        files.sort();
-        let excess = files.len().saturating_sub(SNAPSHOTS_KEPT);
-        for old in &files[..excess] {
-            let _ = std::fs::remove_file(old);
-        }
-    }
-}
-
-/// Where the state dir keeps a cluster's snapshots: `<state-dir>/snapshots/<cluster>/`.
-pub fn snapshot_dir(state_dir: &Path, cluster: &str) -> PathBuf {
-    state_dir.join("snapshots").join(cluster)
-}
-
-/// A new snapshot file in [`snapshot_dir`] (created when missing), named by time and `tag`.
-pub fn new_snapshot_path(state_dir: &Path, cluster: &str, tag: &str) -> std::io::Result<PathBuf> {
-    let dir = snapshot_dir(state_dir, cluster);
-    std::fs::create_dir_all(&dir)?;
-    let stamp = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!(
-            "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
-        ))
-        .unwrap_or_default();
-    Ok(dir.join(format!("{stamp}-{tag}.db")))
 }
 
 /// How long the planner must keep refusing before recovery gives up.
 const REFUSAL_HOLD: Duration = Duration::from_secs(6);
-
-/// How many snapshots of a cluster the state dir keeps.
-pub const SNAPSHOTS_KEPT: usize = 10;

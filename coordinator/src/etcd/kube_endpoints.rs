@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use haop_proto::v1 as pb;
 
-use super::actions::StepError;
-use super::kubeadm::{self, ADMIN_CONF, KUBEADM_PATHS};
-use super::steps::Phase;
-use super::{Runbook, RunbookError};
-use crate::agent_client;
+use crate::agent;
 use crate::inventory::Inventory;
 use crate::render::kubeadm::CONFIG_PATH;
+use crate::runbook::actions::StepError;
+use crate::runbook::kubeadm::{self, ADMIN_CONF, KUBEADM_PATHS};
+use crate::runbook::steps::Phase;
+use crate::runbook::{Runbook, RunbookError};
 
 /// Where kubeadm writes the API server's static pod manifest on a master.
 pub const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
@@ -42,7 +42,7 @@ pub enum EndpointsError {
     Connect {
         host: String,
         #[source]
-        source: agent_client::ConnectError,
+        source: agent::ConnectError,
     },
 }
 
@@ -99,13 +99,12 @@ pub async fn sync(
     };
     for master in inventory.masters() {
         let name = master.name.as_str();
-        let mut c =
-            agent_client::connect(&rb.ctx.trust, master.agent.as_str(), Duration::from_secs(5))
-                .await
-                .map_err(|source| EndpointsError::Connect {
-                    host: name.to_string(),
-                    source,
-                })?;
+        let mut c = agent::connect(&rb.ctx.trust, master.agent.as_str(), Duration::from_secs(5))
+            .await
+            .map_err(|source| EndpointsError::Connect {
+                host: name.to_string(),
+                source,
+            })?;
         // The first master's kubeadm-config.yaml, and the ConfigMap made from it.
         if let Some(step) = rb
             .steps

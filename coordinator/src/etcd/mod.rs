@@ -1,0 +1,31 @@
+//! The etcd lifecycle: everything haop does to a running etcd cluster lives here.
+//!
+//! Why one home: bootstrap is a runbook phase, but every later operation (recover, heal, add,
+//! remove, replace, restore, compact/defrag/alarms, and the day-2 work: upgrades, CA rotation,
+//! adoption, verified snapshots, the operator loop) is a sequence of the same few moves over
+//! the same data: observe the members through the etcd API, ask the pure [`quorum`] planner
+//! what is safe next, act through the etcd API ([`api`]) and the hosts' agents
+//! ([`crate::agent`]), wait until the cluster has caught up, repeat. Keeping them together keeps
+//! one copy of each move and one set of waits that scale with the database.
+//!
+//! * [`api`]: the etcd v3 API with haop's client certificate (member list, status, membership
+//!   changes, snapshots, maintenance); errors classified so callers can tell "retry" from "stop".
+//! * [`config`]: what a member's `etcd.env`, bootstrap file and unit look like (pure).
+//! * [`quorum`]: the sans-IO planner, answering recover, heal, add and remove.
+//! * [`quorum_wait`]: apply's quorum step.
+//! * [`recover`] (recover and heal), [`scale`] (add, remove, replace), [`restore`] (lost
+//!   quorum), [`maintenance`] (compact, defrag, alarms): the operations.
+//! * [`snapshots`]: where snapshots live in the state dir and how many are kept.
+//! * [`kube_endpoints`]: the masters' view of the members (kubeadm's etcd endpoints), kept in
+//!   step by add, remove and replace.
+
+pub mod api;
+pub mod config;
+pub mod kube_endpoints;
+pub mod maintenance;
+pub mod quorum;
+pub mod quorum_wait;
+pub mod recover;
+pub mod restore;
+pub mod scale;
+pub mod snapshots;
