@@ -87,10 +87,10 @@ async fn endpoint(state_dir: &Path, args: &AgentArgs) -> anyhow::Result<String> 
 pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let ep = endpoint(state_dir, &args).await?;
     let trust = haop_coordinator::trust::Trust::load(state_dir)?;
-    let mut client = agent::connect(&trust, &ep, Duration::from_secs(5)).await?;
+    let client = agent::HostAgent::connect(&trust, &ep, &ep, Duration::from_secs(5)).await?;
     match &args.command {
         AgentCommand::Facts => {
-            let f = client.get_facts(pb::GetFactsRequest {}).await?.into_inner();
+            let f = client.facts().await?;
             if args.output == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&facts_json(&f))?);
             } else {
@@ -104,17 +104,17 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
         } => {
             let content = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read unit file {}", file.display()))?;
+            let req = pb::EnsureUnitRequest {
+                name: name.clone(),
+                content,
+                data_dirs: data_dirs.clone(),
+            };
             let r = client
-                .ensure_unit(pb::EnsureUnitRequest {
-                    name: name.clone(),
-                    content,
-                    data_dirs: data_dirs.clone(),
-                })
-                .await
-                .map_err(|s| {
-                    anyhow::anyhow!("installing {name} on {ep}: {}", agent::describe_failure(&s))
-                })?
-                .into_inner();
+                .call(
+                    "EnsureUnit",
+                    |mut c| async move { c.ensure_unit(req).await },
+                )
+                .await?;
             println!(
                 "{name}: {} ({})",
                 if r.changed { "installed" } else { "unchanged" },
@@ -123,13 +123,7 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
         }
         AgentCommand::Unit { name, action } => {
             let status = if *action == UnitVerb::Status {
-                client
-                    .unit_status(pb::UnitStatusRequest { name: name.clone() })
-                    .await
-                    .map_err(|s| {
-                        anyhow::anyhow!("status of {name} on {ep}: {}", agent::describe_failure(&s))
-                    })?
-                    .into_inner()
+                client.unit_status(name).await?
             } else {
                 let act = match action {
                     UnitVerb::Start => pb::Action::Start,
@@ -139,19 +133,16 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                     UnitVerb::Disable => pb::Action::Disable,
                     UnitVerb::Status => unreachable!("handled above"),
                 };
+                let req = pb::UnitActionRequest {
+                    name: name.clone(),
+                    action: act as i32,
+                };
                 let r = client
-                    .unit_action(pb::UnitActionRequest {
-                        name: name.clone(),
-                        action: act as i32,
-                    })
-                    .await
-                    .map_err(|s| {
-                        anyhow::anyhow!(
-                            "{action:?} {name} on {ep}: {}",
-                            agent::describe_failure(&s)
-                        )
-                    })?
-                    .into_inner();
+                    .call(
+                        "UnitAction",
+                        |mut c| async move { c.unit_action(req).await },
+                    )
+                    .await?;
                 eprintln!(
                     "{name}: {}",
                     if r.changed { "changed" } else { "unchanged" }

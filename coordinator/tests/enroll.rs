@@ -10,7 +10,8 @@ use haop_agent::config::AgentConfig;
 use haop_agent::kernel::LabKernel;
 use haop_agent::units::supervisor::Supervisor;
 use haop_coordinator::agent;
-use haop_coordinator::trust::{self, Enrolled, ExpectedAgent, InitOptions, Trust, TrustError};
+use haop_coordinator::agent::{Enrolled, ExpectedAgent};
+use haop_coordinator::trust::{self, InitOptions, Trust, TrustError};
 use haop_proto::enroll::Token;
 use haop_proto::v1 as pb;
 
@@ -81,7 +82,7 @@ async fn enrolls_then_speaks_mtls_with_the_admin_certificate() {
     let (token, _) = trust.tokens().create(Duration::from_secs(600)).unwrap();
     let agent = agent_with(&token.expose(), &report.agent_ca_pin).await;
 
-    let done = trust::enroll(&trust, &agent.endpoint, &expected(), T)
+    let done = agent::enroll(&trust, &agent.endpoint, &expected(), T)
         .await
         .unwrap();
     assert_eq!(
@@ -108,7 +109,7 @@ async fn enrolls_then_speaks_mtls_with_the_admin_certificate() {
     assert_eq!(who.hostname, "etcd1");
     // A second enrollment finds it enrolled and changes nothing.
     assert_eq!(
-        trust::enroll(&trust, &agent.endpoint, &expected(), T)
+        agent::enroll(&trust, &agent.endpoint, &expected(), T)
             .await
             .unwrap(),
         Enrolled::Already
@@ -124,7 +125,7 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
     // Expired.
     let (expired, _) = trust.tokens().create(Duration::from_secs(0)).unwrap();
     let agent = agent_with(&expired.expose(), &report.agent_ca_pin).await;
-    let err = trust::enroll(&trust, &agent.endpoint, &expected(), T)
+    let err = agent::enroll(&trust, &agent.endpoint, &expected(), T)
         .await
         .unwrap_err();
     assert!(matches!(err, TrustError::ExpiredToken { .. }), "{err}");
@@ -132,7 +133,7 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
 
     // Unknown to this state dir.
     let stranger = agent_with("zzzzzz.0123456789abcdef", &report.agent_ca_pin).await;
-    let err = trust::enroll(&trust, &stranger.endpoint, &expected(), T)
+    let err = agent::enroll(&trust, &stranger.endpoint, &expected(), T)
         .await
         .unwrap_err();
     assert!(matches!(err, TrustError::UnknownToken { .. }), "{err}");
@@ -141,7 +142,7 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
     let (good, _) = trust.tokens().create(Duration::from_secs(600)).unwrap();
     let forged = format!("{}.zzzzzzzzzzzzzzzz", good.id);
     let impostor = agent_with(&forged, &report.agent_ca_pin).await;
-    let err = trust::enroll(&trust, &impostor.endpoint, &expected(), T)
+    let err = agent::enroll(&trust, &impostor.endpoint, &expected(), T)
         .await
         .unwrap_err();
     assert!(matches!(err, TrustError::WrongToken { .. }), "{err}");
@@ -149,7 +150,7 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
     // An agent pinned to another CA refuses this coordinator.
     let other_pin = format!("sha256:{}", "00".repeat(32));
     let wary = agent_with(&good.expose(), &other_pin).await;
-    let err = trust::enroll(&trust, &wary.endpoint, &expected(), T)
+    let err = agent::enroll(&trust, &wary.endpoint, &expected(), T)
         .await
         .unwrap_err();
     let text = format!("{err}: {:?}", std::error::Error::source(&err));
@@ -179,7 +180,7 @@ async fn names_outside_what_is_expected_are_not_signed() {
     // The coordinator expects etcd1 at 127.0.0.1 but the agent is asked (by a confused or
     // hostile coordinator config) for another name: the CSR carries it and signing refuses.
     let mut channel = haop_proto::v1::enrollment_client::EnrollmentClient::connect(
-        trust::bootstrap_endpoint(&agent.endpoint),
+        agent::bootstrap_endpoint(&agent.endpoint),
     )
     .await
     .unwrap();

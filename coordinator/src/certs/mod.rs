@@ -18,7 +18,7 @@ use haop_proto::v1 as pb;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::agent;
+use crate::agent::{AgentError, HostAgent};
 use crate::etcd::config::PKI_DIR;
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki::{inspect, CertInfo};
@@ -70,25 +70,21 @@ pub fn is_kubeadms(path: &str) -> bool {
 /// names its certificate by file. A certificate file holding none answers `Some("")`, which
 /// [`inspect`] reports.
 pub async fn read_certificates(
-    client: &agent::Client,
+    agent: &HostAgent,
     path: &str,
-) -> Result<Option<String>, tonic::Status> {
+) -> Result<Option<String>, AgentError> {
     let request = pb::ReadFileRequest {
         path: path.to_string(),
         max_bytes: 256 * 1024,
         certificates_only: true,
     };
-    match client.clone().read_file(request).await {
-        Ok(r) => {
-            let content = r.into_inner().content;
-            if content.is_empty() && KUBEADM_KUBECONFIGS.contains(&path) {
-                return Ok(None);
-            }
-            Ok(Some(String::from_utf8_lossy(&content).into_owned()))
-        }
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-        Err(s) => Err(s),
+    let Some(r) = agent.read(request).await? else {
+        return Ok(None);
+    };
+    if r.content.is_empty() && KUBEADM_KUBECONFIGS.contains(&path) {
+        return Ok(None);
     }
+    Ok(Some(String::from_utf8_lossy(&r.content).into_owned()))
 }
 
 /// The certificates haop puts on `host` (besides the agent's own): [`HOST_CERTS`] in the etcd
@@ -202,24 +198,24 @@ async fn host_rows(
 ) -> Vec<CertRow> {
     let work = async {
         let mut out = Vec::new();
-        let mut c = match agent::connect(&trust, &endpoint, timeout).await {
+        let c = match HostAgent::connect(&trust, &name, &endpoint, timeout).await {
             Ok(c) => c,
-            Err(e) => return vec![error_row(&name, &endpoint, crate::error_chain(&e))],
+            Err(e) => return vec![error_row(&name, &endpoint, e.detail())],
         };
-        match c.who_am_i(pb::WhoAmIRequest {}).await {
+        match c.who_am_i().await {
             Ok(w) => {
-                let pem = w.into_inner().serving_cert_pem;
+                let pem = w.serving_cert_pem;
                 if !pem.is_empty() {
                     out.extend(rows_of(&name, "agent serving certificate", &pem, now));
                 }
             }
-            Err(s) => out.push(error_row(&name, "agent", s.message().to_string())),
+            Err(e) => out.push(error_row(&name, "agent", e.detail())),
         }
         for path in paths {
             match read_certificates(&c, &path).await {
                 Ok(Some(pem)) => out.extend(rows_of(&name, &path, &pem, now)),
                 Ok(None) => {}
-                Err(s) => out.push(error_row(&name, &path, s.message().to_string())),
+                Err(e) => out.push(error_row(&name, &path, e.detail())),
             }
         }
         out

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use haop_proto::v1 as pb;
 
-use crate::agent::Client;
+use crate::agent::{AgentError, HostAgent};
 use crate::etcd::api::EtcdClient;
 use crate::etcd::config::UNIT_NAME;
 use crate::inventory::Inventory;
@@ -46,6 +46,8 @@ pub enum RenewError {
     Runbook(#[from] RunbookError),
     #[error("{host}: {message}")]
     Host { host: String, message: String },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error("{host} did not come back healthy within {seconds} s after its restart; the other members were not touched. Check it with `haop etcd members`, then run renew again")]
     NotHealthy { host: String, seconds: u64 },
 }
@@ -57,7 +59,7 @@ fn host_err(host: &str) -> impl Fn(String) -> RenewError + '_ {
     }
 }
 
-async fn days_left(c: &mut Client, path: &str) -> Option<i64> {
+async fn days_left(c: &HostAgent, path: &str) -> Option<i64> {
     let pem = crate::certs::read_certificates(c, path).await.ok()??;
     inspect(&pem)
         .ok()?
@@ -106,7 +108,7 @@ pub async fn renew(
     };
     let mut renewed = Vec::new();
     for (host, certs) in by_host {
-        let mut c = clients
+        let c = clients
             .get(&host)
             .cloned()
             .ok_or_else(|| host_err(&host)("no agent connection".into()))?;
@@ -115,12 +117,12 @@ pub async fn renew(
             let Action::Certificate { cert_path, .. } = action else {
                 continue;
             };
-            let before = days_left(&mut c, cert_path).await;
+            let before = days_left(&c, cert_path).await;
             let due = opts.all || before.is_none_or(|d| d < opts.expiring_within_days);
             if !due {
                 continue;
             }
-            actions::issue_certificate(&mut c, &rb.ctx, action, true)
+            actions::issue_certificate(&c, &rb.ctx, action, true)
                 .await
                 .map_err(|e| host_err(&host)(crate::error_chain(&e)))?;
             progress(format!("{host}: renewed {cert_path}"));
@@ -137,12 +139,7 @@ pub async fn renew(
         };
         // One member at a time: restart, then wait for it and for the whole quorum.
         progress(format!("{host}: restarting {UNIT_NAME}"));
-        c.unit_action(pb::UnitActionRequest {
-            name: UNIT_NAME.into(),
-            action: pb::Action::Restart as i32,
-        })
-        .await
-        .map_err(|s| host_err(&host)(s.message().to_string()))?;
+        c.unit_action(UNIT_NAME, pb::Action::Restart).await?;
         let started = Instant::now();
         loop {
             let healthy = etcd.health(endpoint).await.is_ok()

@@ -13,9 +13,7 @@
 
 use std::time::Duration;
 
-use haop_proto::v1 as pb;
-
-use crate::agent;
+use crate::agent::{AgentError, HostAgent};
 use crate::inventory::Inventory;
 use crate::render::kubeadm::CONFIG_PATH;
 use crate::runbook::actions::StepError;
@@ -38,12 +36,8 @@ pub enum EndpointsError {
         #[source]
         source: StepError,
     },
-    #[error("cannot reach the agent of master {host}")]
-    Connect {
-        host: String,
-        #[source]
-        source: agent::ConnectError,
-    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
 }
 
 /// `manifest` with its `--etcd-servers=` argument set to `endpoints`; `None` when it has no
@@ -90,28 +84,22 @@ pub async fn sync(
         let (host, what) = (host.to_string(), what.to_string());
         move |source| EndpointsError::Host { host, what, source }
     };
-    let rpc = |name: &'static str| {
-        move |s: tonic::Status| StepError::Rpc {
-            rpc: name,
-            code: s.code(),
-            message: s.message().to_string(),
-        }
-    };
     for master in inventory.masters() {
         let name = master.name.as_str();
-        let mut c = agent::connect(&rb.ctx.trust, master.agent.as_str(), Duration::from_secs(5))
-            .await
-            .map_err(|source| EndpointsError::Connect {
-                host: name.to_string(),
-                source,
-            })?;
+        let c = HostAgent::connect(
+            &rb.ctx.trust,
+            name,
+            master.agent.as_str(),
+            Duration::from_secs(5),
+        )
+        .await?;
         // The first master's kubeadm-config.yaml, and the ConfigMap made from it.
         if let Some(step) = rb
             .steps
             .iter()
             .find(|s| s.phase == Phase::KubeadmConfig && s.host == name)
         {
-            let changed = kubeadm::run(&step.action, name, &mut c, &rb.ctx)
+            let changed = kubeadm::run(&step.action, name, &c, &rb.ctx)
                 .await
                 .map_err(host_err(name, "writing kubeadm-config.yaml"))?;
             if changed {
@@ -119,15 +107,15 @@ pub async fn sync(
                     "{name}: {CONFIG_PATH} lists {}",
                     endpoints.join(",")
                 ));
-                if kubeadm::exists(&mut c, ADMIN_CONF)
+                if kubeadm::exists(&c, ADMIN_CONF)
                     .await
                     .map_err(host_err(name, "checking for admin.conf"))?
                 {
-                    let program = kubeadm::find_program(&mut c, &KUBEADM_PATHS, "install kubeadm")
+                    let program = kubeadm::find_program(&c, &KUBEADM_PATHS, "install kubeadm")
                         .await
                         .map_err(host_err(name, "finding kubeadm"))?;
                     kubeadm::exec(
-                        &mut c,
+                        &c,
                         &program,
                         [
                             "init",
@@ -150,23 +138,20 @@ pub async fn sync(
             }
         }
         // The API server's static pod.
-        if !kubeadm::exists(&mut c, APISERVER_MANIFEST)
+        if !kubeadm::exists(&c, APISERVER_MANIFEST)
             .await
             .map_err(host_err(name, "checking the kube-apiserver manifest"))?
         {
             continue;
         }
-        let current = c
-            .read_file(pb::ReadFileRequest {
-                path: APISERVER_MANIFEST.into(),
-                max_bytes: 0,
-                certificates_only: false,
-            })
+        let Some((text, mode)) = c
+            .read_text(APISERVER_MANIFEST)
             .await
-            .map_err(rpc("ReadFile"))
+            .map_err(StepError::from)
             .map_err(host_err(name, "reading the kube-apiserver manifest"))?
-            .into_inner();
-        let text = String::from_utf8_lossy(&current.content);
+        else {
+            continue;
+        };
         let Some(wanted) = set_etcd_servers(&text, &endpoints) else {
             return Err(EndpointsError::Host {
                 host: name.to_string(),
@@ -175,18 +160,13 @@ pub async fn sync(
             });
         };
         if wanted != text {
-            c.write_file(pb::WriteFileRequest {
-                path: APISERVER_MANIFEST.into(),
-                content: wanted.into_bytes(),
-                mode: if current.mode == 0 {
-                    0o600
-                } else {
-                    current.mode
-                },
-                ..Default::default()
-            })
+            c.write_file(
+                APISERVER_MANIFEST,
+                wanted,
+                if mode == 0 { 0o600 } else { mode },
+            )
             .await
-            .map_err(rpc("WriteFile"))
+            .map_err(StepError::from)
             .map_err(host_err(name, "writing the kube-apiserver manifest"))?;
             said.push(format!(
                 "{name}: kube-apiserver --etcd-servers={}",

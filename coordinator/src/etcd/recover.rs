@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use haop_proto::v1 as pb;
 
-use crate::agent::{self, Client};
+use crate::agent::{AgentError, Agents, HostAgent};
 use crate::etcd::api::{self, EtcdApiError, EtcdClient};
 use crate::etcd::config::{ClusterState, BOOTSTRAP_ENV_FILE, ENV_FILE, UNIT_NAME};
 use crate::etcd::quorum::{self, Action, DesiredMember, Observation, ObservedMember, Refusal};
@@ -48,18 +48,8 @@ pub enum RecoverError {
         #[source]
         source: EtcdApiError,
     },
-    #[error("agent of {host} refused {what}: {message}")]
-    Agent {
-        host: String,
-        what: &'static str,
-        message: String,
-    },
-    #[error("cannot reach the agent of {host}")]
-    Connect {
-        host: String,
-        #[source]
-        source: agent::ConnectError,
-    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error("fence: {0}; nothing was wiped")]
     Fence(String),
     #[error("{what} did not happen within {seconds} s; run the command again to continue")]
@@ -81,9 +71,8 @@ pub enum Progress {
 pub struct Recovery {
     state_dir: PathBuf,
     inventory: Inventory,
-    trust: Arc<Trust>,
     etcd: EtcdClient,
-    agents: tokio::sync::Mutex<HashMap<String, Client>>,
+    agents: Agents,
 }
 
 fn now_ms() -> u64 {
@@ -99,30 +88,14 @@ impl Recovery {
             .map_err(RecoverError::NoAnswer)?;
         Ok(Recovery {
             state_dir: state_dir.to_path_buf(),
+            agents: Agents::new(trust, &inventory),
             inventory,
-            trust,
             etcd,
-            agents: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    async fn agent(&self, host: &str) -> Result<Client, RecoverError> {
-        let mut agents = self.agents.lock().await;
-        if let Some(c) = agents.get(host) {
-            return Ok(c.clone());
-        }
-        let h = self
-            .inventory
-            .host(host)
-            .ok_or_else(|| RecoverError::UnknownHost { host: host.into() })?;
-        let c = agent::connect(&self.trust, h.agent.as_str(), Duration::from_secs(5))
-            .await
-            .map_err(|source| RecoverError::Connect {
-                host: host.into(),
-                source,
-            })?;
-        agents.insert(host.to_string(), c.clone());
-        Ok(c)
+    async fn agent(&self, host: &str) -> Result<HostAgent, RecoverError> {
+        Ok(self.agents.get(host).await?)
     }
 
     /// The cluster as the planner sees it.
@@ -523,17 +496,10 @@ impl Recovery {
     }
 
     async fn unit(&self, host: &str, action: pb::Action) -> Result<(), RecoverError> {
-        let mut c = self.agent(host).await?;
-        c.unit_action(pb::UnitActionRequest {
-            name: UNIT_NAME.into(),
-            action: action as i32,
-        })
-        .await
-        .map_err(|s| RecoverError::Agent {
-            host: host.into(),
-            what: "UnitAction",
-            message: s.message().to_string(),
-        })?;
+        self.agent(host)
+            .await?
+            .unit_action(UNIT_NAME, action)
+            .await?;
         Ok(())
     }
 
@@ -543,17 +509,9 @@ impl Recovery {
         member_id: Option<u64>,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
-        let mut c = self.agent(host).await?;
+        let c = self.agent(host).await?;
         // Fence 1: the agent we reach is the host we mean.
-        let who = c
-            .who_am_i(pb::WhoAmIRequest {})
-            .await
-            .map_err(|s| RecoverError::Agent {
-                host: host.into(),
-                what: "WhoAmI",
-                message: s.message().to_string(),
-            })?
-            .into_inner();
+        let who = c.who_am_i().await?;
         if who.hostname != host {
             return Err(RecoverError::Fence(format!(
                 "the agent for {host} says it is {:?}",
@@ -582,19 +540,7 @@ impl Recovery {
         }
         // Fence 3 (in the agent): the unit is stopped, the dir is the unit's declared data dir.
         let data_dir = self.inventory.etcd.data_dir.display().to_string();
-        let r = c
-            .wipe_data_dir(pb::WipeDataDirRequest {
-                unit: UNIT_NAME.into(),
-                path: data_dir.clone(),
-                delete: false,
-            })
-            .await
-            .map_err(|s| RecoverError::Agent {
-                host: host.into(),
-                what: "WipeDataDir",
-                message: s.message().to_string(),
-            })?
-            .into_inner();
+        let r = c.wipe_data_dir(UNIT_NAME, &data_dir, false).await?;
         progress(Progress::Action(if r.changed {
             format!("wiped {data_dir} on {host} (moved to {})", r.moved_to)
         } else {
@@ -617,16 +563,8 @@ impl Recovery {
             .clone();
         let mut cfg = member_config(&self.inventory, &h);
         cfg.state = ClusterState::Existing;
-        let mut c = self.agent(name).await?;
+        let c = self.agent(name).await?;
         let mut changed = false;
-        let agent_err = |what: &'static str| {
-            let host = name.to_string();
-            move |s: tonic::Status| RecoverError::Agent {
-                host,
-                what,
-                message: s.message().to_string(),
-            }
-        };
         for (path, content) in [
             (ENV_FILE, cfg.env_file()),
             (
@@ -634,39 +572,17 @@ impl Recovery {
                 cfg.bootstrap_env_file(Some(initial_cluster)),
             ),
         ] {
-            changed |= c
-                .write_file(pb::WriteFileRequest {
-                    path: path.into(),
-                    content: content.into_bytes(),
-                    mode: 0o640,
-                    create_parents: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(agent_err("WriteFile"))?
-                .into_inner()
-                .changed;
+            changed |= c.write_file(path, content, 0o640).await?;
         }
         changed |= c
-            .ensure_unit(pb::EnsureUnitRequest {
-                name: UNIT_NAME.into(),
-                content: cfg.unit_file(),
-                data_dirs: vec![cfg.data_dir.clone()],
-            })
-            .await
-            .map_err(agent_err("EnsureUnit"))?
-            .into_inner()
-            .changed;
+            .ensure_unit(
+                UNIT_NAME,
+                &cfg.unit_file(),
+                std::slice::from_ref(&cfg.data_dir),
+            )
+            .await?;
         for a in [pb::Action::Enable, pb::Action::Start] {
-            changed |= c
-                .unit_action(pb::UnitActionRequest {
-                    name: UNIT_NAME.into(),
-                    action: a as i32,
-                })
-                .await
-                .map_err(agent_err("UnitAction"))?
-                .into_inner()
-                .changed;
+            changed |= c.unit_action(UNIT_NAME, a).await?;
         }
         Ok(changed)
     }
@@ -674,22 +590,14 @@ impl Recovery {
     /// Seals the member's bootstrap file again once it is a voter (see
     /// [`crate::etcd::config::SEALED_BOOTSTRAP_ENV`]).
     async fn seal(&self, host: &str) -> Result<(), RecoverError> {
-        let mut c = self.agent(host).await?;
-        c.write_file(pb::WriteFileRequest {
-            path: BOOTSTRAP_ENV_FILE.into(),
-            content: crate::etcd::config::SEALED_BOOTSTRAP_ENV
-                .as_bytes()
-                .to_vec(),
-            mode: 0o640,
-            create_parents: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| RecoverError::Agent {
-            host: host.into(),
-            what: "WriteFile",
-            message: s.message().to_string(),
-        })?;
+        self.agent(host)
+            .await?
+            .write_file(
+                BOOTSTRAP_ENV_FILE,
+                crate::etcd::config::SEALED_BOOTSTRAP_ENV,
+                0o640,
+            )
+            .await?;
         Ok(())
     }
 }

@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use haop_proto::v1 as pb;
-use sha2::{Digest, Sha256};
 
-use crate::agent::{self, Client};
+use crate::agent::{AgentError, HostAgent};
 use crate::etcd::api::EtcdClient;
 use crate::etcd::config::{BOOTSTRAP_ENV_FILE, SEALED_BOOTSTRAP_ENV, UNIT_NAME};
 use crate::inventory::Inventory;
@@ -39,11 +38,11 @@ pub enum RestoreError {
         what: &'static str,
         message: String,
     },
-    #[error("cannot reach the agent of {host}")]
-    Connect {
-        host: String,
+    #[error("{what}")]
+    Agent {
+        what: &'static str,
         #[source]
-        source: agent::ConnectError,
+        source: AgentError,
     },
     #[error("the restored cluster did not form a quorum")]
     Quorum(#[source] crate::etcd::api::EtcdApiError),
@@ -99,12 +98,8 @@ pub async fn choose_snapshot(
     Ok(path)
 }
 
-fn host_err<'a>(host: &'a str, what: &'static str) -> impl Fn(tonic::Status) -> RestoreError + 'a {
-    move |s| RestoreError::Host {
-        host: host.to_string(),
-        what,
-        message: s.message().to_string(),
-    }
+fn host_err(what: &'static str) -> impl Fn(AgentError) -> RestoreError {
+    move |source| RestoreError::Agent { what, source }
 }
 
 /// Restores every etcd member of `inventory` from `snapshot`; `progress` sees each step.
@@ -114,22 +109,20 @@ pub async fn restore(
     snapshot: &Path,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<(), RestoreError> {
-    let data = std::fs::read(snapshot).map_err(|source| RestoreError::Read {
-        path: snapshot.to_path_buf(),
-        source,
-    })?;
-    let sha = hex::encode(Sha256::digest(&data));
+    let size = std::fs::metadata(snapshot)
+        .map_err(|source| RestoreError::Read {
+            path: snapshot.to_path_buf(),
+            source,
+        })?
+        .len();
     let trust = Trust::load(state_dir)?;
     let hosts = inventory.etcd_hosts();
-    let mut clients: Vec<(String, Client)> = Vec::new();
+    let mut clients: Vec<(String, HostAgent)> = Vec::new();
     for h in &hosts {
         let name = h.name.as_str().to_string();
-        let c = agent::connect(&trust, h.agent.as_str(), Duration::from_secs(5))
+        let c = HostAgent::connect(&trust, &name, h.agent.as_str(), Duration::from_secs(5))
             .await
-            .map_err(|source| RestoreError::Connect {
-                host: name.clone(),
-                source,
-            })?;
+            .map_err(host_err("connect"))?;
         clients.push((name, c));
     }
     let token = format!(
@@ -140,32 +133,23 @@ pub async fn restore(
     let initial = inventory.etcd_initial_cluster();
     let data_dir = inventory.etcd.data_dir.display().to_string();
     // Stop every member first: none may serve the old data while others restore.
-    for (name, c) in &mut clients {
-        c.unit_action(pb::UnitActionRequest {
-            name: UNIT_NAME.into(),
-            action: pb::Action::Stop as i32,
-        })
-        .await
-        .map_err(host_err(name, "stop etcd"))?;
+    for (name, c) in &clients {
+        c.unit_action(UNIT_NAME, pb::Action::Stop)
+            .await
+            .map_err(host_err("stop etcd"))?;
         progress(format!("{name}: etcd stopped"));
     }
-    for ((name, c), h) in clients.iter_mut().zip(&hosts) {
+    for ((name, c), h) in clients.iter().zip(&hosts) {
         let moved = c
-            .wipe_data_dir(pb::WipeDataDirRequest {
-                unit: UNIT_NAME.into(),
-                path: data_dir.clone(),
-                delete: false,
-            })
+            .wipe_data_dir(UNIT_NAME, &data_dir, false)
             .await
-            .map_err(host_err(name, "move the data dir aside"))?
-            .into_inner();
+            .map_err(host_err("move the data dir aside"))?;
         if moved.changed {
             progress(format!("{name}: old data moved to {}", moved.moved_to));
         }
-        let msgs = crate::runbook::actions::upload_chunks(HOST_SNAPSHOT, 0o600, &sha, &data);
-        c.upload_file(tokio_stream::iter(msgs))
+        c.upload_file(HOST_SNAPSHOT, 0o600, snapshot, &|_| {})
             .await
-            .map_err(host_err(name, "upload the snapshot"))?;
+            .map_err(host_err("upload the snapshot"))?;
         let peer = inventory.etcd_peer_url(h);
         let out = c
             .exec(pb::ExecRequest {
@@ -185,13 +169,12 @@ pub async fn restore(
                     "--initial-advertise-peer-urls".into(),
                     peer,
                 ],
-                timeout_seconds: 120,
+                timeout_seconds: restore_timeout(size),
                 env: [("ETCDCTL_API".to_string(), "3".to_string())].into(),
                 stdin: Vec::new(),
             })
             .await
-            .map_err(host_err(name, "run etcdctl snapshot restore"))?
-            .into_inner();
+            .map_err(host_err("run etcdctl snapshot restore"))?;
         if out.exit_code != 0 {
             return Err(RestoreError::Host {
                 host: name.clone(),
@@ -200,34 +183,34 @@ pub async fn restore(
             });
         }
         // The restored data dir carries the membership: the bootstrap file stays sealed.
-        c.write_file(pb::WriteFileRequest {
-            path: BOOTSTRAP_ENV_FILE.into(),
-            content: SEALED_BOOTSTRAP_ENV.as_bytes().to_vec(),
-            mode: 0o640,
-            create_parents: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(host_err(name, "seal the bootstrap file"))?;
+        c.write_file(BOOTSTRAP_ENV_FILE, SEALED_BOOTSTRAP_ENV, 0o640)
+            .await
+            .map_err(host_err("seal the bootstrap file"))?;
         progress(format!("{name}: restored from the snapshot"));
     }
-    for (name, c) in &mut clients {
-        c.unit_action(pb::UnitActionRequest {
-            name: UNIT_NAME.into(),
-            action: pb::Action::Start as i32,
-        })
-        .await
-        .map_err(host_err(name, "start etcd"))?;
+    for (_, c) in &clients {
+        c.unit_action(UNIT_NAME, pb::Action::Start)
+            .await
+            .map_err(host_err("start etcd"))?;
     }
     progress("all members started; waiting for the quorum".into());
     crate::etcd::api::wait_for_quorum_at(
         state_dir,
         &inventory.etcd_client_urls(),
         hosts.len(),
-        Duration::from_secs(60),
+        crate::etcd::api::scaled_timeout(Duration::from_secs(60), size as i64),
     )
     .await
     .map_err(RestoreError::Quorum)?;
     progress(format!("the cluster is back with token {token}"));
     Ok(())
+}
+
+/// How long `etcdctl snapshot restore` of `size` bytes may run on a host: it rewrites the whole
+/// database (and hashes it), so the bound grows with the snapshot.
+fn restore_timeout(size: u64) -> u32 {
+    crate::etcd::api::scaled_timeout(Duration::from_secs(120), size as i64)
+        .as_secs()
+        .try_into()
+        .unwrap_or(u32::MAX)
 }

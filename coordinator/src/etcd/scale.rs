@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use haop_proto::v1 as pb;
 
+use crate::agent::{AgentError, HostAgent};
 use crate::etcd::api::{EtcdApiError, EtcdClient};
 use crate::etcd::config::UNIT_NAME;
 use crate::etcd::kube_endpoints::{self, EndpointsError};
@@ -62,12 +63,8 @@ pub enum ScaleError {
         #[source]
         source: EtcdApiError,
     },
-    #[error("{host}: {what}: {message}")]
-    Agent {
-        host: String,
-        what: &'static str,
-        message: String,
-    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
 }
 
 impl From<EndpointsError> for ScaleError {
@@ -142,8 +139,8 @@ pub async fn add(
             && (s.phase == Phase::Hosts || s.host == host)
             && !matches!(s.action, Action::FileIfAbsent { .. })
     }) {
-        let mut c = clients.get(&step.host).cloned();
-        let changed = actions::run(step, c.as_mut(), &rb.ctx, &HashSet::new())
+        let c = clients.get(&step.host);
+        let changed = actions::run(step, c, &rb.ctx, &HashSet::new())
             .await
             .map_err(|e| ScaleError::Prepare {
                 host: step.host.clone(),
@@ -300,33 +297,13 @@ pub async fn remove(
     // The host itself: stop and disable etcd, move its data aside (fenced by the agent).
     let trust = crate::trust::Trust::load(state_dir).map_err(RecoverError::from)?;
     if let Some(h) = inventory.host(host) {
-        match crate::agent::connect(&trust, h.agent.as_str(), Duration::from_secs(5)).await {
-            Ok(mut c) => {
+        match HostAgent::connect(&trust, host, h.agent.as_str(), Duration::from_secs(5)).await {
+            Ok(c) => {
                 for a in [pb::Action::Stop, pb::Action::Disable] {
-                    c.unit_action(pb::UnitActionRequest {
-                        name: UNIT_NAME.into(),
-                        action: a as i32,
-                    })
-                    .await
-                    .map_err(|s| ScaleError::Agent {
-                        host: host.into(),
-                        what: "UnitAction",
-                        message: s.message().to_string(),
-                    })?;
+                    c.unit_action(UNIT_NAME, a).await?;
                 }
-                let w = c
-                    .wipe_data_dir(pb::WipeDataDirRequest {
-                        unit: UNIT_NAME.into(),
-                        path: inventory.etcd.data_dir.display().to_string(),
-                        delete: false,
-                    })
-                    .await
-                    .map_err(|s| ScaleError::Agent {
-                        host: host.into(),
-                        what: "WipeDataDir",
-                        message: s.message().to_string(),
-                    })?
-                    .into_inner();
+                let data_dir = inventory.etcd.data_dir.display().to_string();
+                let w = c.wipe_data_dir(UNIT_NAME, &data_dir, false).await?;
                 progress(Progress::Action(format!(
                     "{host}: etcd stopped and disabled, data moved to {}",
                     w.moved_to

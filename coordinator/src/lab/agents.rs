@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use haop_proto::v1::{Facts, GetFactsRequest};
+use haop_proto::v1::Facts;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
@@ -25,8 +25,9 @@ use super::names::AGENT_PORT;
 use super::record::LabHost;
 use super::sys::{self, Ip, ProcStat};
 use super::LabError;
-use crate::agent;
-use crate::trust::{self, ExpectedAgent, Trust};
+use crate::agent::ExpectedAgent;
+use crate::agent::HostAgent;
+use crate::trust::Trust;
 use haop_proto::enroll::Token;
 
 /// Names the agent binary explicitly; the first place looked.
@@ -181,7 +182,7 @@ pub fn write_agent_config(host: &LabHost, token: &Token, pin: &str) -> Result<()
         token = token.expose(),
     );
     crate::pki::write_private_file(&path, text.as_bytes())
-        .map_err(|e| LabError::Trust(trust::TrustError::from(e)))
+        .map_err(|e| LabError::Trust(crate::trust::TrustError::from(e)))
 }
 
 /// The names a lab host's serving certificate carries.
@@ -215,31 +216,15 @@ pub async fn get_facts(
     timeout: Duration,
 ) -> Result<Facts, LabError> {
     let call = async {
-        let mut client = agent::connect(trust, &host.endpoint, timeout)
-            .await
-            .map_err(|source| LabError::Connect {
-                host: host.name.clone(),
-                source,
-            })?;
-        client
-            .get_facts(GetFactsRequest {})
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|source| LabError::Rpc {
-                host: host.name.clone(),
-                rpc: "GetFacts",
-                source: Box::new(source),
-            })
+        let agent = HostAgent::connect(trust, &host.name, &host.endpoint, timeout).await?;
+        Ok(agent.facts().await?)
     };
     match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
-        Err(_) => Err(LabError::Rpc {
+        Err(_) => Err(LabError::Late {
             host: host.name.clone(),
             rpc: "GetFacts",
-            source: Box::new(tonic::Status::deadline_exceeded(format!(
-                "no answer within {} ms",
-                timeout.as_millis()
-            ))),
+            waited: timeout,
         }),
     }
 }
@@ -288,7 +273,7 @@ async fn wait_ready_inner(
             let trust = trust.clone();
             attempts.spawn(async move {
                 let enrolled =
-                    trust::enroll(&trust, &host.endpoint, &expected_agent(&host), ATTEMPT)
+                    crate::agent::enroll(&trust, &host.endpoint, &expected_agent(&host), ATTEMPT)
                         .await
                         .map_err(|source| LabError::Enroll {
                             host: host.name.clone(),

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::agent::ConnectError;
+use crate::agent::AgentError;
 
 /// The end of an agent's log, shown when the agent failed to come up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,18 +113,13 @@ pub enum LabError {
         #[source]
         source: crate::trust::TrustError,
     },
-    #[error("cannot reach the agent of host {host}")]
-    Connect {
-        host: String,
-        #[source]
-        source: ConnectError,
-    },
-    #[error("agent of host {host} refused {rpc}")]
-    Rpc {
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("agent of host {host}: no answer to {rpc} within {} ms", .waited.as_millis())]
+    Late {
         host: String,
         rpc: &'static str,
-        #[source]
-        source: Box<tonic::Status>,
+        waited: std::time::Duration,
     },
     #[error("unit {unit} on host {host} is not running ({state})")]
     UnitNotRunning {

@@ -35,7 +35,7 @@ use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use haop_proto::v1::{Facts, UnitStatusRequest};
+use haop_proto::v1::Facts;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -426,23 +426,9 @@ impl Lab {
             Vec::new()
         };
         let trust = crate::trust::Trust::load(&self.state_dir())?;
-        let mut client = crate::agent::connect(&trust, &h.endpoint, RPC_TIMEOUT)
-            .await
-            .map_err(|source| LabError::Connect {
-                host: h.name.clone(),
-                source,
-            })?;
-        let status = client
-            .unit_status(UnitStatusRequest {
-                name: unit.to_string(),
-            })
-            .await
-            .map_err(|source| LabError::Rpc {
-                host: h.name.clone(),
-                rpc: "UnitStatus",
-                source: Box::new(source),
-            })?
-            .into_inner();
+        let agent =
+            crate::agent::HostAgent::connect(&trust, &h.name, &h.endpoint, RPC_TIMEOUT).await?;
+        let status = agent.unit_status(unit).await?;
         let running = matches!(status.active_state.as_str(), "active" | "activating");
         if status.main_pid == 0 || !running {
             return Err(LabError::UnitNotRunning {

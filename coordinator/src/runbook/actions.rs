@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haop_proto::v1 as pb;
-use tonic::Code;
 
 use super::steps::{Action, Issuer, Step};
-use crate::agent::Client;
+use crate::agent::{AgentError, HostAgent};
 use crate::pki::{inspect, CertificateAuthority, SigningRequest};
 use crate::trust::Trust;
 
@@ -48,25 +47,12 @@ impl Change {
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// An RPC that failed: the agent's answer, or a connection that broke before one.
-    #[error("{rpc} failed: {message}")]
-    Rpc {
-        rpc: &'static str,
-        code: Code,
-        /// [`crate::agent::describe_failure`] of the status.
-        message: String,
-    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
-}
-
-fn rpc(name: &'static str) -> impl Fn(tonic::Status) -> StepError {
-    move |s| StepError::Rpc {
-        rpc: name,
-        code: s.code(),
-        message: crate::agent::describe_failure(&s),
-    }
 }
 
 /// What steps share during one run.
@@ -87,25 +73,6 @@ pub struct RunContext {
     pub rolling: tokio::sync::Mutex<()>,
 }
 
-/// The messages of an `UploadFile` of `data` to `path`: the header, then 1 MiB chunks.
-pub fn upload_chunks(path: &str, mode: u32, sha256: &str, data: &[u8]) -> Vec<pb::UploadChunk> {
-    let mut msgs = vec![pb::UploadChunk {
-        header: Some(pb::UploadHeader {
-            path: path.to_string(),
-            mode,
-            sha256: sha256.to_string(),
-            size: data.len() as u64,
-            create_parents: true,
-        }),
-        data: Vec::new(),
-    }];
-    msgs.extend(data.chunks(1024 * 1024).map(|chunk| pb::UploadChunk {
-        header: None,
-        data: chunk.to_vec(),
-    }));
-    msgs
-}
-
 /// The masters whose interfaces carry `vip` (asked through their agents, in parallel).
 async fn vip_holders(ctx: &RunContext, vip: &str, masters: &[(String, String)]) -> Vec<String> {
     let mut set = tokio::task::JoinSet::new();
@@ -113,10 +80,10 @@ async fn vip_holders(ctx: &RunContext, vip: &str, masters: &[(String, String)]) 
         let trust = ctx.trust.clone();
         let prefix = format!("{vip}/");
         set.spawn(async move {
-            let mut c = crate::agent::connect(&trust, &endpoint, Duration::from_secs(2))
+            let agent = HostAgent::connect(&trust, &name, &endpoint, Duration::from_secs(2))
                 .await
                 .ok()?;
-            let facts = c.get_facts(pb::GetFactsRequest {}).await.ok()?.into_inner();
+            let facts = agent.facts().await.ok()?;
             facts
                 .interfaces
                 .iter()
@@ -162,30 +129,6 @@ pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
         .to_string()
 }
 
-pub(crate) async fn read_text(
-    c: &mut Client,
-    path: &str,
-) -> Result<Option<(String, u32)>, StepError> {
-    match c
-        .read_file(pb::ReadFileRequest {
-            path: path.to_string(),
-            max_bytes: 0,
-            certificates_only: false,
-        })
-        .await
-    {
-        Ok(r) => {
-            let r = r.into_inner();
-            Ok(Some((
-                String::from_utf8_lossy(&r.content).into_owned(),
-                r.mode,
-            )))
-        }
-        Err(s) if s.code() == Code::NotFound => Ok(None),
-        Err(s) => Err(rpc("ReadFile")(s)),
-    }
-}
-
 pub(crate) fn file_change(
     path: &str,
     current: Option<(String, u32)>,
@@ -217,7 +160,7 @@ pub(crate) fn file_change(
 /// runs an older content), if any. A path that does not exist counts as unchanged, and so does
 /// everything when the service manager does not know when the unit started.
 async fn changed_after_start(
-    c: &mut Client,
+    c: &HostAgent,
     paths: &[String],
     unit: &pb::UnitStatus,
 ) -> Result<Option<String>, StepError> {
@@ -225,11 +168,7 @@ async fn changed_after_start(
         return Ok(None);
     }
     for path in paths {
-        let st = c
-            .stat(pb::StatRequest { path: path.clone() })
-            .await
-            .map_err(rpc("Stat"))?
-            .into_inner();
+        let st = c.stat(path).await?;
         if st.exists && st.modified_unix_ms > unit.since_unix_ms {
             return Ok(Some(path.clone()));
         }
@@ -240,23 +179,16 @@ async fn changed_after_start(
 /// Whether the certificate at `cert_path` is one haop would issue now: signed by our CA, the
 /// expected names, far from expiry. Answers the reason when it is not.
 async fn certificate_problem(
-    c: &mut Client,
+    c: &HostAgent,
     ctx: &RunContext,
     cert_path: &str,
     key_path: &str,
     names: &crate::pki::ExpectedNames,
 ) -> Result<Option<String>, StepError> {
-    let Some((pem, _)) = read_text(c, cert_path).await? else {
+    let Some((pem, _)) = c.read_text(cert_path).await? else {
         return Ok(Some(format!("create {cert_path}")));
     };
-    let key = c
-        .stat(pb::StatRequest {
-            path: key_path.to_string(),
-        })
-        .await
-        .map_err(rpc("Stat"))?
-        .into_inner();
-    if !key.exists {
+    if !c.exists(key_path).await? {
         return Ok(Some(format!("{key_path} is missing")));
     }
     let Ok(infos) = inspect(&pem) else {
@@ -295,7 +227,7 @@ async fn certificate_problem(
 /// What `step` would change on the host behind `c` (`None` for cluster-wide steps).
 pub async fn check(
     step: &Step,
-    c: Option<&mut Client>,
+    c: Option<&HostAgent>,
     ctx: &RunContext,
 ) -> Result<Change, StepError> {
     let Some(c) = c else {
@@ -325,7 +257,7 @@ pub async fn check(
             content,
             mode,
         } => {
-            let current = read_text(c, path).await?;
+            let current = c.read_text(path).await?;
             Ok(file_change(
                 path,
                 current,
@@ -334,11 +266,7 @@ pub async fn check(
             ))
         }
         Action::FileIfAbsent { path, mode, .. } => {
-            let st = c
-                .stat(pb::StatRequest { path: path.clone() })
-                .await
-                .map_err(rpc("Stat"))?
-                .into_inner();
+            let st = c.stat(path).await?;
             Ok(if st.exists {
                 Change::Unchanged
             } else {
@@ -348,7 +276,7 @@ pub async fn check(
             })
         }
         Action::HostsBlock { block } => {
-            let current = read_text(c, "/etc/hosts").await?;
+            let current = c.read_text("/etc/hosts").await?;
             let old = current.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
             let new = crate::render::hosts::merge_hosts_block(&old, block);
             Ok(if old == new {
@@ -361,11 +289,7 @@ pub async fn check(
             })
         }
         Action::Upload { path, sha256, .. } => {
-            let st = c
-                .stat(pb::StatRequest { path: path.clone() })
-                .await
-                .map_err(rpc("Stat"))?
-                .into_inner();
+            let st = c.stat(path).await?;
             Ok(if st.exists && st.sha256 == *sha256 {
                 Change::Unchanged
             } else {
@@ -389,17 +313,13 @@ pub async fn check(
         ),
         Action::Unit { name, content, .. } => {
             let path = format!("/etc/systemd/system/{name}");
-            let current = read_text(c, &path).await?;
+            let current = c.read_text(&path).await?;
             Ok(file_change(&path, current, content, 0o644))
         }
         Action::Running {
             unit, restart_on, ..
         } => {
-            let s = c
-                .unit_status(pb::UnitStatusRequest { name: unit.clone() })
-                .await
-                .map_err(rpc("UnitStatus"))?
-                .into_inner();
+            let s = c.unit_status(unit).await?;
             Ok(if s.active_state == "active" && s.enabled {
                 match changed_after_start(c, restart_on, &s).await? {
                     Some(path) => Change::Run {
@@ -415,20 +335,16 @@ pub async fn check(
         }
         Action::Modules { name, modules } => {
             let path = format!("/etc/modules-load.d/{name}.conf");
-            let current = read_text(c, &path).await?;
+            let current = c.read_text(&path).await?;
             Ok(file_change(&path, current, &modules_file(modules), 0o644))
         }
         Action::Sysctls { name, values } => {
             let path = format!("/etc/sysctl.d/{name}.conf");
-            let current = read_text(c, &path).await?;
+            let current = c.read_text(&path).await?;
             Ok(file_change(&path, current, &sysctl_file(values), 0o644))
         }
         Action::SwapOff => {
-            let f = c
-                .get_facts(pb::GetFactsRequest {})
-                .await
-                .map_err(rpc("GetFacts"))?
-                .into_inner();
+            let f = c.facts().await?;
             let swap = f.swap.unwrap_or_default();
             Ok(if swap.devices.is_empty() && swap.fstab_entries == 0 {
                 Change::Unchanged
@@ -492,7 +408,7 @@ pub fn sysctl_file(values: &std::collections::BTreeMap<String, String>) -> Strin
 /// files this run changed on this host so far (a `Running` step restarts on them).
 pub async fn run(
     step: &Step,
-    c: Option<&mut Client>,
+    c: Option<&HostAgent>,
     ctx: &RunContext,
     changed_paths: &HashSet<String>,
 ) -> Result<bool, StepError> {
@@ -514,61 +430,26 @@ pub async fn run(
             path,
             content,
             mode,
-        } => Ok(c
-            .write_file(pb::WriteFileRequest {
-                path: path.clone(),
-                content: content.clone(),
-                mode: *mode,
-                create_parents: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(rpc("WriteFile"))?
-            .into_inner()
-            .changed),
+        } => Ok(c.write_file(path, content.clone(), *mode).await?),
         Action::FileIfAbsent {
             path,
             content,
             mode,
         } => {
-            let st = c
-                .stat(pb::StatRequest { path: path.clone() })
-                .await
-                .map_err(rpc("Stat"))?
-                .into_inner();
+            let st = c.stat(path).await?;
             if st.exists {
                 return Ok(false);
             }
-            Ok(c.write_file(pb::WriteFileRequest {
-                path: path.clone(),
-                content: content.clone(),
-                mode: *mode,
-                create_parents: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(rpc("WriteFile"))?
-            .into_inner()
-            .changed)
+            Ok(c.write_file(path, content.clone(), *mode).await?)
         }
         Action::HostsBlock { block } => {
-            let current = read_text(c, "/etc/hosts").await?;
+            let current = c.read_text("/etc/hosts").await?;
             let (old, mode) = current.unwrap_or((String::new(), 0o644));
             let new = crate::render::hosts::merge_hosts_block(&old, block);
             if new == old {
                 return Ok(false);
             }
-            Ok(c.write_file(pb::WriteFileRequest {
-                path: "/etc/hosts".into(),
-                content: new.into_bytes(),
-                mode,
-                create_parents: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(rpc("WriteFile"))?
-            .into_inner()
-            .changed)
+            Ok(c.write_file("/etc/hosts", new, mode).await?)
         }
         Action::Upload {
             path,
@@ -578,12 +459,12 @@ pub async fn run(
         } => {
             let data = std::fs::read(local)
                 .map_err(|e| StepError::Failed(format!("cannot read {}: {e}", local.display())))?;
-            let msgs = upload_chunks(path, *mode, sha256, &data);
-            Ok(c.upload_file(tokio_stream::iter(msgs))
-                .await
-                .map_err(rpc("UploadFile"))?
-                .into_inner()
-                .changed)
+            let msgs = crate::agent::upload_chunks(path, *mode, sha256, &data);
+            Ok(c.call("UploadFile", |mut c| async move {
+                c.upload_file(tokio_stream::iter(msgs)).await
+            })
+            .await?
+            .changed)
         }
         Action::Certificate {
             key_path,
@@ -604,41 +485,15 @@ pub async fn run(
             name,
             content,
             data_dirs,
-        } => Ok(c
-            .ensure_unit(pb::EnsureUnitRequest {
-                name: name.clone(),
-                content: content.clone(),
-                data_dirs: data_dirs.clone(),
-            })
-            .await
-            .map_err(rpc("EnsureUnit"))?
-            .into_inner()
-            .changed),
+        } => Ok(c.ensure_unit(name, content, data_dirs).await?),
         Action::Running {
             unit,
             restart_on,
             rolling_etcd,
             start_delay_ms,
         } => {
-            let act = |c: &mut Client, a: pb::Action| {
-                let mut c = c.clone();
-                let unit = unit.clone();
-                async move {
-                    c.unit_action(pb::UnitActionRequest {
-                        name: unit,
-                        action: a as i32,
-                    })
-                    .await
-                    .map_err(rpc("UnitAction"))
-                    .map(|r| r.into_inner())
-                }
-            };
-            let enabled = act(c, pb::Action::Enable).await?.changed;
-            let status = c
-                .unit_status(pb::UnitStatusRequest { name: unit.clone() })
-                .await
-                .map_err(rpc("UnitStatus"))?
-                .into_inner();
+            let enabled = c.unit_action(unit, pb::Action::Enable).await?;
+            let status = c.unit_status(unit).await?;
             // Restarted when this run changed what the unit reads, or when an earlier run did
             // and was interrupted (killed, a host cut off) before the restart: the file is
             // then newer than the process.
@@ -650,45 +505,24 @@ pub async fn run(
                     Some(endpoint) => {
                         // One etcd member at a time, each back before the next.
                         let _one = ctx.rolling.lock().await;
-                        let changed = act(c, pb::Action::Restart).await?.changed;
+                        let changed = c.unit_action(unit, pb::Action::Restart).await?;
                         crate::failpoint::hit("apply:after-etcd-restart");
                         wait_member_healthy(ctx, endpoint).await?;
                         changed
                     }
-                    None => act(c, pb::Action::Restart).await?.changed,
+                    None => c.unit_action(unit, pb::Action::Restart).await?,
                 }
             } else {
                 if status.active_state != "active" && *start_delay_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(*start_delay_ms)).await;
                 }
-                act(c, pb::Action::Start).await?.changed
+                c.unit_action(unit, pb::Action::Start).await?
             };
             Ok(enabled || started)
         }
-        Action::Modules { name, modules } => Ok(c
-            .load_modules(pb::LoadModulesRequest {
-                name: name.clone(),
-                modules: modules.clone(),
-            })
-            .await
-            .map_err(rpc("LoadModules"))?
-            .into_inner()
-            .changed),
-        Action::Sysctls { name, values } => Ok(c
-            .apply_sysctl(pb::ApplySysctlRequest {
-                name: name.clone(),
-                values: values.clone().into_iter().collect(),
-            })
-            .await
-            .map_err(rpc("ApplySysctl"))?
-            .into_inner()
-            .changed),
-        Action::SwapOff => Ok(c
-            .disable_swap(pb::DisableSwapRequest {})
-            .await
-            .map_err(rpc("DisableSwap"))?
-            .into_inner()
-            .changed),
+        Action::Modules { name, modules } => Ok(c.load_modules(name, modules).await?),
+        Action::Sysctls { name, values } => Ok(c.apply_sysctl(name, values).await?),
+        Action::SwapOff => Ok(c.disable_swap().await?),
         Action::VipHeld { vip, masters } => {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
@@ -739,7 +573,7 @@ pub fn paths_of(step: &Step) -> Vec<String> {
 /// Issues the certificate of a [`Action::Certificate`] step through the CSR flow: the host
 /// makes the key (a new one when `rotate`) and a CSR, haop's CA signs it, the host installs it.
 pub async fn issue_certificate(
-    c: &mut Client,
+    c: &HostAgent,
     ctx: &RunContext,
     action: &Action,
     rotate: bool,
@@ -772,9 +606,7 @@ pub async fn issue_certificate(
             } as i32,
             ..Default::default()
         })
-        .await
-        .map_err(rpc("CreateCsr"))?
-        .into_inner();
+        .await?;
     let cert = ca.sign_csr(
         &csr.csr_pem,
         &SigningRequest {
@@ -792,8 +624,7 @@ pub async fn issue_certificate(
         ca_path: ca_path.clone(),
         ca_pem: ca.cert_pem().to_string(),
     })
-    .await
-    .map_err(rpc("InstallCertificate"))?;
+    .await?;
     Ok(())
 }
 

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::actions::{Change, StepError};
 use super::steps::{Action, Phase, Step};
-use crate::agent::{self, Client};
+use crate::agent::HostAgent;
 use crate::inventory::{Host, Inventory, Role, Version};
 use crate::render::kubeadm::{
     api_version_for, kubeadm_config, parse_kubeadm_init_output, JoinCommand, JoinInfo, CONFIG_PATH,
@@ -160,27 +160,13 @@ fn config_action(inv: &Inventory, first: &Host) -> Result<Action, String> {
 
 // --- talking to the host --------------------------------------------------------------------
 
-fn rpc(name: &'static str) -> impl Fn(tonic::Status) -> StepError {
-    move |s| StepError::Rpc {
-        rpc: name,
-        code: s.code(),
-        message: crate::agent::describe_failure(&s),
-    }
-}
-
-pub(crate) async fn exists(c: &mut Client, path: &str) -> Result<bool, StepError> {
-    Ok(c.stat(pb::StatRequest {
-        path: path.to_string(),
-    })
-    .await
-    .map_err(rpc("Stat"))?
-    .into_inner()
-    .exists)
+pub(crate) async fn exists(c: &HostAgent, path: &str) -> Result<bool, StepError> {
+    Ok(c.exists(path).await?)
 }
 
 /// The first of `candidates` installed on the host.
 pub(crate) async fn find_program(
-    c: &mut Client,
+    c: &HostAgent,
     candidates: &[&str],
     install: &str,
 ) -> Result<String, StepError> {
@@ -198,7 +184,7 @@ pub(crate) async fn find_program(
 /// Runs `program args` through the agent; answers stdout, or an error with the exit code and
 /// the end of stderr. `what` names the command in the error (never with its secret arguments).
 pub(crate) async fn exec(
-    c: &mut Client,
+    c: &HostAgent,
     program: &str,
     args: Vec<String>,
     timeout_seconds: u32,
@@ -212,9 +198,7 @@ pub(crate) async fn exec(
             timeout_seconds,
             ..Default::default()
         })
-        .await
-        .map_err(rpc("Exec"))?
-        .into_inner();
+        .await?;
     if r.exit_code == 0 && !r.timed_out {
         return Ok(String::from_utf8_lossy(&r.stdout).into_owned());
     }
@@ -237,7 +221,7 @@ pub(crate) async fn exec(
 }
 
 /// The version of the kubeadm installed on the host (`kubeadm version -o short`).
-async fn kubeadm_version(c: &mut Client) -> Result<Version, StepError> {
+async fn kubeadm_version(c: &HostAgent) -> Result<Version, StepError> {
     let kubeadm = find_program(c, &KUBEADM_PATHS, "install kubeadm").await?;
     let out = exec(
         c,
@@ -258,7 +242,7 @@ async fn kubeadm_version(c: &mut Client) -> Result<Version, StepError> {
 
 /// The rendering of a [`Action::KubeadmConfig`] for the host's kubeadm.
 async fn pick_config<'a>(
-    c: &mut Client,
+    c: &HostAgent,
     v1beta3: &'a [u8],
     v1beta4: &'a [u8],
 ) -> Result<&'a [u8], StepError> {
@@ -273,7 +257,7 @@ async fn pick_config<'a>(
 // --- check and run ----------------------------------------------------------------------------
 
 /// What a kubeadm step would change on the host behind `c`.
-pub async fn check(action: &Action, c: &mut Client, state_dir: &Path) -> Result<Change, StepError> {
+pub async fn check(action: &Action, c: &HostAgent, state_dir: &Path) -> Result<Change, StepError> {
     match action {
         Action::KubeadmConfig {
             path,
@@ -282,7 +266,7 @@ pub async fn check(action: &Action, c: &mut Client, state_dir: &Path) -> Result<
             mode,
         } => {
             let wanted = pick_config(c, v1beta3, v1beta4).await?;
-            let current = super::actions::read_text(c, path).await?;
+            let current = c.read_text(path).await?;
             Ok(super::actions::file_change(
                 path,
                 current,
@@ -321,7 +305,7 @@ pub async fn check(action: &Action, c: &mut Client, state_dir: &Path) -> Result<
         }),
         Action::Cni { local, path } => {
             let sha = local_sha256(local)?;
-            let applied = super::actions::read_text(c, CNI_MARKER).await?;
+            let applied = c.read_text(CNI_MARKER).await?;
             Ok(match applied {
                 Some((s, _)) if s.trim() == sha => Change::Unchanged,
                 Some(_) => Change::Run {
@@ -340,7 +324,7 @@ pub async fn check(action: &Action, c: &mut Client, state_dir: &Path) -> Result<
 pub async fn run(
     action: &Action,
     host: &str,
-    c: &mut Client,
+    c: &HostAgent,
     ctx: &super::RunContext,
 ) -> Result<bool, StepError> {
     match action {
@@ -351,17 +335,7 @@ pub async fn run(
             mode,
         } => {
             let wanted = pick_config(c, v1beta3, v1beta4).await?;
-            Ok(c.write_file(pb::WriteFileRequest {
-                path: path.clone(),
-                content: wanted.to_vec(),
-                mode: *mode,
-                create_parents: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(rpc("WriteFile"))?
-            .into_inner()
-            .changed)
+            Ok(c.write_file(path, wanted, *mode).await?)
         }
         Action::KubeadmInit {
             cluster,
@@ -457,20 +431,12 @@ pub async fn run(
                 ))
             })?;
             let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
-            if let Some((s, _)) = super::actions::read_text(c, CNI_MARKER).await? {
+            if let Some((s, _)) = c.read_text(CNI_MARKER).await? {
                 if s.trim() == sha {
                     return Ok(false);
                 }
             }
-            c.write_file(pb::WriteFileRequest {
-                path: path.clone(),
-                content: data,
-                mode: 0o644,
-                create_parents: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(rpc("WriteFile"))?;
+            c.write_file(path, data, 0o644).await?;
             let kubectl = find_program(c, &KUBECTL_PATHS, "install kubectl").await?;
             exec(
                 c,
@@ -491,15 +457,7 @@ pub async fn run(
                 ),
             )
             .await?;
-            c.write_file(pb::WriteFileRequest {
-                path: CNI_MARKER.into(),
-                content: format!("{sha}\n").into_bytes(),
-                mode: 0o644,
-                create_parents: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(rpc("WriteFile"))?;
+            c.write_file(CNI_MARKER, format!("{sha}\n"), 0o644).await?;
             Ok(true)
         }
         _ => Err(StepError::Failed("not a kubeadm step".into())),
@@ -671,14 +629,15 @@ async fn join_command(
             path.display()
         ))
     };
-    let mut fm = agent::connect(
+    let fm = HostAgent::connect(
         &ctx.trust,
+        first_master,
         first_master_endpoint,
         std::time::Duration::from_secs(5),
     )
     .await
     .map_err(|e| fail(crate::error_chain(&e)))?;
-    if !exists(&mut fm, ADMIN_CONF)
+    if !exists(&fm, ADMIN_CONF)
         .await
         .map_err(|e| fail(e.to_string()))?
     {
@@ -687,12 +646,12 @@ async fn join_command(
              runs it)"
         )));
     }
-    let kubeadm = find_program(&mut fm, &KUBEADM_PATHS, "install kubeadm")
+    let kubeadm = find_program(&fm, &KUBEADM_PATHS, "install kubeadm")
         .await
         .map_err(|e| fail(e.to_string()))?;
     let t = now();
     let out = exec(
-        &mut fm,
+        &fm,
         &kubeadm,
         vec![
             "token".into(),
@@ -719,7 +678,7 @@ async fn join_command(
     }
     if control_plane && new.certificate_key.is_none() {
         let out = exec(
-            &mut fm,
+            &fm,
             &kubeadm,
             vec![
                 "init".into(),

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 pub use actions::{Change, RunContext, StepError};
 pub use steps::{Action, Context, Phase, Step, CLUSTER};
 
-use crate::agent::{self, Client};
+use crate::agent::{AgentError, HostAgent};
 use crate::inventory::Inventory;
 use crate::pki::{CertificateAuthority, ETCD_CA};
 use crate::trust::{pki_dir, Trust};
@@ -45,13 +45,8 @@ pub enum RunbookError {
     Preflight(Vec<String>),
     #[error("phase {phase} failed on {} step(s):\n{}\nFix the cause and run `haop apply` again: every step is safe to repeat.", .failures.len(), .failures.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
     Phase { phase: Phase, failures: Vec<String> },
-    #[error("cannot reach the agent of {host} at {endpoint}")]
-    Unreachable {
-        host: String,
-        endpoint: String,
-        #[source]
-        source: agent::ConnectError,
-    },
+    #[error(transparent)]
+    Unreachable(AgentError),
     #[error("cannot render the runbook: {0}")]
     Render(String),
     #[error("state dir secret {path}")]
@@ -174,29 +169,25 @@ impl Runbook {
     pub async fn connect_all(
         &self,
         timeout: Duration,
-    ) -> (HashMap<String, Client>, Vec<RunbookError>) {
+    ) -> (HashMap<String, HostAgent>, Vec<RunbookError>) {
         let mut set = tokio::task::JoinSet::new();
         for h in &self.inventory.hosts {
             let trust = self.ctx.trust.clone();
             let name = h.name.as_str().to_string();
             let endpoint = h.agent.as_str().to_string();
             set.spawn(async move {
-                let r = agent::connect(&trust, &endpoint, timeout).await;
-                (name, endpoint, r)
+                let r = HostAgent::connect(&trust, &name, &endpoint, timeout).await;
+                (name, r)
             });
         }
         let mut clients = HashMap::new();
         let mut errors = Vec::new();
-        for (name, endpoint, r) in set.join_all().await {
+        for (name, r) in set.join_all().await {
             match r {
                 Ok(c) => {
                     clients.insert(name, c);
                 }
-                Err(source) => errors.push(RunbookError::Unreachable {
-                    host: name,
-                    endpoint,
-                    source,
-                }),
+                Err(e) => errors.push(RunbookError::Unreachable(e)),
             }
         }
         (clients, errors)
@@ -222,12 +213,12 @@ pub async fn plan(rb: &Runbook, timeout: Duration) -> Result<Vec<Planned>, Runbo
     let all: Vec<&Step> = rb.steps.iter().collect();
     let mut set = tokio::task::JoinSet::new();
     for (host, steps) in by_host(&all) {
-        let mut client = clients.get(&host).cloned();
+        let client = clients.get(&host).cloned();
         let ctx = rb.ctx.clone();
         set.spawn(async move {
             let mut out = Vec::new();
             for s in steps {
-                let change = match actions::check(&s, client.as_mut(), &ctx).await {
+                let change = match actions::check(&s, client.as_ref(), &ctx).await {
                     Ok(c) => c,
                     Err(e) => Change::Run {
                         detail: format!("cannot check: {}", crate::error_chain(&e)),
@@ -349,7 +340,7 @@ type ChangedPaths = Arc<Mutex<HashMap<String, HashSet<String>>>>;
 async fn run_host(
     host: String,
     host_steps: Vec<Step>,
-    mut client: Option<Client>,
+    client: Option<HostAgent>,
     ctx: Arc<RunContext>,
     changed_paths: ChangedPaths,
 ) -> Vec<(Step, Outcome, Duration)> {
@@ -362,7 +353,7 @@ async fn run_host(
             .get(&host)
             .cloned()
             .unwrap_or_default();
-        let outcome = match actions::run(&s, client.as_mut(), &ctx, &paths).await {
+        let outcome = match actions::run(&s, client.as_ref(), &ctx, &paths).await {
             Ok(true) => {
                 let mut cp = changed_paths.lock().await;
                 cp.entry(host.clone())

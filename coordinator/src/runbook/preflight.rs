@@ -3,23 +3,12 @@
 
 use std::collections::HashMap;
 
-use haop_proto::v1 as pb;
-
 use super::Runbook;
-use crate::agent::Client;
+use crate::agent::HostAgent;
 use crate::inventory::{EtcdBinary, Role};
 
-async fn exists(c: &mut Client, path: &str) -> Result<bool, String> {
-    c.stat(pb::StatRequest {
-        path: path.to_string(),
-    })
-    .await
-    .map(|r| r.into_inner().exists)
-    .map_err(|s| s.message().to_string())
-}
-
 /// The problems found; empty when everything is in place.
-pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<String> {
+pub async fn check(rb: &Runbook, clients: &HashMap<String, HostAgent>) -> Vec<String> {
     let inv = &rb.inventory;
     let mut problems = Vec::new();
     if let EtcdBinary::Upload { file, sha256 } = &inv.etcd.binary {
@@ -53,7 +42,7 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
     problems.extend(not_yet_members(rb).await);
     let mut set = tokio::task::JoinSet::new();
     for h in &inv.hosts {
-        let Some(mut c) = clients.get(h.name.as_str()).cloned() else {
+        let Some(c) = clients.get(h.name.as_str()).cloned() else {
             continue;
         };
         let name = h.name.as_str().to_string();
@@ -91,24 +80,24 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, Client>) -> Vec<Strin
         }
         set.spawn(async move {
             let mut out = Vec::new();
-            if let Err(s) = c.who_am_i(pb::WhoAmIRequest {}).await {
-                out.push(format!("{name}: the agent refuses haop: {}", s.message()));
+            if let Err(e) = c.who_am_i().await {
+                out.push(format!("{name}: the agent refuses haop: {}", e.detail()));
                 return out;
             }
             for (path, fix) in wanted {
-                match exists(&mut c, &path).await {
+                match c.exists(&path).await {
                     Ok(true) => {}
                     Ok(false) => out.push(format!("{name}: {path} is missing: {fix}")),
-                    Err(e) => out.push(format!("{name}: cannot check {path}: {e}")),
+                    Err(e) => out.push(format!("{name}: cannot check {path}: {}", e.detail())),
                 }
             }
             for (paths, fix) in any_of {
                 let mut found = false;
                 for p in paths {
-                    match exists(&mut c, p).await {
+                    match c.exists(p).await {
                         Ok(true) => found = true,
                         Ok(false) => {}
-                        Err(e) => out.push(format!("{name}: cannot check {p}: {e}")),
+                        Err(e) => out.push(format!("{name}: cannot check {p}: {}", e.detail())),
                     }
                 }
                 if !found {

@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use haop_proto::v1 as pb;
-use haop_proto::v1::agent_client::AgentClient;
 use time::OffsetDateTime;
 use tokio::time::Instant;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use super::agent_io::{connect_agent, read_file, rpc_error};
 use super::{
-    assess, db_quota_bytes, CertSummary, DriftRow, EtcdSection, HostStatus, MemberStatus,
-    StatusOptions, StatusReport, UnitRow, VipMaster, VipSection, SCHEMA_VERSION,
+    assess, db_quota_bytes, CertSummary, DriftRow, EtcdSection, HostStatus, MaybeFile,
+    MemberStatus, StatusOptions, StatusReport, UnitRow, VipMaster, VipSection, LATE,
+    SCHEMA_VERSION,
 };
 use crate::certs::{host_cert_paths, kubeadm_cert_paths, read_certificates, state_dir_rows};
 use crate::etcd::api::{EndpointStatus, EtcdClient, Member};
@@ -38,8 +39,6 @@ pub enum StatusError {
     },
 }
 
-/// A ReadFile of a file that may be absent: `Ok(None)` when it is.
-pub(super) type MaybeFile = Result<Option<String>, String>;
 
 /// What one host's agent answered.
 struct HostProbe {
@@ -75,14 +74,14 @@ pub async fn collect(
     for (i, h) in inventory.hosts.iter().enumerate() {
         let units = expected_units(inventory, h);
         let tls = tls.clone();
-        let endpoint = h.agent.as_str().to_string();
+        let agent = (h.name.as_str().to_string(), h.agent.as_str().to_string());
         let mut cert_paths = host_cert_paths(h);
         if inventory.kubernetes.enabled && h.has_role(Role::Master) {
             cert_paths.extend(kubeadm_cert_paths());
         }
         let node = h.has_role(Role::Master) || h.has_role(Role::Worker);
         hosts_set.spawn(async move {
-            let p = probe_host(tls, endpoint, units, cert_paths, node, timeout, deadline).await;
+            let p = probe_host(tls, agent, units, cert_paths, node, timeout, deadline).await;
             (i, p)
         });
     }
@@ -169,35 +168,6 @@ pub(super) fn expected_units(inventory: &Inventory, host: &Host) -> Vec<String> 
     units
 }
 
-/// An error for one table cell: its own message and its root cause, without the layers of
-/// transport wrappers in between (tonic's are long and repeat each other).
-pub(super) fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = None;
-    let mut next = e.source();
-    while let Some(s) = next {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            cause = Some(io.to_string());
-            break;
-        }
-        if let Some(etcd_client::Error::GRpcStatus(status)) = s.downcast_ref::<etcd_client::Error>()
-        {
-            cause = Some(status.message().to_string());
-            next = std::error::Error::source(status);
-            continue;
-        }
-        if let Some(status) = s.downcast_ref::<tonic::Status>() {
-            cause = Some(status.message().to_string());
-        } else if s.source().is_none() {
-            cause = Some(s.to_string());
-        }
-        next = s.source();
-    }
-    match cause {
-        Some(c) if !e.to_string().contains(&c) => format!("{e}: {c}"),
-        _ => e.to_string(),
-    }
-}
-
 fn unix_ms_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -205,15 +175,10 @@ fn unix_ms_now() -> i64 {
         .unwrap_or_default()
 }
 
-fn status_text(s: &tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
-}
-
-pub(super) const LATE: &str = "no answer within the timeout";
-
+/// One host: facts, units, certificates and (on nodes) drift; `agent` is (host, endpoint).
 async fn probe_host(
     tls: ClientTlsConfig,
-    endpoint: String,
+    (host, endpoint): (String, String),
     units: Vec<String>,
     cert_paths: Vec<String>,
     node: bool,
@@ -227,20 +192,15 @@ async fn probe_host(
         modules: None,
         sysctls: None,
     };
-    let client = match connect_agent(tls, &endpoint, timeout, deadline).await {
+    let client = match connect_agent(tls, &host, &endpoint, timeout, deadline).await {
         Ok(c) => c,
         Err(e) => return unreachable(e),
     };
 
     let facts = async {
-        let mut c = client.clone();
         let before = unix_ms_now();
         let t0 = Instant::now();
-        let f = c
-            .get_facts(pb::GetFactsRequest {})
-            .await
-            .map_err(|s| status_text(&s))?
-            .into_inner();
+        let f = client.facts().await.map_err(|e| rpc_error(&e))?;
         let latency = t0.elapsed();
         let after = unix_ms_now();
         let skew = f.now_unix_ms - (before + after) / 2;
@@ -249,36 +209,28 @@ async fn probe_host(
     let unit_states = async {
         let mut out = Vec::new();
         for u in &units {
-            let r = client
-                .clone()
-                .unit_status(pb::UnitStatusRequest { name: u.clone() })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| status_text(&s));
+            let r = client.unit_status(u).await.map_err(|e| rpc_error(&e));
             out.push((u.clone(), r));
         }
         out
     };
     let certs = async {
         let mut out = Vec::new();
-        match client.clone().who_am_i(pb::WhoAmIRequest {}).await {
+        match client.who_am_i().await {
             Ok(w) => {
-                let pem = w.into_inner().serving_cert_pem;
+                let pem = w.serving_cert_pem;
                 if !pem.is_empty() {
                     out.push(("agent serving certificate".to_string(), Ok(pem)));
                 }
             }
-            Err(s) => out.push((
-                "agent serving certificate".to_string(),
-                Err(status_text(&s)),
-            )),
+            Err(e) => out.push(("agent serving certificate".to_string(), Err(rpc_error(&e)))),
         }
         for path in cert_paths {
             match read_certificates(&client, &path).await {
                 Ok(Some(pem)) => out.push((path, Ok(pem))),
                 Ok(None) => {}
                 // summarize() puts the path before the error.
-                Err(s) => out.push((path, Err(status_text(&s)))),
+                Err(e) => out.push((path, Err(rpc_error(&e)))),
             }
         }
         out
@@ -322,48 +274,6 @@ async fn probe_host(
     }
 }
 
-/// A client for the agent at `endpoint`, connected by `deadline`.
-pub(super) async fn connect_agent(
-    tls: ClientTlsConfig,
-    endpoint: &str,
-    timeout: Duration,
-    deadline: Instant,
-) -> Result<AgentClient<Channel>, String> {
-    let connect = async {
-        let ep = Endpoint::from_shared(endpoint.to_string())
-            .and_then(|e| e.tls_config(tls))
-            .map_err(|e| format!("invalid agent endpoint {endpoint}: {e}"))?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
-        ep.connect()
-            .await
-            .map_err(|e| format!("cannot reach agent at {endpoint}: {}", short_error(&e)))
-    };
-    match tokio::time::timeout_at(deadline, connect).await {
-        Ok(Ok(c)) => Ok(AgentClient::new(c).max_decoding_message_size(16 * 1024 * 1024)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("agent at {endpoint}: {LATE}")),
-    }
-}
-
-pub(super) async fn read_file(client: &AgentClient<Channel>, path: &str) -> MaybeFile {
-    match client
-        .clone()
-        .read_file(pb::ReadFileRequest {
-            path: path.to_string(),
-            max_bytes: 256 * 1024,
-            certificates_only: false,
-        })
-        .await
-    {
-        Ok(r) => Ok(Some(
-            String::from_utf8_lossy(&r.into_inner().content).into_owned(),
-        )),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-        Err(s) => Err(format!("{path}: {}", status_text(&s))),
-    }
-}
-
 async fn probe_etcd(
     state_dir: PathBuf,
     url: String,
@@ -373,7 +283,7 @@ async fn probe_etcd(
     let client = match EtcdClient::connect(&state_dir, std::slice::from_ref(&url), timeout).await {
         Ok(c) => c,
         Err(e) => {
-            let e = short_error(&e);
+            let e = crate::error::short_error(&e);
             return EndpointProbe {
                 status: Err(e.clone()),
                 health: Err(e.clone()),
@@ -389,15 +299,15 @@ async fn probe_etcd(
     );
     EndpointProbe {
         status: match status {
-            Ok(r) => r.map_err(|e| short_error(&e)),
+            Ok(r) => r.map_err(|e| crate::error::short_error(&e)),
             Err(_) => Err(late("status")),
         },
         health: match health {
-            Ok(r) => r.map_err(|e| short_error(&e)),
+            Ok(r) => r.map_err(|e| crate::error::short_error(&e)),
             Err(_) => Err(late("health")),
         },
         members: match members {
-            Ok(r) => r.map_err(|e| short_error(&e)),
+            Ok(r) => r.map_err(|e| crate::error::short_error(&e)),
             Err(_) => Err(late("member list")),
         },
     }

@@ -38,8 +38,10 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tonic::transport::ClientTlsConfig;
 
-use super::collect::{connect_agent, read_file, short_error, LATE};
+use super::agent_io::{connect_agent, read_file};
+use super::LATE;
 use super::{ApiEndpoint, ApiVia, KubernetesSection};
+use crate::error::short_error;
 use crate::inventory::Inventory;
 
 /// Where kubeadm writes the cluster CA's certificate on every master.
@@ -166,8 +168,9 @@ async fn fetch_ca(
     for (i, (name, endpoint)) in masters.into_iter().enumerate() {
         let tls = tls.clone();
         reads.spawn(async move {
+            let host = name.clone();
             let read = async {
-                let client = connect_agent(tls, &endpoint, timeout, deadline).await?;
+                let client = connect_agent(tls, &host, &endpoint, timeout, deadline).await?;
                 match tokio::time::timeout_at(deadline, read_file(&client, CA_PATH)).await {
                     Ok(Ok(Some(pem))) => client_config(&pem).map_err(|e| format!("{CA_PATH}: {e}")),
                     Ok(Ok(None)) => Err(format!(

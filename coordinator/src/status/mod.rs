@@ -25,9 +25,16 @@
 //! `-o json|yaml` writes the report itself, whose schema is `docs/status-schema.json`
 //! ([`SCHEMA_VERSION`]; fields are only ever added).
 
+mod agent_io;
 mod collect;
 mod kube;
 pub mod table;
+
+/// What a probe says when the collection's deadline passed before an answer.
+pub(crate) const LATE: &str = "no answer within the timeout";
+
+/// A small file read from a host: its text, `None` when it does not exist, or why not.
+pub(crate) type MaybeFile = Result<Option<String>, String>;
 
 use std::path::PathBuf;
 use std::time::Duration;
