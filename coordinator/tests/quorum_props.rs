@@ -6,8 +6,8 @@
 //! healthy voters from the mutated observation itself.
 
 use haop_coordinator::etcd::quorum::{
-    plan_heal, plan_recover, quorum, Action, DesiredMember, Observation, ObservedMember, Refusal,
-    UnknownField,
+    plan_heal, plan_recover, quorum, DesiredMember, MemberAction, Observation, ObservedMember,
+    Refusal, UnknownField,
 };
 use proptest::prelude::*;
 
@@ -179,7 +179,7 @@ fn member_index(obs: &Observation, name: &str) -> Option<usize> {
 /// Apply one plan to the model, asserting every action was safe when it ran.
 fn apply(
     obs: &mut Observation,
-    plan: &[Action],
+    plan: &[MemberAction],
     lagging: bool,
     next_id: &mut u64,
 ) -> Result<(), TestCaseError> {
@@ -192,12 +192,12 @@ fn apply(
         }
         if action.is_membership_change() {
             prop_assert!(
-                i > 0 && matches!(plan[i - 1], Action::Snapshot { .. }),
+                i > 0 && matches!(plan[i - 1], MemberAction::Snapshot { .. }),
                 "no snapshot right before {action:?} in {plan:?}"
             );
         }
         match action {
-            Action::StopUnit { host } => {
+            MemberAction::StopUnit { host } => {
                 if let Some(j) = member_index(obs, host) {
                     let m = &mut obs.members[j];
                     prop_assert!(
@@ -208,23 +208,23 @@ fn apply(
                     m.healthy = Some(false);
                 }
             }
-            Action::Snapshot { from } => {
+            MemberAction::Snapshot { from } => {
                 let m = obs.members.iter().find(|m| &m.name == from);
                 prop_assert!(
                     m.is_some_and(|m| m.reachable == Some(true) && m.healthy == Some(true)),
                     "snapshot from {from}, which is not healthy"
                 );
             }
-            Action::WaitUntilInactive { until_ms, .. } => {
+            MemberAction::WaitUntilInactive { until_ms, .. } => {
                 prop_assert!(*until_ms > obs.now_ms);
                 obs.now_ms = *until_ms;
             }
-            Action::Remove { member_id, .. } => {
+            MemberAction::Remove { member_id, .. } => {
                 let before = obs.members.len();
                 obs.members.retain(|m| m.id != *member_id);
                 prop_assert_eq!(before - 1, obs.members.len(), "removing a non-member");
             }
-            Action::Wipe { host, member_id } => {
+            MemberAction::Wipe { host, member_id } => {
                 prop_assert!(
                     obs.members.iter().all(|m| Some(m.id) != *member_id),
                     "wiping {member_id:x?}, still a member"
@@ -234,7 +234,7 @@ fn apply(
                     "wiping {host}, which has a member"
                 );
             }
-            Action::AddLearner { peer_url, .. } => {
+            MemberAction::AddLearner { peer_url, .. } => {
                 prop_assert!(
                     obs.members.iter().all(|m| !m.is_learner),
                     "adding a learner while one is pending: {:?}",
@@ -254,7 +254,7 @@ fn apply(
                     is_leader: false,
                 });
             }
-            Action::StartExisting {
+            MemberAction::StartExisting {
                 name,
                 initial_cluster,
             } => {
@@ -278,13 +278,13 @@ fn apply(
                 m.raft_index = Some(if lagging { leader / 2 } else { leader });
                 m.active_since_ms = Some(obs.now_ms);
             }
-            Action::WaitUntilCaughtUp { name, .. } => {
+            MemberAction::WaitUntilCaughtUp { name, .. } => {
                 let leader = leader_index(obs);
                 let j = member_index(obs, name).unwrap();
                 obs.members[j].raft_index = Some(leader);
                 obs.now_ms += 1_000;
             }
-            Action::Promote { member_id, .. } => {
+            MemberAction::Promote { member_id, .. } => {
                 let leader = leader_index(obs);
                 let m = obs.members.iter_mut().find(|m| m.id == *member_id);
                 prop_assert!(m.is_some(), "promoting a non-member");

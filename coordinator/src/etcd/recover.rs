@@ -26,7 +26,9 @@ use haop_proto::v1 as pb;
 use crate::agent::{AgentError, Agents, HostAgent};
 use crate::etcd::api::{self, EtcdApiError, EtcdClient};
 use crate::etcd::config::{ClusterState, BOOTSTRAP_ENV_FILE, ENV_FILE, UNIT_NAME};
-use crate::etcd::quorum::{self, Action, DesiredMember, Observation, ObservedMember, Refusal};
+use crate::etcd::quorum::{
+    self, DesiredMember, MemberAction, Observation, ObservedMember, Refusal,
+};
 use crate::inventory::Inventory;
 use crate::runbook::steps::member_config;
 use crate::trust::Trust;
@@ -208,7 +210,7 @@ impl Recovery {
     async fn drive(
         &self,
         what: &str,
-        planner: &(dyn Fn(&Observation) -> Result<Vec<Action>, Refusal> + Sync),
+        planner: &(dyn Fn(&Observation) -> Result<Vec<MemberAction>, Refusal> + Sync),
         deadline: Duration,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
@@ -282,7 +284,7 @@ impl Recovery {
             };
             refused_since = None;
             for action in actions {
-                if let Action::StartExisting { name, .. } = &action {
+                if let MemberAction::StartExisting { name, .. } = &action {
                     if !touched.contains(name) {
                         touched.push(name.clone());
                     }
@@ -313,17 +315,17 @@ impl Recovery {
 
     async fn act(
         &self,
-        action: &Action,
+        action: &MemberAction,
         obs: &Observation,
         added_cluster: &mut Option<String>,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
         match action {
-            Action::StopUnit { host } => {
+            MemberAction::StopUnit { host } => {
                 progress(Progress::Action(format!("stop {UNIT_NAME} on {host}")));
                 self.unit(host, pb::Action::Stop).await?;
             }
-            Action::Snapshot { from } => {
+            MemberAction::Snapshot { from } => {
                 let ep = self.endpoint_of(from).unwrap_or_default();
                 let path = crate::etcd::snapshots::new_snapshot_path(
                     &self.state_dir,
@@ -357,14 +359,14 @@ impl Recovery {
                 )));
                 crate::etcd::snapshots::prune(&self.state_dir, self.inventory.cluster.as_str());
             }
-            Action::WaitUntilInactive { member, until_ms } => {
+            MemberAction::WaitUntilInactive { member, until_ms } => {
                 progress(Progress::Waiting(format!(
                     "etcd still counts {member} as active; waiting until it does not"
                 )));
                 let wait = until_ms.saturating_sub(now_ms()).min(6000);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            Action::Remove { name, member_id } => {
+            MemberAction::Remove { name, member_id } => {
                 progress(Progress::Action(format!(
                     "remove member {name} ({member_id:x})"
                 )));
@@ -382,8 +384,8 @@ impl Recovery {
                     r => r?,
                 }
             }
-            Action::Wipe { host, member_id } => self.wipe(host, *member_id, progress).await?,
-            Action::AddLearner { name, peer_url } => {
+            MemberAction::Wipe { host, member_id } => self.wipe(host, *member_id, progress).await?,
+            MemberAction::AddLearner { name, peer_url } => {
                 progress(Progress::Action(format!(
                     "add {name} as a learner ({peer_url})"
                 )));
@@ -396,7 +398,7 @@ impl Recovery {
                     .await?;
                 *added_cluster = Some(api::initial_cluster(&members, id, name));
             }
-            Action::StartExisting {
+            MemberAction::StartExisting {
                 name,
                 initial_cluster,
             } => {
@@ -414,7 +416,7 @@ impl Recovery {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-            Action::WaitUntilCaughtUp {
+            MemberAction::WaitUntilCaughtUp {
                 name,
                 learner_index,
                 leader_index,
@@ -424,7 +426,7 @@ impl Recovery {
                 )));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Action::Promote { name, member_id } => {
+            MemberAction::Promote { name, member_id } => {
                 progress(Progress::Action(format!("promote {name} to voter")));
                 let started = Instant::now();
                 loop {

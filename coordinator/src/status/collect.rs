@@ -39,7 +39,6 @@ pub enum StatusError {
     },
 }
 
-
 /// What one host's agent answered.
 struct HostProbe {
     facts: Result<(pb::Facts, i64, Duration), String>,

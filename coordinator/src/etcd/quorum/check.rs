@@ -3,7 +3,7 @@
 //! learner while another is pending. The planner's rules should make this unreachable; if a rule
 //! is ever wrong, this turns the bug into a refusal instead of a lost quorum.
 
-use super::{quorum, Action, Observation, Refusal};
+use super::{quorum, MemberAction, Observation, Refusal};
 
 #[derive(Debug)]
 struct Model {
@@ -19,7 +19,7 @@ impl Model {
     }
 }
 
-pub(super) fn check_plan(obs: &Observation, actions: &[Action]) -> Result<(), Refusal> {
+pub(super) fn check_plan(obs: &Observation, actions: &[MemberAction]) -> Result<(), Refusal> {
     let mut model = Model {
         members: obs
             .members
@@ -30,17 +30,17 @@ pub(super) fn check_plan(obs: &Observation, actions: &[Action]) -> Result<(), Re
     for action in actions {
         let (voters, healthy) = model.counts();
         let change = match action {
-            Action::Remove { name, member_id } => {
+            MemberAction::Remove { name, member_id } => {
                 model.members.retain(|m| m.0 != *member_id);
                 format!("removing {name}")
             }
-            Action::Promote { name, member_id } => {
+            MemberAction::Promote { name, member_id } => {
                 for m in model.members.iter_mut().filter(|m| m.0 == *member_id) {
                     m.1 = false;
                 }
                 format!("promoting {name}")
             }
-            Action::AddLearner { name, .. } => {
+            MemberAction::AddLearner { name, .. } => {
                 if model.members.iter().any(|m| m.1) {
                     return Err(Refusal::LearnerPending { name: name.clone() });
                 }

@@ -7,7 +7,7 @@
 //! DESIGN.md ("etcd facts the quorum planner must respect"); this module is where they live.
 //!
 //! Why sans-IO: the planner takes an [`Observation`] (what etcd and the agents answered, taken by
-//! someone else) and returns either the next [`Action`]s or a typed [`Refusal`]. It never talks to
+//! someone else) and returns either the next [`MemberAction`]s or a typed [`Refusal`]. It never talks to
 //! etcd, so every rule is unit- and property-tested without a cluster (STYLE.md items 9 and 10).
 //! It fails closed: a member whose reachability or health is unknown, lost quorum, no healthy
 //! leader or a learner still pending all mean *no action*, with a reason a person can act on.
@@ -39,7 +39,7 @@ mod types;
 
 pub use plan::{plan_heal, plan_recover};
 pub use refusal::{Refusal, UnknownField};
-pub use types::{Action, DesiredMember, Observation, ObservedMember};
+pub use types::{DesiredMember, MemberAction, Observation, ObservedMember};
 
 /// How long etcd's strict reconfiguration check keeps counting a member as active after it was
 /// last connected (etcd's `HealthInterval`). Removing it earlier can fail with `unhealthy cluster`.

@@ -2,8 +2,8 @@
 
 use super::check::check_plan;
 use super::{
-    caught_up, quorum, Action, DesiredMember, Observation, ObservedMember, Refusal, UnknownField,
-    ACTIVE_WINDOW_MS,
+    caught_up, quorum, DesiredMember, MemberAction, Observation, ObservedMember, Refusal,
+    UnknownField, ACTIVE_WINDOW_MS,
 };
 
 /// What must hold before any membership change, found once per plan.
@@ -17,7 +17,7 @@ struct Facts<'a> {
 /// Refuses when `target` is already a healthy voter ([`Refusal::AlreadyHealthy`]), when any
 /// member's state is unknown, quorum is lost, there is no healthy leader, or another learner is
 /// pending.
-pub fn plan_recover(obs: &Observation, target: &str) -> Result<Vec<Action>, Refusal> {
+pub fn plan_recover(obs: &Observation, target: &str) -> Result<Vec<MemberAction>, Refusal> {
     let desired = obs
         .desired
         .iter()
@@ -46,7 +46,7 @@ pub fn plan_recover(obs: &Observation, target: &str) -> Result<Vec<Action>, Refu
         // A dead voter (a healthy one was answered above).
         Some(m) if !m.is_learner => remove(obs, &facts, desired, m, true),
         Some(m) if m.is_healthy() => promote(&facts, desired, m)?,
-        Some(m) if m.name.is_empty() => vec![Action::StartExisting {
+        Some(m) if m.name.is_empty() => vec![MemberAction::StartExisting {
             name: desired.name.clone(),
             initial_cluster: initial_cluster(obs, desired, Some(m))?,
         }],
@@ -61,7 +61,7 @@ pub fn plan_recover(obs: &Observation, target: &str) -> Result<Vec<Action>, Refu
 /// what was started), then the inventory's members in order. One member at a time; call again
 /// after running the plan. Refuses with [`Refusal::NothingToDo`] when every inventory member is
 /// a healthy voter.
-pub fn plan_heal(obs: &Observation) -> Result<Vec<Action>, Refusal> {
+pub fn plan_heal(obs: &Observation) -> Result<Vec<MemberAction>, Refusal> {
     preconditions(obs)?;
     if let Some(learner) = obs.members.iter().find(|m| m.is_learner) {
         return match obs
@@ -151,8 +151,8 @@ fn remove(
     d: &DesiredMember,
     m: &ObservedMember,
     voter: bool,
-) -> Vec<Action> {
-    let stop = Action::StopUnit {
+) -> Vec<MemberAction> {
+    let stop = MemberAction::StopUnit {
         host: d.name.clone(),
     };
     if let Some(until_ms) = m
@@ -162,7 +162,7 @@ fn remove(
         if voter && obs.now_ms < until_ms {
             return vec![
                 stop,
-                Action::WaitUntilInactive {
+                MemberAction::WaitUntilInactive {
                     member: d.name.clone(),
                     until_ms,
                 },
@@ -171,14 +171,14 @@ fn remove(
     }
     vec![
         stop,
-        Action::Snapshot {
+        MemberAction::Snapshot {
             from: facts.leader.name.clone(),
         },
-        Action::Remove {
+        MemberAction::Remove {
             name: d.name.clone(),
             member_id: m.id,
         },
-        Action::Wipe {
+        MemberAction::Wipe {
             host: d.name.clone(),
             member_id: Some(m.id),
         },
@@ -189,23 +189,27 @@ fn remove(
 /// stopped and its data dir wiped first: a run interrupted between removal and wipe, or a
 /// member removed by hand, leaves a log under a member ID the cluster no longer has, and etcd
 /// would start from it and refuse to join ("member has already been bootstrapped").
-fn add(obs: &Observation, facts: &Facts<'_>, d: &DesiredMember) -> Result<Vec<Action>, Refusal> {
+fn add(
+    obs: &Observation,
+    facts: &Facts<'_>,
+    d: &DesiredMember,
+) -> Result<Vec<MemberAction>, Refusal> {
     Ok(vec![
-        Action::StopUnit {
+        MemberAction::StopUnit {
             host: d.name.clone(),
         },
-        Action::Wipe {
+        MemberAction::Wipe {
             host: d.name.clone(),
             member_id: None,
         },
-        Action::Snapshot {
+        MemberAction::Snapshot {
             from: facts.leader.name.clone(),
         },
-        Action::AddLearner {
+        MemberAction::AddLearner {
             name: d.name.clone(),
             peer_url: d.peer_url.clone(),
         },
-        Action::StartExisting {
+        MemberAction::StartExisting {
             name: d.name.clone(),
             initial_cluster: initial_cluster(obs, d, None)?,
         },
@@ -217,7 +221,7 @@ fn promote(
     facts: &Facts<'_>,
     d: &DesiredMember,
     m: &ObservedMember,
-) -> Result<Vec<Action>, Refusal> {
+) -> Result<Vec<MemberAction>, Refusal> {
     let unknown = |who: &ObservedMember| Refusal::StateUnknown {
         member: if who.name.is_empty() {
             d.name.clone()
@@ -232,17 +236,17 @@ fn promote(
         .ok_or_else(|| unknown(facts.leader))?;
     let learner_index = m.raft_index.ok_or_else(|| unknown(m))?;
     if !caught_up(learner_index, leader_index) {
-        return Ok(vec![Action::WaitUntilCaughtUp {
+        return Ok(vec![MemberAction::WaitUntilCaughtUp {
             name: d.name.clone(),
             learner_index,
             leader_index,
         }]);
     }
     Ok(vec![
-        Action::Snapshot {
+        MemberAction::Snapshot {
             from: facts.leader.name.clone(),
         },
-        Action::Promote {
+        MemberAction::Promote {
             name: d.name.clone(),
             member_id: m.id,
         },

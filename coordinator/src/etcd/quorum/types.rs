@@ -1,4 +1,4 @@
-//! What the planner reads ([`Observation`]) and what it asks for ([`Action`]).
+//! What the planner reads ([`Observation`]) and what it asks for ([`MemberAction`]).
 //!
 //! Members are named by their etcd name, which haop sets to the inventory host name; a member
 //! added but never started has an empty name in etcd and is matched by its peer URL instead.
@@ -52,7 +52,7 @@ pub struct Observation {
 
 /// One step for the executor. See the module docs for the plan contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum MemberAction {
     /// Stop (and keep stopped) the etcd unit on `host`, so a crash-looping member cannot rejoin
     /// under its old member ID. Idempotent.
     StopUnit { host: String },
@@ -89,27 +89,29 @@ pub enum Action {
     Promote { name: String, member_id: u64 },
 }
 
-impl Action {
+impl MemberAction {
     /// Whether this action changes etcd's membership (needs quorum and a snapshot first).
     pub fn is_membership_change(&self) -> bool {
         matches!(
             self,
-            Action::Remove { .. } | Action::AddLearner { .. } | Action::Promote { .. }
+            MemberAction::Remove { .. }
+                | MemberAction::AddLearner { .. }
+                | MemberAction::Promote { .. }
         )
     }
 
     /// A short name of the kind of action, stable (failpoints and logs use it).
     pub fn kind(&self) -> &'static str {
         match self {
-            Action::StopUnit { .. } => "stop-unit",
-            Action::Snapshot { .. } => "snapshot",
-            Action::WaitUntilInactive { .. } => "wait-until-inactive",
-            Action::Remove { .. } => "remove",
-            Action::Wipe { .. } => "wipe",
-            Action::AddLearner { .. } => "add-learner",
-            Action::StartExisting { .. } => "start-existing",
-            Action::WaitUntilCaughtUp { .. } => "wait-until-caught-up",
-            Action::Promote { .. } => "promote",
+            MemberAction::StopUnit { .. } => "stop-unit",
+            MemberAction::Snapshot { .. } => "snapshot",
+            MemberAction::WaitUntilInactive { .. } => "wait-until-inactive",
+            MemberAction::Remove { .. } => "remove",
+            MemberAction::Wipe { .. } => "wipe",
+            MemberAction::AddLearner { .. } => "add-learner",
+            MemberAction::StartExisting { .. } => "start-existing",
+            MemberAction::WaitUntilCaughtUp { .. } => "wait-until-caught-up",
+            MemberAction::Promote { .. } => "promote",
         }
     }
 
@@ -117,7 +119,7 @@ impl Action {
     pub fn is_barrier(&self) -> bool {
         matches!(
             self,
-            Action::WaitUntilInactive { .. } | Action::WaitUntilCaughtUp { .. }
+            MemberAction::WaitUntilInactive { .. } | MemberAction::WaitUntilCaughtUp { .. }
         )
     }
 }

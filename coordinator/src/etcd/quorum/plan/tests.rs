@@ -43,8 +43,8 @@ fn seed() -> Observation {
     }
 }
 
-fn snap() -> Action {
-    Action::Snapshot {
+fn snap() -> MemberAction {
+    MemberAction::Snapshot {
         from: "etcd1".into(),
     }
 }
@@ -61,10 +61,10 @@ fn seed_scenario_recovers_a_wiped_member_in_safe_rounds() {
     assert_eq!(
         plan_recover(&obs, "etcd3").unwrap(),
         [
-            Action::StopUnit {
+            MemberAction::StopUnit {
                 host: "etcd3".into()
             },
-            Action::WaitUntilInactive {
+            MemberAction::WaitUntilInactive {
                 member: "etcd3".into(),
                 until_ms: NOW + 4_000
             },
@@ -78,15 +78,15 @@ fn seed_scenario_recovers_a_wiped_member_in_safe_rounds() {
     assert_eq!(
         plan_recover(&obs, "etcd3").unwrap(),
         [
-            Action::StopUnit {
+            MemberAction::StopUnit {
                 host: "etcd3".into()
             },
             snap(),
-            Action::Remove {
+            MemberAction::Remove {
                 name: "etcd3".into(),
                 member_id: id
             },
-            Action::Wipe {
+            MemberAction::Wipe {
                 host: "etcd3".into(),
                 member_id: Some(id)
             },
@@ -101,19 +101,19 @@ fn seed_scenario_recovers_a_wiped_member_in_safe_rounds() {
     assert_eq!(
         plan_recover(&obs, "etcd3").unwrap(),
         [
-            Action::StopUnit {
+            MemberAction::StopUnit {
                 host: "etcd3".into()
             },
-            Action::Wipe {
+            MemberAction::Wipe {
                 host: "etcd3".into(),
                 member_id: None
             },
             snap(),
-            Action::AddLearner {
+            MemberAction::AddLearner {
                 name: "etcd3".into(),
                 peer_url: url(3)
             },
-            Action::StartExisting {
+            MemberAction::StartExisting {
                 name: "etcd3".into(),
                 initial_cluster: initial.clone()
             },
@@ -131,7 +131,7 @@ fn seed_scenario_recovers_a_wiped_member_in_safe_rounds() {
     obs.members.push(learner);
     assert_eq!(
         plan_recover(&obs, "etcd3").unwrap(),
-        [Action::StartExisting {
+        [MemberAction::StartExisting {
             name: "etcd3".into(),
             initial_cluster: initial
         }]
@@ -145,7 +145,7 @@ fn seed_scenario_recovers_a_wiped_member_in_safe_rounds() {
     learner.raft_index = Some(1_200);
     assert_eq!(
         plan_recover(&obs, "etcd3").unwrap(),
-        [Action::WaitUntilCaughtUp {
+        [MemberAction::WaitUntilCaughtUp {
             name: "etcd3".into(),
             learner_index: 1_200,
             leader_index: 5_000
@@ -158,7 +158,7 @@ fn seed_scenario_recovers_a_wiped_member_in_safe_rounds() {
         plan_recover(&obs, "etcd3").unwrap(),
         [
             snap(),
-            Action::Promote {
+            MemberAction::Promote {
                 name: "etcd3".into(),
                 member_id: 0x999
             }
@@ -220,7 +220,7 @@ fn a_pending_learner_blocks_adding_another() {
     // heal finishes the pending learner first instead.
     assert_eq!(
         plan_heal(&obs).unwrap(),
-        [Action::WaitUntilCaughtUp {
+        [MemberAction::WaitUntilCaughtUp {
             name: "etcd4".into(),
             learner_index: 10,
             leader_index: 5_000
@@ -243,7 +243,9 @@ fn a_learner_not_caught_up_is_not_promoted() {
     for (index, promote) in [(4_899, false), (4_900, true), (0, false), (5_100, true)] {
         obs.members[2].raft_index = Some(index);
         let plan = plan_recover(&obs, "etcd3").unwrap();
-        let promoted = plan.iter().any(|a| matches!(a, Action::Promote { .. }));
+        let promoted = plan
+            .iter()
+            .any(|a| matches!(a, MemberAction::Promote { .. }));
         assert_eq!(
             promoted, promote,
             "learner at {index}, leader at 5000: {plan:?}"
@@ -318,15 +320,15 @@ fn a_dead_learner_that_ran_is_removed_not_restarted() {
     assert_eq!(
         plan_heal(&obs).unwrap(),
         [
-            Action::StopUnit {
+            MemberAction::StopUnit {
                 host: "etcd3".into()
             },
             snap(),
-            Action::Remove {
+            MemberAction::Remove {
                 name: "etcd3".into(),
                 member_id: id
             },
-            Action::Wipe {
+            MemberAction::Wipe {
                 host: "etcd3".into(),
                 member_id: Some(id)
             },
@@ -340,7 +342,7 @@ fn the_plan_check_refuses_a_change_below_quorum() {
     obs.members[1] = dead(voter(2), 0);
     let bad = [
         snap(),
-        Action::Remove {
+        MemberAction::Remove {
             name: "etcd3".into(),
             member_id: obs.members[2].id,
         },
@@ -351,11 +353,11 @@ fn the_plan_check_refuses_a_change_below_quorum() {
         "2 of 3 voters are healthy; removing etcd3 would leave 1 of 2, below the quorum of 2"
     );
     let twice = [
-        Action::AddLearner {
+        MemberAction::AddLearner {
             name: "a".into(),
             peer_url: url(7),
         },
-        Action::AddLearner {
+        MemberAction::AddLearner {
             name: "b".into(),
             peer_url: url(8),
         },
