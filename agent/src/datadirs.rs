@@ -194,6 +194,111 @@ pub fn wipe(
     })
 }
 
+/// A moved-aside copy of a declared data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WipedCopy {
+    pub path: HostPath,
+    pub data_dir: String,
+    pub bytes: u64,
+    pub moved_unix_ms: i64,
+    /// Where it is on the real filesystem (beside the declared directory, as WipeDataDir put
+    /// it).
+    real: PathBuf,
+}
+
+/// The moved-aside copies (`PATH.wiped-*`) of every data directory declared for `unit`,
+/// newest first.
+pub fn wiped_copies(
+    fs: &HostFs,
+    declared: &DeclaredDirs,
+    unit: &UnitName,
+) -> Result<Vec<WipedCopy>, WipeError> {
+    let mut out = Vec::new();
+    for dir in declared.of(unit)? {
+        let path = HostPath::try_from(dir.clone())?;
+        let real = fs.real(&path);
+        let (Some(parent), Some(name)) = (real.parent(), real.file_name()) else {
+            continue;
+        };
+        let prefix = format!("{}.wiped-", name.to_string_lossy());
+        let entries = match std::fs::read_dir(parent) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(files::io("list", parent)(e).into()),
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stamp) = file_name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            let copy = HostPath::try_from(format!("{dir}.wiped-{stamp}"))?;
+            out.push(WipedCopy {
+                bytes: crate::usage::tree_bytes(&entry.path()).unwrap_or(0),
+                moved_unix_ms: stamp_unix_ms(stamp).unwrap_or_else(|| {
+                    use std::os::unix::fs::MetadataExt;
+                    meta.mtime() * 1000
+                }),
+                path: copy,
+                data_dir: dir.clone(),
+                real: entry.path(),
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        (b.moved_unix_ms, b.path.to_string()).cmp(&(a.moved_unix_ms, a.path.to_string()))
+    });
+    Ok(out)
+}
+
+/// Deletes the copies of `unit`'s data directories beyond the newest `keep` of each directory
+/// that were moved aside at least `min_age_ms` before `now_ms`; answers (present, removed).
+pub fn prune_wiped(
+    fs: &HostFs,
+    declared: &DeclaredDirs,
+    unit: &UnitName,
+    keep: usize,
+    min_age_ms: i64,
+    now_ms: i64,
+) -> Result<(Vec<WipedCopy>, Vec<WipedCopy>), WipeError> {
+    let mut present = Vec::new();
+    let mut removed = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for copy in wiped_copies(fs, declared, unit)? {
+        let rank = seen.entry(copy.data_dir.clone()).or_default();
+        *rank += 1;
+        if *rank <= keep || now_ms - copy.moved_unix_ms < min_age_ms {
+            present.push(copy);
+            continue;
+        }
+        // A directory, never a link someone put in place of a copy (remove_dir_all does not
+        // follow the links inside it).
+        if !std::fs::symlink_metadata(&copy.real).is_ok_and(|m| m.is_dir()) {
+            present.push(copy);
+            continue;
+        }
+        std::fs::remove_dir_all(&copy.real).map_err(files::io("delete", &copy.real))?;
+        removed.push(copy);
+    }
+    if let Some(first) = removed.first() {
+        files::sync_dir(&first.real)?;
+    }
+    Ok((present, removed))
+}
+
+/// The time in a copy's name (`YYYYMMDDTHHMMSSZ`, maybe followed by `.N`), Unix ms.
+fn stamp_unix_ms(stamp: &str) -> Option<i64> {
+    let stamp = stamp.split('.').next()?;
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let t = time::PrimitiveDateTime::parse(stamp, format).ok()?;
+    Some((t.assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +395,45 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn wiped_copies_are_listed_newest_first_and_pruned_by_count_and_age() {
+        let (_dir, fs, declared, unit) = setup();
+        let stamps = ["20261201T000000Z", "20261203T000000Z", "20261202T000000Z"];
+        for s in stamps {
+            let p = fs.real(&hp(&format!("/var/lib/etcd.wiped-{s}")));
+            std::fs::create_dir_all(p.join("member")).unwrap();
+            std::fs::write(p.join("member/db"), vec![0u8; 100]).unwrap();
+        }
+        // Not a copy: another name, and a file.
+        std::fs::create_dir_all(fs.real(&hp("/var/lib/etcdX.wiped-20261201T000000Z"))).unwrap();
+        let list = wiped_copies(&fs, &declared, &unit).unwrap();
+        let names: Vec<String> = list.iter().map(|c| c.path.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "/var/lib/etcd.wiped-20261203T000000Z",
+                "/var/lib/etcd.wiped-20261202T000000Z",
+                "/var/lib/etcd.wiped-20261201T000000Z"
+            ]
+        );
+        assert!(list.iter().all(|c| c.bytes == 100));
+        let dec3 = stamp_unix_ms("20261203T000000Z").unwrap();
+        // Keep one; the copy of Dec 2 is younger than two days on Dec 3 and stays.
+        let (present, removed) =
+            prune_wiped(&fs, &declared, &unit, 1, 2 * 86_400_000, dec3 + 1).unwrap();
+        assert_eq!(present.len(), 2);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(
+            removed[0].path.to_string(),
+            "/var/lib/etcd.wiped-20261201T000000Z"
+        );
+        assert!(!fs.real(&removed[0].path).exists());
+        assert!(fs
+            .real(&hp("/var/lib/etcdX.wiped-20261201T000000Z"))
+            .exists());
+        let (present, _) = prune_wiped(&fs, &declared, &unit, 0, 0, dec3 + 1).unwrap();
+        assert!(present.is_empty());
     }
 }

@@ -29,3 +29,4 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod units;
+pub mod usage;

@@ -245,10 +245,18 @@ impl Agent for AgentService {
             let meta = match std::fs::symlink_metadata(&real) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok(pb::StatResponse::default())
+                    let (fs_available_bytes, fs_total_bytes) =
+                        crate::usage::filesystem_space(&real).unwrap_or_default();
+                    return Ok(pb::StatResponse {
+                        fs_available_bytes,
+                        fs_total_bytes,
+                        ..Default::default()
+                    });
                 }
                 Err(e) => return Err(files::io("inspect", &real)(e).into()),
             };
+            let (fs_available_bytes, fs_total_bytes) =
+                crate::usage::filesystem_space(&real).unwrap_or_default();
             let kind = if meta.is_file() {
                 "file"
             } else if meta.is_dir() {
@@ -263,6 +271,11 @@ impl Agent for AgentService {
             } else {
                 String::new()
             };
+            let tree_bytes = if req.tree && managed {
+                crate::usage::tree_bytes(&real).map_err(files::io("measure", &real))?
+            } else {
+                0
+            };
             Ok::<_, AgentError>(pb::StatResponse {
                 exists: true,
                 kind: kind.into(),
@@ -272,6 +285,9 @@ impl Agent for AgentService {
                 gid: meta.gid(),
                 modified_unix_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
                 sha256,
+                tree_bytes,
+                fs_available_bytes,
+                fs_total_bytes,
             })
         })();
         result.map(Response::new).map_err(Status::from)
@@ -616,6 +632,56 @@ impl Agent for AgentService {
         .map_err(Status::from)
     }
 
+    async fn list_wiped_data_dirs(
+        &self,
+        req: Request<pb::WipedDataDirsRequest>,
+    ) -> AgentResult<pb::WipedDataDirsResponse> {
+        auth::authorize(&req, "ListWipedDataDirs", Access::Read)?;
+        let req = req.into_inner();
+        let run = || {
+            let unit = UnitName::try_from(req.unit.as_str())?;
+            let present = datadirs::wiped_copies(self.fs(), &self.inner.declared, &unit)?;
+            Ok::<_, AgentError>(pb::WipedDataDirsResponse {
+                present: present.into_iter().map(wiped_pb).collect(),
+                removed: Vec::new(),
+            })
+        };
+        run().map(Response::new).map_err(Status::from)
+    }
+
+    async fn prune_wiped_data_dirs(
+        &self,
+        req: Request<pb::PruneWipedDataDirsRequest>,
+    ) -> AgentResult<pb::WipedDataDirsResponse> {
+        auth::authorize(&req, "PruneWipedDataDirs", Access::Mutate)?;
+        let req = req.into_inner();
+        let span = info_span!("prune_wiped_data_dirs", unit = %req.unit);
+        let _enter = span.enter();
+        let run = || {
+            let unit = UnitName::try_from(req.unit.as_str())?;
+            let now_ms =
+                (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            let min_age_ms =
+                i64::try_from(req.min_age_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let (present, removed) = datadirs::prune_wiped(
+                self.fs(),
+                &self.inner.declared,
+                &unit,
+                req.keep as usize,
+                min_age_ms,
+                now_ms,
+            )?;
+            for r in &removed {
+                info!(unit = %unit, path = %r.path, bytes = r.bytes, "moved-aside data dir deleted");
+            }
+            Ok::<_, AgentError>(pb::WipedDataDirsResponse {
+                present: present.into_iter().map(wiped_pb).collect(),
+                removed: removed.into_iter().map(wiped_pb).collect(),
+            })
+        };
+        run().map(Response::new).map_err(Status::from)
+    }
+
     async fn exec(&self, req: Request<pb::ExecRequest>) -> AgentResult<pb::ExecResponse> {
         auth::authorize(&req, "Exec", Access::Mutate)?;
         let req = req.into_inner();
@@ -741,5 +807,14 @@ impl Agent for AgentService {
             serving_cert_pem: std::fs::read_to_string(self.inner.identity.cert_path())
                 .unwrap_or_default(),
         }))
+    }
+}
+
+fn wiped_pb(c: datadirs::WipedCopy) -> pb::WipedDataDir {
+    pb::WipedDataDir {
+        path: c.path.to_string(),
+        data_dir: c.data_dir,
+        bytes: c.bytes,
+        moved_unix_ms: c.moved_unix_ms,
     }
 }

@@ -11,6 +11,7 @@ use haop_coordinator::etcd::maintenance;
 use haop_coordinator::etcd::recover::{Progress, Recovery};
 
 use crate::certs::load_inventory;
+use crate::progress::View;
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
@@ -46,9 +47,15 @@ pub enum EtcdCommand {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
-        /// Give up after this many seconds (run again to continue).
-        #[arg(long, default_value_t = 120)]
+        /// Give up after this many seconds in all (run again to continue); 0: no overall
+        /// limit, only a stalled catch-up ends the wait.
+        #[arg(long, default_value_t = 0)]
         timeout: u64,
+        /// Stop waiting for a member that catches up (a learner receiving the database)
+        /// after this many seconds without any progress; default: the inventory's
+        /// etcd.catch_up_stall (2m).
+        #[arg(long, value_name = "SECONDS")]
+        stall_timeout: Option<u64>,
     },
     /// Add HOST (already an etcd host in the inventory) to the running cluster: its files by
     /// apply's steps, then a learner, started with --initial-cluster-state existing, promoted.
@@ -87,9 +94,13 @@ pub enum EtcdCommand {
         watch: bool,
         #[arg(long, default_value_t = 10)]
         interval: u64,
-        /// Give up one healing round after this many seconds.
-        #[arg(long, default_value_t = 300)]
+        /// Give up one healing round after this many seconds; 0: no limit, only a stalled
+        /// catch-up ends a round.
+        #[arg(long, default_value_t = 0)]
         timeout: u64,
+        /// As for recover: seconds without progress before a catch-up is called stalled.
+        #[arg(long, value_name = "SECONDS")]
+        stall_timeout: Option<u64>,
     },
     /// Lost quorum: rebuild every member from one snapshot (a new cluster token). Everything
     /// written after the snapshot is lost, so it asks for confirmation (--yes for scripts).
@@ -155,35 +166,24 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             host,
             inventory,
             timeout,
+            stall_timeout,
         } => {
             let inv = load_inventory(&inventory)?;
-            let recovery = Recovery::connect(state_dir, inv).await?;
-            let show = |p: Progress| match p {
-                Progress::Action(a) => eprintln!("  {a}"),
-                Progress::Waiting(w) => eprintln!("  … {w}"),
-                Progress::Done { elapsed } => {
-                    eprintln!(
-                        "  {host} is a healthy voter ({:.2} s)",
-                        elapsed.as_secs_f64()
-                    )
-                }
-            };
+            let recovery = with_stall(Recovery::connect(state_dir, inv).await?, stall_timeout);
+            let view = View::new(format!("{host} is a healthy voter"));
             eprintln!("recovering {host}:");
             recovery
-                .recover(&host, Duration::from_secs(timeout), &show)
+                .recover(&host, limit(timeout), &|p| view.show(p))
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Add { host, inventory } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("adding {host}:");
-            haop_coordinator::etcd::scale::add(
-                state_dir,
-                inv,
-                Some(&inventory),
-                &host,
-                &show_progress,
-            )
+            let view = View::new("done");
+            haop_coordinator::etcd::scale::add(state_dir, inv, Some(&inventory), &host, &|p| {
+                view.show(p)
+            })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -194,13 +194,14 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("replacing {old} with {new}:");
+            let view = View::new("done");
             haop_coordinator::etcd::scale::replace(
                 state_dir,
                 inv,
                 Some(&inventory),
                 &old,
                 &new,
-                &show_progress,
+                &|p| view.show(p),
             )
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -208,13 +209,10 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         EtcdCommand::Remove { host, inventory } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("removing {host}:");
-            haop_coordinator::etcd::scale::remove(
-                state_dir,
-                inv,
-                Some(&inventory),
-                &host,
-                &show_progress,
-            )
+            let view = View::new("done");
+            haop_coordinator::etcd::scale::remove(state_dir, inv, Some(&inventory), &host, &|p| {
+                view.show(p)
+            })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -273,29 +271,31 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             watch,
             interval,
             timeout,
+            stall_timeout,
         } => {
             let inv = load_inventory(&inventory)?;
             // Quiet while nothing needs healing, so a watching heal does not flood its log.
             let acted = std::sync::atomic::AtomicBool::new(!watch);
+            let view = View::new("every member is a healthy voter");
             let show = |p: Progress| match p {
-                Progress::Action(a) => {
-                    acted.store(true, std::sync::atomic::Ordering::Relaxed);
-                    eprintln!("  {a}")
-                }
-                Progress::Waiting(w) => eprintln!("  … {w}"),
-                Progress::Done { elapsed } => {
+                Progress::Done { .. } => {
                     if acted.swap(!watch, std::sync::atomic::Ordering::Relaxed) {
-                        eprintln!(
-                            "  every member is a healthy voter ({:.2} s)",
-                            elapsed.as_secs_f64()
-                        )
+                        view.show(p)
                     }
                 }
+                Progress::Action(_) => {
+                    acted.store(true, std::sync::atomic::Ordering::Relaxed);
+                    view.show(p)
+                }
+                p => view.show(p),
             };
             loop {
                 let round = async {
-                    let recovery = Recovery::connect(state_dir, inv.clone()).await?;
-                    recovery.heal(Duration::from_secs(timeout), &show).await
+                    let recovery = with_stall(
+                        Recovery::connect(state_dir, inv.clone()).await?,
+                        stall_timeout,
+                    );
+                    recovery.heal(limit(timeout), &show).await
                 };
                 match round.await {
                     Ok(()) if !watch => return Ok(ExitCode::SUCCESS),
@@ -375,13 +375,16 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
     }
 }
 
-fn show_progress(p: Progress) {
-    match p {
-        Progress::Action(a) => eprintln!("  {a}"),
-        Progress::Waiting(w) => eprintln!("  … {w}"),
-        Progress::Done { elapsed } => {
-            eprintln!("  done ({:.2} s)", elapsed.as_secs_f64())
-        }
+/// `--timeout` seconds as an overall limit; 0 means none.
+fn limit(seconds: u64) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+/// `recovery` with `--stall-timeout` when given.
+fn with_stall(recovery: Recovery, seconds: Option<u64>) -> Recovery {
+    match seconds {
+        Some(s) => recovery.with_stall_timeout(Duration::from_secs(s.max(1))),
+        None => recovery,
     }
 }
 

@@ -5,6 +5,7 @@ mod certs;
 mod docs;
 mod etcd;
 mod lab;
+mod progress;
 mod runbook;
 mod status;
 mod trust;

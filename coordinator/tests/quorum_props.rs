@@ -6,8 +6,8 @@
 //! healthy voters from the mutated observation itself.
 
 use haop_coordinator::etcd::quorum::{
-    plan_heal, plan_recover, quorum, DesiredMember, MemberAction, Observation, ObservedMember,
-    Refusal, UnknownField,
+    plan_heal, plan_recover, quorum, CatchUp, DesiredMember, MemberAction, Observation,
+    ObservedMember, Refusal, UnknownField,
 };
 use proptest::prelude::*;
 
@@ -26,6 +26,8 @@ struct MemberSpec {
     last_seen_ago: Option<u64>,
     in_inventory: bool,
     unnamed: bool,
+    /// For a learner: what its host says (process running, progress stalled), or not asked.
+    catch_up: Option<(bool, bool)>,
 }
 
 fn member_spec() -> impl Strategy<Value = MemberSpec> {
@@ -36,9 +38,10 @@ fn member_spec() -> impl Strategy<Value = MemberSpec> {
         prop::option::of(0..10_000u64),
         prop::bool::weighted(0.85),
         prop::bool::weighted(0.3),
+        prop::option::weighted(0.5, (prop::bool::weighted(0.7), prop::bool::weighted(0.2))),
     )
         .prop_map(
-            |(learner, state, raft_behind, last_seen_ago, in_inv, unnamed)| MemberSpec {
+            |(learner, state, raft_behind, last_seen_ago, in_inv, unnamed, catch_up)| MemberSpec {
                 learner,
                 state,
                 raft_behind,
@@ -46,6 +49,7 @@ fn member_spec() -> impl Strategy<Value = MemberSpec> {
                 // A learner always comes from a recovery of an inventory member.
                 in_inventory: in_inv || learner,
                 unnamed: unnamed && learner,
+                catch_up: catch_up.filter(|_| learner),
             },
         )
 }
@@ -95,6 +99,9 @@ fn case() -> impl Strategy<Value = Case> {
                         raft_index: s.raft_behind.map(|b| leader_index - b),
                         active_since_ms: s.last_seen_ago.map(|a| NOW - a),
                         is_leader: leader_valid && leader % specs.len() == i,
+                        catch_up: s
+                            .catch_up
+                            .map(|(running, stalled)| CatchUp { running, stalled }),
                     }
                 })
                 .collect();
@@ -252,6 +259,7 @@ fn apply(
                     raft_index: Some(0),
                     active_since_ms: None,
                     is_leader: false,
+                    catch_up: None,
                 });
             }
             MemberAction::StartExisting {
@@ -277,6 +285,19 @@ fn apply(
                 m.healthy = Some(true);
                 m.raft_index = Some(if lagging { leader / 2 } else { leader });
                 m.active_since_ms = Some(obs.now_ms);
+            }
+            MemberAction::WaitWhileCatchingUp { name } => {
+                // The learner's database arrived and it answers now, caught up or nearly.
+                let leader = leader_index(obs);
+                let j = member_index(obs, name);
+                prop_assert!(j.is_some(), "waiting for {name}, not a member");
+                let m = &mut obs.members[j.unwrap()];
+                prop_assert!(m.is_learner, "waiting for a voter to catch up");
+                m.name = name.clone();
+                m.reachable = Some(true);
+                m.healthy = Some(true);
+                m.raft_index = Some(if lagging { leader / 2 } else { leader });
+                obs.now_ms += 1_000;
             }
             MemberAction::WaitUntilCaughtUp { name, .. } => {
                 let leader = leader_index(obs);
@@ -321,6 +342,10 @@ fn recoverable(obs: &Observation) -> bool {
         })
         .collect();
     !any_unknown(obs)
+        && !obs
+            .members
+            .iter()
+            .any(|m| m.catch_up.is_some_and(|c| c.running && c.stalled))
         && healthy >= quorum(voters)
         && leaders.len() == 1
         && leaders[0].raft_index.is_some()
@@ -353,6 +378,22 @@ proptest! {
                         prop_assert!(!any_unknown(&obs), "planned {plan:?} on unknown state");
                         let (voters, healthy) = counts(&obs);
                         prop_assert!(healthy >= quorum(voters), "planned {plan:?} without quorum");
+                    }
+                    // A learner whose host says it runs and makes progress is never removed or
+                    // wiped: it is catching up.
+                    for a in &plan {
+                        let victim = match a {
+                            MemberAction::Remove { member_id, .. } => {
+                                obs.members.iter().find(|m| m.id == *member_id)
+                            }
+                            MemberAction::Wipe { host, .. } => member_index(&obs, host).map(|j| &obs.members[j]),
+                            _ => None,
+                        };
+                        prop_assert!(
+                            !victim.is_some_and(|m| m.is_learner
+                                && m.catch_up.is_some_and(|c| c.running && !c.stalled)),
+                            "{a:?} of a learner that is catching up"
+                        );
                     }
                     apply(&mut obs, &plan, lagging, &mut next_id)?;
                 }

@@ -114,7 +114,48 @@ impl HostAgent {
     pub async fn stat(&self, path: &str) -> Result<pb::StatResponse, AgentError> {
         let path = path.to_string();
         self.call("Stat", |mut c| async move {
-            c.stat(pb::StatRequest { path }).await
+            c.stat(pb::StatRequest { path, tree: false }).await
+        })
+        .await
+    }
+
+    /// What is at `path` with, for a directory, the bytes of the files below it; the
+    /// filesystem's room is in the answer too (see `StatResponse`).
+    pub async fn stat_tree(&self, path: &str) -> Result<pb::StatResponse, AgentError> {
+        let path = path.to_string();
+        self.call("Stat", |mut c| async move {
+            c.stat(pb::StatRequest { path, tree: true }).await
+        })
+        .await
+    }
+
+    /// The moved-aside copies of `unit`'s data directories, newest first.
+    pub async fn wiped_data_dirs(&self, unit: &str) -> Result<Vec<pb::WipedDataDir>, AgentError> {
+        let unit = unit.to_string();
+        Ok(self
+            .call("ListWipedDataDirs", |mut c| async move {
+                c.list_wiped_data_dirs(pb::WipedDataDirsRequest { unit })
+                    .await
+            })
+            .await?
+            .present)
+    }
+
+    /// Deletes moved-aside copies of `unit`'s data directories beyond the newest `keep` that
+    /// are older than `min_age`.
+    pub async fn prune_wiped_data_dirs(
+        &self,
+        unit: &str,
+        keep: u32,
+        min_age: Duration,
+    ) -> Result<pb::WipedDataDirsResponse, AgentError> {
+        let req = pb::PruneWipedDataDirsRequest {
+            unit: unit.to_string(),
+            keep,
+            min_age_seconds: min_age.as_secs(),
+        };
+        self.call("PruneWipedDataDirs", |mut c| async move {
+            c.prune_wiped_data_dirs(req).await
         })
         .await
     }

@@ -854,7 +854,20 @@ impl EtcdClient {
         endpoint: &str,
         to: &Path,
     ) -> Result<SnapshotInfo, EtcdApiError> {
+        self.snapshot_from_with(endpoint, to, &|_| {}).await
+    }
+
+    /// [`snapshot_from`](Self::snapshot_from), telling `progress` the bytes received so far
+    /// (about every 8 MiB, and at the end).
+    pub async fn snapshot_from_with(
+        &self,
+        endpoint: &str,
+        to: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<SnapshotInfo, EtcdApiError> {
         const OP: &str = "snapshot";
+        const EVERY: u64 = 8 * 1024 * 1024;
+        let mut told: u64 = 0;
         let mut stream = self
             .on(endpoint, OP, self.timeout, |mut c| async move {
                 c.snapshot().await
@@ -889,6 +902,10 @@ impl EtcdClient {
             tmp.write(blob)?;
             hasher.update(blob);
             size += blob.len() as u64;
+            if size - told >= EVERY {
+                progress(size);
+                told = size;
+            }
             tail.extend_from_slice(blob);
             if tail.len() > SNAPSHOT_HASH_LEN {
                 tail.drain(..tail.len() - SNAPSHOT_HASH_LEN);
@@ -909,6 +926,7 @@ impl EtcdClient {
             ));
         }
         tmp.persist(to)?;
+        progress(size);
         let info = SnapshotInfo {
             path: to.to_path_buf(),
             endpoint: endpoint.to_string(),

@@ -20,6 +20,7 @@
 //!   step by add, remove and replace.
 
 pub mod api;
+pub mod catchup;
 pub mod config;
 pub mod kube_endpoints;
 pub mod maintenance;

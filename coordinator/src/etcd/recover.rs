@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use haop_proto::v1 as pb;
 
 use crate::agent::{AgentError, Agents, HostAgent};
-use crate::etcd::api::{self, EtcdApiError, EtcdClient};
+use crate::etcd::api::{self, EtcdApiError, EtcdClient, SnapshotInfo};
+use crate::etcd::catchup::{human_bytes, Report, Sample, Tracker};
 use crate::etcd::config::{ClusterState, BOOTSTRAP_ENV_FILE, ENV_FILE, UNIT_NAME};
 use crate::etcd::quorum::{
-    self, DesiredMember, MemberAction, Observation, ObservedMember, Refusal,
+    self, CatchUp, DesiredMember, MemberAction, Observation, ObservedMember, Refusal,
 };
 use crate::inventory::Inventory;
 use crate::runbook::steps::member_config;
@@ -56,6 +57,43 @@ pub enum RecoverError {
     Fence(String),
     #[error("{what} did not happen within {seconds} s; run the command again to continue")]
     Timeout { what: String, seconds: u64 },
+    #[error(
+        "{detail}; stopped waiting after the stall timeout ({stall} s, etcd.catch_up_stall or \
+         --stall-timeout). The member was left as it is: check its host (disk, network to the \
+         leader, its etcd log) and run the command again to keep waiting"
+    )]
+    Stalled { detail: String, stall: u64 },
+    #[error(
+        "the state dir has {} free in {}, and the next snapshot needs about {} (the \
+         database of {from}); nothing was changed: free space there or move the state dir \
+         (--state-dir) before running this again",
+        human_bytes(*.available), .dir.display(), human_bytes(*.needed)
+    )]
+    StateDirFull {
+        dir: PathBuf,
+        available: u64,
+        needed: u64,
+        from: String,
+    },
+    #[error(
+        "{host} has {} free for {path}, and a member there needs about {} (the leader's \
+         database of {}, its write-ahead log and room to grow); nothing was changed on the \
+         cluster: free space on {host} or give it a larger disk, then run this again",
+        human_bytes(*.available), human_bytes(*.needed), human_bytes(*.db)
+    )]
+    NoRoom {
+        host: String,
+        path: String,
+        available: u64,
+        needed: u64,
+        db: u64,
+    },
+    #[error("cannot check the free space of {}", .dir.display())]
+    Space {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
 }
@@ -65,16 +103,34 @@ pub enum RecoverError {
 pub enum Progress {
     Action(String),
     Waiting(String),
-    Done { elapsed: Duration },
+    /// A member catching up: shown as a bar on a terminal, a line now and then otherwise.
+    CatchUp(Report),
+    /// Bytes of a snapshot streamed so far (`total`: the member's database size, roughly).
+    Transfer {
+        what: String,
+        bytes: u64,
+        total: Option<u64>,
+    },
+    Done {
+        elapsed: Duration,
+    },
 }
 
-/// Everything recovery needs, connected once.
+/// Everything recovery needs, connected once. One `Recovery` is one operation: it takes the
+/// snapshot that operation needs once, before its first membership change, and reuses it.
 #[derive(Debug)]
 pub struct Recovery {
     state_dir: PathBuf,
     inventory: Inventory,
     etcd: EtcdClient,
     agents: Agents,
+    tracker: std::sync::Mutex<Tracker>,
+    /// The latest catch-up report per member name, for the wait actions and the stall error.
+    reports: std::sync::Mutex<HashMap<String, Report>>,
+    /// The snapshot this operation took.
+    snapshot: tokio::sync::Mutex<Option<SnapshotInfo>>,
+    /// The leader's database size at the last observation.
+    leader_db: std::sync::Mutex<Option<u64>>,
 }
 
 fn now_ms() -> u64 {
@@ -91,9 +147,25 @@ impl Recovery {
         Ok(Recovery {
             state_dir: state_dir.to_path_buf(),
             agents: Agents::new(trust, &inventory),
+            tracker: std::sync::Mutex::new(Tracker::new(inventory.etcd.catch_up_stall.duration())),
+            reports: std::sync::Mutex::new(HashMap::new()),
+            snapshot: tokio::sync::Mutex::new(None),
+            leader_db: std::sync::Mutex::new(None),
             inventory,
             etcd,
         })
+    }
+
+    /// Waits this long for a catching-up member that shows no progress (the inventory's
+    /// `etcd.catch_up_stall` otherwise).
+    pub fn with_stall_timeout(self, stall: Duration) -> Recovery {
+        *lock(&self.tracker) = Tracker::new(stall);
+        self
+    }
+
+    /// The snapshot this operation took, if it took one.
+    pub async fn snapshot_taken(&self) -> Option<SnapshotInfo> {
+        self.snapshot.lock().await.clone()
     }
 
     async fn agent(&self, host: &str) -> Result<HostAgent, RecoverError> {
@@ -128,7 +200,13 @@ impl Recovery {
             .map(|s| s.leader_id)
             .next()
             .unwrap_or(0);
-        let observed = members
+        let leader_status = answers
+            .values()
+            .find(|s| s.member_id == leader && leader != 0);
+        let leader_index = leader_status.map(|s| s.raft_index);
+        let leader_db = leader_status.and_then(|s| u64::try_from(s.db_size).ok());
+        *lock(&self.leader_db) = leader_db;
+        let mut observed: Vec<ObservedMember> = members
             .iter()
             .zip(&endpoints)
             .map(|(m, ep)| {
@@ -146,9 +224,30 @@ impl Recovery {
                     raft_index: own.map(|s| s.raft_index),
                     active_since_ms: None,
                     is_leader: m.id == leader && own.is_some(),
+                    catch_up: None,
                 }
             })
             .collect();
+        // Learners are followed by their progress, from their hosts.
+        for m in observed.iter_mut().filter(|m| m.is_learner) {
+            let Some(host) = self.host_of(m) else {
+                continue;
+            };
+            let sample = self.sample(&host, m.raft_index).await;
+            let report = lock(&self.tracker).observe(
+                m.id,
+                &host,
+                sample,
+                leader_db,
+                leader_index,
+                Instant::now(),
+            );
+            m.catch_up = Some(CatchUp {
+                running: report.running,
+                stalled: report.stalled,
+            });
+            lock(&self.reports).insert(host, report);
+        }
         let desired = self
             .inventory
             .etcd_hosts()
@@ -165,17 +264,55 @@ impl Recovery {
         })
     }
 
+    /// The inventory host of an observed member: by name, else (never started) by peer URL.
+    fn host_of(&self, m: &ObservedMember) -> Option<String> {
+        self.inventory
+            .etcd_hosts()
+            .iter()
+            .find(|h| {
+                h.name.as_str() == m.name || m.peer_urls.contains(&self.inventory.etcd_peer_url(h))
+            })
+            .map(|h| h.name.as_str().to_string())
+    }
+
+    /// What `host` says of its etcd: the process running, the bytes of its data dir. An agent
+    /// that does not answer leaves both unknown (no progress).
+    async fn sample(&self, host: &str, raft_index: Option<u64>) -> Sample {
+        let Ok(agent) = self.agent(host).await else {
+            return Sample {
+                running: false,
+                data_bytes: None,
+                raft_index,
+            };
+        };
+        let data_dir = self.inventory.etcd.data_dir.display().to_string();
+        let (unit, stat) = tokio::join!(agent.unit_status(UNIT_NAME), agent.stat_tree(&data_dir));
+        Sample {
+            running: unit.is_ok_and(|u| {
+                u.main_pid != 0 && matches!(u.active_state.as_str(), "active" | "activating")
+            }),
+            data_bytes: stat.ok().map(|s| s.tree_bytes),
+            raft_index,
+        }
+    }
+
+    /// The latest catch-up report of `name`, if it was followed.
+    fn report(&self, name: &str) -> Option<Report> {
+        lock(&self.reports).get(name).cloned()
+    }
+
     fn endpoint_of(&self, name: &str) -> Option<String> {
         self.inventory
             .host(name)
             .map(|h| self.inventory.etcd_client_url(h))
     }
 
-    /// Recovers the member on `host` until it is a healthy voter again.
+    /// Recovers the member on `host` until it is a healthy voter again. `deadline` bounds the
+    /// whole operation when given; without it, only a stalled catch-up ends the wait.
     pub async fn recover(
         &self,
         host: &str,
-        deadline: Duration,
+        deadline: Option<Duration>,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
         if !self
@@ -199,11 +336,44 @@ impl Recovery {
     /// (`haop etcd heal`). Answers when every member is a healthy voter.
     pub async fn heal(
         &self,
-        deadline: Duration,
+        deadline: Option<Duration>,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
         self.drive("healing", &quorum::plan_heal, deadline, progress)
             .await
+    }
+
+    /// Removes the member `host` from the cluster (`haop etcd remove`): the planner's
+    /// [`quorum::plan_remove`] (refused when quorum could be lost, a learner is pending or any
+    /// state is unknown), then this operation's snapshot and `member remove`.
+    pub async fn remove_member(
+        &self,
+        host: &str,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<u64, RecoverError> {
+        let started = Instant::now();
+        loop {
+            let obs = self.observe().await?;
+            let actions = match quorum::plan_remove(&obs, host) {
+                Ok(a) => a,
+                Err(Refusal::NoHealthyLeader) if started.elapsed() < REFUSAL_HOLD => {
+                    progress(Progress::Waiting("no single healthy leader yet".into()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(r) => return Err(RecoverError::Refused(r)),
+            };
+            self.check_state_dir_room(&obs).await?;
+            let mut added = None;
+            let mut id = 0;
+            for action in &actions {
+                if let MemberAction::Remove { member_id, .. } = action {
+                    id = *member_id;
+                }
+                self.act(action, &obs, &mut added, progress).await?;
+            }
+            return Ok(id);
+        }
     }
 
     /// Observe, plan with `planner`, act; until the planner says there is nothing to do.
@@ -211,17 +381,18 @@ impl Recovery {
         &self,
         what: &str,
         planner: &(dyn Fn(&Observation) -> Result<Vec<MemberAction>, Refusal> + Sync),
-        deadline: Duration,
+        deadline: Option<Duration>,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
         let start = Instant::now();
         let mut added_cluster: Option<String> = None;
         let mut touched: Vec<String> = Vec::new();
         let mut refused_since: Option<Instant> = None;
+        let mut room_checked = false;
         let last_wait = std::sync::Mutex::new(String::new());
         let progress = &|p: Progress| {
             if let Progress::Waiting(w) = &p {
-                let mut last = last_wait.lock().unwrap_or_else(|e| e.into_inner());
+                let mut last = lock(&last_wait);
                 if *last == *w {
                     return;
                 }
@@ -230,35 +401,17 @@ impl Recovery {
             progress(p)
         };
         loop {
-            if start.elapsed() > deadline {
+            if let Some(d) = deadline.filter(|d| start.elapsed() > *d) {
                 return Err(RecoverError::Timeout {
                     what: what.to_string(),
-                    seconds: deadline.as_secs(),
+                    seconds: d.as_secs(),
                 });
             }
             let obs = self.observe().await?;
             let actions = match planner(&obs) {
                 Ok(a) => a,
                 Err(r) if r.is_converged() => {
-                    // Seal every member's bootstrap file, also one started by an earlier,
-                    // interrupted run (sealing is idempotent).
-                    let hosts: Vec<String> = self
-                        .inventory
-                        .etcd_hosts()
-                        .iter()
-                        .map(|h| h.name.as_str().to_string())
-                        .collect();
-                    for host in &hosts {
-                        if let Err(e) = self.seal(host).await {
-                            if touched.contains(host) {
-                                return Err(e);
-                            }
-                            progress(Progress::Waiting(format!(
-                                "could not seal {host}'s bootstrap file: {}",
-                                crate::error_chain(&e)
-                            )));
-                        }
-                    }
+                    self.finish(&touched, progress).await?;
                     progress(Progress::Done {
                         elapsed: start.elapsed(),
                     });
@@ -268,6 +421,16 @@ impl Recovery {
                     progress(Progress::Waiting("no single healthy leader yet".into()));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
+                }
+                // The stall timeout has run out already: final at once.
+                Err(Refusal::CatchUpStalled { name }) => {
+                    return Err(RecoverError::Stalled {
+                        detail: self
+                            .report(&name)
+                            .map(|r| r.stall_detail())
+                            .unwrap_or_else(|| format!("{name} made no progress")),
+                        stall: lock(&self.tracker).stall().as_secs(),
+                    });
                 }
                 // An observation can be wrong for a moment (a status that timed out on a busy
                 // machine reads as an unhealthy member): a refusal must hold for a while
@@ -283,6 +446,11 @@ impl Recovery {
                 }
             };
             refused_since = None;
+            // Before the first change of the operation: room for its snapshot.
+            if !room_checked && actions.iter().any(MemberAction::is_membership_change) {
+                self.check_state_dir_room(&obs).await?;
+                room_checked = true;
+            }
             for action in actions {
                 if let MemberAction::StartExisting { name, .. } = &action {
                     if !touched.contains(name) {
@@ -313,6 +481,134 @@ impl Recovery {
         }
     }
 
+    /// Once every member is a healthy voter: seal every member's bootstrap file (also one
+    /// started by an earlier, interrupted run; sealing is idempotent), and apply the retention
+    /// to the moved-aside data dirs on the hosts and to the state dir's snapshots.
+    async fn finish(
+        &self,
+        touched: &[String],
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), RecoverError> {
+        let hosts: Vec<String> = self
+            .inventory
+            .etcd_hosts()
+            .iter()
+            .map(|h| h.name.as_str().to_string())
+            .collect();
+        for host in &hosts {
+            if let Err(e) = self.seal(host).await {
+                if touched.contains(host) {
+                    return Err(e);
+                }
+                progress(Progress::Waiting(format!(
+                    "could not seal {host}'s bootstrap file: {}",
+                    crate::error_chain(&e)
+                )));
+            }
+        }
+        let retention = &self.inventory.etcd.retention;
+        for host in &hosts {
+            let pruned = async {
+                self.agent(host)
+                    .await?
+                    .prune_wiped_data_dirs(
+                        UNIT_NAME,
+                        retention.wiped_data_dirs,
+                        retention.wiped_grace.duration(),
+                    )
+                    .await
+                    .map_err(RecoverError::from)
+            };
+            match pruned.await {
+                Ok(r) => {
+                    for gone in &r.removed {
+                        progress(Progress::Action(format!(
+                            "{host}: deleted {} ({}), moved aside earlier (etcd.retention)",
+                            gone.path,
+                            human_bytes(gone.bytes)
+                        )));
+                    }
+                }
+                Err(e) => progress(Progress::Waiting(format!(
+                    "could not apply the retention to {host}'s moved-aside data dirs: {}",
+                    crate::error_chain(&e)
+                ))),
+            }
+        }
+        for gone in crate::etcd::snapshots::prune(
+            &self.state_dir,
+            self.inventory.cluster.as_str(),
+            retention,
+        ) {
+            progress(Progress::Action(format!(
+                "deleted snapshot {} (etcd.retention)",
+                gone.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The state dir must have room for this operation's snapshot: about the largest database
+    /// of the members that answer, plus a margin. Checked before anything changes.
+    async fn check_state_dir_room(&self, obs: &Observation) -> Result<(), RecoverError> {
+        let _ = obs;
+        if self.snapshot.lock().await.is_some() {
+            return Ok(());
+        }
+        let Some(db) = *lock(&self.leader_db) else {
+            return Ok(());
+        };
+        let dir =
+            crate::etcd::snapshots::snapshot_dir(&self.state_dir, self.inventory.cluster.as_str());
+        let available = crate::etcd::snapshots::available_bytes(&dir).map_err(|source| {
+            RecoverError::Space {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
+        let needed = db + db / 10 + 16 * 1024 * 1024;
+        if available < needed {
+            let from = obs
+                .members
+                .iter()
+                .find(|m| m.is_leader)
+                .map(|m| m.name.clone())
+                .unwrap_or_else(|| "the leader".into());
+            return Err(RecoverError::StateDirFull {
+                dir,
+                available,
+                needed,
+                from,
+            });
+        }
+        Ok(())
+    }
+
+    /// The host must have room for a member: the leader's database, the write-ahead log
+    /// (etcd preallocates 64 MB segments) and some growth. Checked before `member add`.
+    async fn check_host_room(&self, host: &str) -> Result<(), RecoverError> {
+        let Some(db) = *lock(&self.leader_db) else {
+            return Ok(());
+        };
+        let data_dir = self.inventory.etcd.data_dir.display().to_string();
+        let st = self.agent(host).await?.stat(&data_dir).await?;
+        if st.fs_total_bytes == 0 {
+            // An agent that does not report space (older than this haop): nothing to check.
+            return Ok(());
+        }
+        let needed = db + db / 5 + 2 * 64 * 1024 * 1024;
+        if st.fs_available_bytes < needed {
+            return Err(RecoverError::NoRoom {
+                host: host.to_string(),
+                path: data_dir,
+                available: st.fs_available_bytes,
+                needed,
+                db,
+            });
+        }
+        Ok(())
+    }
+
     async fn act(
         &self,
         action: &MemberAction,
@@ -325,40 +621,7 @@ impl Recovery {
                 progress(Progress::Action(format!("stop {UNIT_NAME} on {host}")));
                 self.unit(host, pb::Action::Stop).await?;
             }
-            MemberAction::Snapshot { from } => {
-                let ep = self.endpoint_of(from).unwrap_or_default();
-                let path = crate::etcd::snapshots::new_snapshot_path(
-                    &self.state_dir,
-                    self.inventory.cluster.as_str(),
-                    from,
-                )
-                .map_err(|e| RecoverError::Etcd {
-                    what: format!("a snapshot from {from}"),
-                    source: EtcdApiError::SnapshotIo {
-                        action: "create",
-                        path: crate::etcd::snapshots::snapshot_dir(
-                            &self.state_dir,
-                            self.inventory.cluster.as_str(),
-                        ),
-                        source: e,
-                    },
-                })?;
-                let info = self
-                    .etcd
-                    .snapshot_from(&ep, &path)
-                    .await
-                    .map_err(|source| RecoverError::Etcd {
-                        what: format!("a snapshot from {from}"),
-                        source,
-                    })?;
-                progress(Progress::Action(format!(
-                    "snapshot from {from}: {} ({} bytes, sha256 {})",
-                    info.path.display(),
-                    info.size,
-                    &info.sha256[..12]
-                )));
-                crate::etcd::snapshots::prune(&self.state_dir, self.inventory.cluster.as_str());
-            }
+            MemberAction::Snapshot { from } => self.take_snapshot(from, progress).await?,
             MemberAction::WaitUntilInactive { member, until_ms } => {
                 progress(Progress::Waiting(format!(
                     "etcd still counts {member} as active; waiting until it does not"
@@ -383,9 +646,11 @@ impl Recovery {
                     }) => progress(Progress::Action(format!("{name} is already removed"))),
                     r => r?,
                 }
+                lock(&self.tracker).forget(*member_id);
             }
             MemberAction::Wipe { host, member_id } => self.wipe(host, *member_id, progress).await?,
             MemberAction::AddLearner { name, peer_url } => {
+                self.check_host_room(name).await?;
                 progress(Progress::Action(format!(
                     "add {name} as a learner ({peer_url})"
                 )));
@@ -416,14 +681,23 @@ impl Recovery {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            MemberAction::WaitWhileCatchingUp { name } => {
+                if let Some(r) = self.report(name) {
+                    progress(Progress::CatchUp(r));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             MemberAction::WaitUntilCaughtUp {
                 name,
                 learner_index,
                 leader_index,
             } => {
-                progress(Progress::Waiting(format!(
-                    "learner {name} catching up ({learner_index} of {leader_index})"
-                )));
+                match self.report(name) {
+                    Some(r) => progress(Progress::CatchUp(r)),
+                    None => progress(Progress::Waiting(format!(
+                        "learner {name} catching up ({learner_index} of {leader_index})"
+                    ))),
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             MemberAction::Promote { name, member_id } => {
@@ -451,9 +725,62 @@ impl Recovery {
                         }
                     }
                 }
+                lock(&self.tracker).forget(*member_id);
             }
         }
         let _ = obs;
+        Ok(())
+    }
+
+    /// This operation's snapshot: taken once, streamed to the state dir with its progress
+    /// shown, and reused by the operation's later membership changes.
+    async fn take_snapshot(
+        &self,
+        from: &str,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), RecoverError> {
+        let mut taken = self.snapshot.lock().await;
+        if let Some(info) = taken.as_ref() {
+            progress(Progress::Waiting(format!(
+                "this operation's snapshot {} is taken already",
+                info.path.display()
+            )));
+            return Ok(());
+        }
+        let ep = self.endpoint_of(from).unwrap_or_default();
+        let cluster = self.inventory.cluster.as_str();
+        let snapshot_err = |source| RecoverError::Etcd {
+            what: format!("a snapshot from {from}"),
+            source,
+        };
+        let path = crate::etcd::snapshots::new_snapshot_path(&self.state_dir, cluster, from)
+            .map_err(|e| {
+                snapshot_err(EtcdApiError::SnapshotIo {
+                    action: "create",
+                    path: crate::etcd::snapshots::snapshot_dir(&self.state_dir, cluster),
+                    source: e,
+                })
+            })?;
+        let total = *lock(&self.leader_db);
+        let what = format!("snapshot from {from}");
+        let info = self
+            .etcd
+            .snapshot_from_with(&ep, &path, &|bytes| {
+                progress(Progress::Transfer {
+                    what: what.clone(),
+                    bytes,
+                    total,
+                })
+            })
+            .await
+            .map_err(snapshot_err)?;
+        progress(Progress::Action(format!(
+            "snapshot from {from}: {} ({}, sha256 {})",
+            info.path.display(),
+            human_bytes(info.size),
+            &info.sha256[..12]
+        )));
+        *taken = Some(info);
         Ok(())
     }
 
@@ -606,3 +933,8 @@ impl Recovery {
 
 /// How long the planner must keep refusing before recovery gives up.
 const REFUSAL_HOLD: Duration = Duration::from_secs(6);
+
+/// A std mutex that a panic elsewhere did not make unusable.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -36,13 +36,6 @@ pub enum ScaleError {
     AlreadyMember { host: String },
     #[error("{host} is not a member of the cluster (removed already? then take it out of the inventory's etcd role)")]
     NotMember { host: String },
-    #[error("removing {host} would leave {healthy} healthy voters of {voters}, below the quorum of {needed}; recover the unhealthy members first")]
-    WouldLoseQuorum {
-        host: String,
-        healthy: usize,
-        voters: usize,
-        needed: usize,
-    },
     #[error("preparing {host}: {step}: {message}")]
     Prepare {
         host: String,
@@ -76,6 +69,29 @@ impl From<EndpointsError> for ScaleError {
 /// Adds the inventory's host `host` to the running cluster as an etcd member. A host of the
 /// inventory without the etcd role gets it; with `file`, the inventory file says so afterwards.
 pub async fn add(
+    state_dir: &Path,
+    inventory: Inventory,
+    file: Option<&Path>,
+    host: &str,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), ScaleError> {
+    let recovery = Recovery::connect(state_dir, with_etcd_role(inventory.clone(), host)).await?;
+    add_with(&recovery, state_dir, inventory, file, host, progress).await
+}
+
+/// `inventory` with `host` given the etcd role (when it is a host of it).
+fn with_etcd_role(mut inventory: Inventory, host: &str) -> Inventory {
+    if let Some(h) = inventory.hosts.iter_mut().find(|h| h.name.as_str() == host) {
+        if !h.roles.contains(&Role::Etcd) {
+            h.roles.push(Role::Etcd);
+        }
+    }
+    inventory
+}
+
+/// [`add`] as part of the operation `recovery` (its snapshot is shared).
+async fn add_with(
+    recovery: &Recovery,
     state_dir: &Path,
     mut inventory: Inventory,
     file: Option<&Path>,
@@ -151,10 +167,7 @@ pub async fn add(
             progress(Progress::Action(format!("{}: {}", step.host, step.name)));
         }
     }
-    let recovery = Recovery::connect(state_dir, inventory.clone()).await?;
-    recovery
-        .recover(host, Duration::from_secs(120), progress)
-        .await?;
+    recovery.recover(host, None, progress).await?;
     record(file, host, &roles, progress)?;
     // The API servers use the new member once it is a voter.
     for line in kube_endpoints::sync(state_dir, &inventory).await? {
@@ -196,66 +209,26 @@ pub async fn remove(
     host: &str,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
-    let endpoints = inventory.etcd_client_urls();
-    let client = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(2))
-        .await
-        .map_err(|source| ScaleError::Etcd {
-            what: "a connection".into(),
-            source,
-        })?;
     let recovery = Recovery::connect(state_dir, inventory.clone()).await?;
+    remove_with(&recovery, state_dir, inventory, file, host, progress).await
+}
+
+/// [`remove`] as part of the operation `recovery` (its snapshot is shared).
+async fn remove_with(
+    recovery: &Recovery,
+    state_dir: &Path,
+    inventory: Inventory,
+    file: Option<&Path>,
+    host: &str,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), ScaleError> {
+    // The planner's answer first (quorum kept, no learner pending, every state known), so that
+    // nothing changes when the removal would be refused.
     let obs = recovery.observe().await?;
-    let Some(target) = obs.members.iter().find(|m| m.name == host) else {
+    if !obs.members.iter().any(|m| m.name == host) {
         return Err(ScaleError::NotMember { host: host.into() });
-    };
-    let voters: Vec<_> = obs.members.iter().filter(|m| !m.is_learner).collect();
-    let remaining = voters.len() - usize::from(!target.is_learner);
-    let healthy = voters
-        .iter()
-        .filter(|m| m.id != target.id && m.is_healthy())
-        .count();
-    let needed = crate::etcd::quorum::quorum(remaining);
-    if remaining == 0 || healthy < needed {
-        return Err(ScaleError::WouldLoseQuorum {
-            host: host.into(),
-            healthy,
-            voters: remaining,
-            needed,
-        });
     }
-    let id = target.id;
-    let source = voters
-        .iter()
-        .find(|m| m.id != id && m.is_healthy())
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
-    if let Some(h) = inventory.host(&source) {
-        let path = crate::etcd::snapshots::new_snapshot_path(
-            state_dir,
-            inventory.cluster.as_str(),
-            &format!("before-remove-{host}"),
-        )
-        .map_err(|e| ScaleError::Etcd {
-            what: "a snapshot".into(),
-            source: EtcdApiError::SnapshotIo {
-                action: "create",
-                path: crate::etcd::snapshots::snapshot_dir(state_dir, inventory.cluster.as_str()),
-                source: e,
-            },
-        })?;
-        let info = client
-            .snapshot_from(&inventory.etcd_client_url(h), &path)
-            .await
-            .map_err(|source| ScaleError::Etcd {
-                what: format!("a snapshot from {}", h.name.as_str()),
-                source,
-            })?;
-        progress(Progress::Action(format!(
-            "snapshot from {}: {}",
-            h.name.as_str(),
-            info.path.display()
-        )));
-    }
+    crate::etcd::quorum::plan_remove(&obs, host).map_err(RecoverError::Refused)?;
     // The API servers stop using the member before it goes.
     let mut after = inventory.clone();
     let mut roles = Vec::new();
@@ -267,32 +240,7 @@ pub async fn remove(
     for line in kube_endpoints::sync(state_dir, &after).await? {
         progress(Progress::Action(line));
     }
-    let started = std::time::Instant::now();
-    let mut said = false;
-    loop {
-        match client.member_remove(id).await {
-            Ok(_) => break,
-            Err(EtcdApiError::MemberNotFound { .. }) => break,
-            Err(EtcdApiError::UnhealthyCluster { .. })
-                if started.elapsed() < Duration::from_secs(30) =>
-            {
-                if !said {
-                    progress(Progress::Waiting(format!(
-                        "etcd answered `unhealthy cluster` to removing {host}: a member has been \
-                         connected for less than 5 s; waiting and retrying"
-                    )));
-                    said = true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(source) => {
-                return Err(ScaleError::Etcd {
-                    what: format!("removing {host}"),
-                    source,
-                })
-            }
-        }
-    }
+    let id = recovery.remove_member(host, progress).await?;
     progress(Progress::Action(format!("removed member {host} ({id:x})")));
     // The host itself: stop and disable etcd, move its data aside (fenced by the agent).
     let trust = crate::trust::Trust::load(state_dir).map_err(RecoverError::from)?;
@@ -337,31 +285,28 @@ pub async fn replace(
     new: &str,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
-    let recovery = Recovery::connect(state_dir, inventory.clone()).await?;
-    let obs = recovery.observe().await?;
+    let probe = Recovery::connect(state_dir, inventory.clone()).await?;
+    let obs = probe.observe().await?;
     let Some(current) = obs.members.iter().find(|m| m.name == old) else {
         return Err(ScaleError::NotMember { host: old.into() });
     };
     if obs.members.iter().any(|m| m.name == new && !m.is_learner) {
         return Err(ScaleError::AlreadyMember { host: new.into() });
     }
+    // One operation: the snapshot taken before its first membership change serves both.
+    let both = with_etcd_role(inventory.clone(), new);
+    let recovery = Recovery::connect(state_dir, both.clone()).await?;
     if current.is_healthy() {
         progress(Progress::Action(format!(
             "{old} is healthy: adding {new} first, then removing {old}"
         )));
-        add(state_dir, inventory.clone(), file, new, progress).await?;
-        let mut with_new = inventory;
-        if let Some(h) = with_new.hosts.iter_mut().find(|h| h.name.as_str() == new) {
-            if !h.roles.contains(&Role::Etcd) {
-                h.roles.push(Role::Etcd);
-            }
-        }
-        remove(state_dir, with_new, file, old, progress).await
+        add_with(&recovery, state_dir, inventory, file, new, progress).await?;
+        remove_with(&recovery, state_dir, both, file, old, progress).await
     } else {
         progress(Progress::Action(format!(
             "{old} is not healthy: removing it first, then adding {new}"
         )));
-        remove(state_dir, inventory.clone(), file, old, progress).await?;
+        remove_with(&recovery, state_dir, inventory.clone(), file, old, progress).await?;
         let mut without_old = inventory;
         if let Some(h) = without_old
             .hosts
@@ -371,6 +316,6 @@ pub async fn replace(
             h.roles.retain(|r| *r != Role::Etcd);
         }
         without_old.hosts.retain(|h| !h.roles.is_empty());
-        add(state_dir, without_old, file, new, progress).await
+        add_with(&recovery, state_dir, without_old, file, new, progress).await
     }
 }

@@ -3,12 +3,12 @@
 //! Every membership change is preceded by a snapshot (DESIGN.md's rule), and `haop etcd
 //! snapshot save` and `restore` read and write the same place,
 //! `<state-dir>/snapshots/<cluster>/`, one file per snapshot named by time and origin so that
-//! the names sort by age.
+//! the names sort by age. How many are kept is the inventory's `etcd.retention` (count and age;
+//! the newest is always kept), applied at the end of every operation that took one.
 
 use std::path::{Path, PathBuf};
 
-/// How many snapshots of a cluster the state dir keeps.
-pub const SNAPSHOTS_KEPT: usize = 10;
+use crate::inventory::Retention;
 
 /// Where the state dir keeps a cluster's snapshots: `<state-dir>/snapshots/<cluster>/`.
 pub fn snapshot_dir(state_dir: &Path, cluster: &str) -> PathBuf {
@@ -27,10 +27,10 @@ pub fn new_snapshot_path(state_dir: &Path, cluster: &str, tag: &str) -> std::io:
     Ok(dir.join(format!("{stamp}-{tag}.db")))
 }
 
-/// Keeps the newest [`SNAPSHOTS_KEPT`] snapshots of the cluster.
-pub fn prune(state_dir: &Path, cluster: &str) {
+/// The snapshot files of the cluster, oldest first (their names sort by time).
+pub fn list(state_dir: &Path, cluster: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(snapshot_dir(state_dir, cluster)) else {
-        return;
+        return Vec::new();
     };
     let mut files: Vec<PathBuf> = entries
         .flatten()
@@ -38,8 +38,102 @@ pub fn prune(state_dir: &Path, cluster: &str) {
         .filter(|p| p.extension().is_some_and(|x| x == "db"))
         .collect();
     files.sort();
-    let excess = files.len().saturating_sub(SNAPSHOTS_KEPT);
-    for old in &files[..excess] {
-        let _ = std::fs::remove_file(old);
+    files
+}
+
+/// Applies `retention` to the cluster's snapshots: keeps the newest `snapshots`, and of those
+/// removes the ones older than `snapshot_max_age`, never the newest. Answers what it removed.
+pub fn prune(state_dir: &Path, cluster: &str, retention: &Retention) -> Vec<PathBuf> {
+    let files = list(state_dir, cluster);
+    let now = std::time::SystemTime::now();
+    let max_age = retention.snapshot_max_age.duration();
+    let keep = retention.snapshots.max(1) as usize;
+    let mut removed = Vec::new();
+    for (rank, path) in files.iter().rev().enumerate() {
+        let too_many = rank >= keep;
+        let too_old = rank > 0
+            && std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > max_age);
+        if (too_many || too_old) && std::fs::remove_file(path).is_ok() {
+            removed.push(path.clone());
+        }
+    }
+    removed.reverse();
+    removed
+}
+
+/// Bytes available in the filesystem holding `dir` (or its nearest existing parent).
+pub fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut p = dir;
+    loop {
+        match nix::sys::statvfs::statvfs(p) {
+            Ok(s) => return Ok(s.blocks_available().saturating_mul(s.fragment_size())),
+            Err(nix::errno::Errno::ENOENT) => match p.parent() {
+                Some(parent) => p = parent,
+                None => return Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+            },
+            Err(e) => return Err(std::io::Error::from(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_the_newest_by_count_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = snapshot_dir(dir.path(), "c");
+        std::fs::create_dir_all(&snaps).unwrap();
+        for i in 0..7 {
+            std::fs::write(snaps.join(format!("2026120{i}T000000.000Z-etcd1.db")), b"x").unwrap();
+        }
+        std::fs::write(snaps.join("notes.txt"), b"kept").unwrap();
+        let retention = Retention {
+            snapshots: 3,
+            ..Retention::default()
+        };
+        let removed = prune(dir.path(), "c", &retention);
+        assert_eq!(removed.len(), 4);
+        let left: Vec<String> = list(dir.path(), "c")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "20261204T000000.000Z-etcd1.db",
+                "20261205T000000.000Z-etcd1.db",
+                "20261206T000000.000Z-etcd1.db"
+            ]
+        );
+        assert!(snaps.join("notes.txt").exists());
+        // Everything older than a minute, but the newest is never removed.
+        let old = Retention {
+            snapshots: 10,
+            snapshot_max_age: "1m".parse().unwrap(),
+            ..Retention::default()
+        };
+        let two_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        for p in list(dir.path(), "c") {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(two_minutes_ago)
+                .unwrap();
+        }
+        prune(dir.path(), "c", &old);
+        assert_eq!(list(dir.path(), "c").len(), 1);
+    }
+
+    #[test]
+    fn available_bytes_of_a_path_not_made_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_bytes(&dir.path().join("snapshots/c")).unwrap() > 0);
     }
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Serialize, Serializer};
 
 use super::raw::{
-    RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawUpload, RawVip,
+    RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawRetention, RawUpload,
+    RawVip,
 };
 use super::types::{
     max_prefix, url, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime,
@@ -92,7 +93,43 @@ pub struct EtcdSettings {
     pub version: Option<Version>,
     /// `--initial-cluster-token`; see [`Inventory::etcd_cluster_token`] for the default.
     pub token: Option<String>,
+    /// What the state dir and the hosts keep of snapshots and moved-aside data.
+    pub retention: Retention,
+    /// How long a member that is catching up (a learner receiving the database, a restarted
+    /// member) may show no progress at all before haop stops waiting and says what stalled.
+    pub catch_up_stall: Lifetime,
 }
+
+/// `etcd.retention`: snapshots in the state dir and moved-aside data dirs on the hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Snapshots of the cluster kept in the state dir, newest first (at least 1).
+    pub snapshots: u32,
+    /// Older snapshots are removed too, except the newest.
+    pub snapshot_max_age: Lifetime,
+    /// Moved-aside copies of a member's data dir (`PATH.wiped-*`) kept per host once the member
+    /// is a healthy voter again.
+    pub wiped_data_dirs: u32,
+    /// A moved-aside copy is kept at least this long, whatever `wiped_data_dirs` says.
+    pub wiped_grace: Lifetime,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            snapshots: DEFAULT_SNAPSHOTS_KEPT,
+            snapshot_max_age: "168h".parse().expect("a valid duration"),
+            wiped_data_dirs: 1,
+            wiped_grace: "1h".parse().expect("a valid duration"),
+        }
+    }
+}
+
+/// Snapshots kept by default.
+pub const DEFAULT_SNAPSHOTS_KEPT: u32 = 5;
+
+/// How long a catching-up member may show no progress, by default.
+pub const DEFAULT_CATCH_UP_STALL: &str = "2m";
 
 impl Default for EtcdSettings {
     fn default() -> Self {
@@ -103,6 +140,8 @@ impl Default for EtcdSettings {
             peer_port: DEFAULT_PEER_PORT,
             extra_flags: Vec::new(),
             version: None,
+            retention: Retention::default(),
+            catch_up_stall: DEFAULT_CATCH_UP_STALL.parse().expect("a valid duration"),
             token: None,
         }
     }
@@ -343,6 +382,13 @@ impl Inventory {
                 extra_flags: self.etcd.extra_flags.clone(),
                 version: self.etcd.version.map(|v| v.to_string()),
                 token: self.etcd.token.clone(),
+                retention: Some(RawRetention {
+                    snapshots: Some(i64::from(self.etcd.retention.snapshots)),
+                    snapshot_max_age: Some(self.etcd.retention.snapshot_max_age.to_string()),
+                    wiped_data_dirs: Some(i64::from(self.etcd.retention.wiped_data_dirs)),
+                    wiped_grace: Some(self.etcd.retention.wiped_grace.to_string()),
+                }),
+                catch_up_stall: Some(self.etcd.catch_up_stall.to_string()),
             },
             vip: self.vip.as_ref().map(|v| RawVip {
                 address: Some(v.address.to_string()),

@@ -75,6 +75,27 @@ pub(crate) struct RawEtcd {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RawRetention>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_stall: Option<String>,
+}
+
+/// `etcd.retention`: what the state dir and the hosts keep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map of snapshots, snapshot_max_age, wiped_data_dirs, wiped_grace"
+)]
+pub(crate) struct RawRetention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_max_age: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiped_data_dirs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiped_grace: Option<String>,
 }
 
 /// `path: /usr/bin/etcd` or `upload: {file, sha256}`: exactly one of the two.

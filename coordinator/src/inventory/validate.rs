@@ -14,11 +14,13 @@ use std::str::FromStr;
 
 use super::error::{Problem, Severity};
 use super::model::{
-    subnet_of, EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings, Vip,
-    DEFAULT_API_PORT, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT, DEFAULT_ROUTER_ID,
+    subnet_of, EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings,
+    Retention, Vip, DEFAULT_API_PORT, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT, DEFAULT_ROUTER_ID,
     DEFAULT_VIP_INTERFACE,
 };
-use super::raw::{RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawVip};
+use super::raw::{
+    RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawRetention, RawVip,
+};
 use super::types::{
     max_prefix, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime, Role,
     Sha256Hex, Version,
@@ -588,6 +590,13 @@ impl Checker<'_> {
             }
         };
         let extra_flags = flags_ok.then(|| raw.extra_flags.clone());
+        let retention = self.retention(raw.retention.as_ref());
+        let catch_up_stall = self.duration(
+            "etcd.catch_up_stall",
+            raw.catch_up_stall.as_deref(),
+            super::model::DEFAULT_CATCH_UP_STALL,
+            "how long a member catching up may show no progress, such as 2m or 10m",
+        );
         Some(EtcdSettings {
             binary: binary?,
             data_dir: data_dir?,
@@ -596,7 +605,87 @@ impl Checker<'_> {
             extra_flags: extra_flags?,
             version: version?,
             token: token?,
+            retention: retention?,
+            catch_up_stall: catch_up_stall?,
         })
+    }
+
+    fn retention(&mut self, raw: Option<&RawRetention>) -> Option<Retention> {
+        let d = Retention::default();
+        let Some(raw) = raw else {
+            return Some(d);
+        };
+        let count =
+            |v: &mut Self, field: &str, value: Option<i64>, default: u32, min: i64| match value {
+                None => Some(default),
+                Some(n) if n >= min && n <= 10_000 => Some(n as u32),
+                Some(n) => {
+                    v.error(
+                        field,
+                        format!("{n} is out of range"),
+                        format!("a count from {min} to 10000"),
+                    );
+                    None
+                }
+            };
+        let snapshots = count(
+            self,
+            "etcd.retention.snapshots",
+            raw.snapshots,
+            d.snapshots,
+            1,
+        );
+        let wiped = count(
+            self,
+            "etcd.retention.wiped_data_dirs",
+            raw.wiped_data_dirs,
+            d.wiped_data_dirs,
+            0,
+        );
+        let max_age = self.duration(
+            "etcd.retention.snapshot_max_age",
+            raw.snapshot_max_age.as_deref(),
+            d.snapshot_max_age.as_str(),
+            "an age such as 168h (the newest snapshot is kept whatever its age)",
+        );
+        let grace = self.duration(
+            "etcd.retention.wiped_grace",
+            raw.wiped_grace.as_deref(),
+            d.wiped_grace.as_str(),
+            "how long a moved-aside data dir is kept at least, such as 1h or 24h",
+        );
+        Some(Retention {
+            snapshots: snapshots?,
+            snapshot_max_age: max_age?,
+            wiped_data_dirs: wiped?,
+            wiped_grace: grace?,
+        })
+    }
+
+    /// A duration in hours, minutes and seconds (`2m`, `1h30m`), or `default` when absent.
+    fn duration(
+        &mut self,
+        field: &str,
+        value: Option<&str>,
+        default: &str,
+        hint: &str,
+    ) -> Option<Lifetime> {
+        let text = value.unwrap_or(default);
+        match Lifetime::from_str(text) {
+            Ok(l) if l.duration().as_secs() > 0 => Some(l),
+            Ok(_) => {
+                self.error(field, format!("{text:?} is zero"), hint.to_string());
+                None
+            }
+            Err(reason) => {
+                self.error(
+                    field,
+                    format!("{text:?} is not a duration: {reason}"),
+                    hint.to_string(),
+                );
+                None
+            }
+        }
     }
 
     fn binary(&mut self, raw: &RawBinary) -> Option<EtcdBinary> {

@@ -37,9 +37,9 @@ mod plan;
 mod refusal;
 mod types;
 
-pub use plan::{plan_heal, plan_recover};
+pub use plan::{plan_heal, plan_recover, plan_remove};
 pub use refusal::{Refusal, UnknownField};
-pub use types::{DesiredMember, MemberAction, Observation, ObservedMember};
+pub use types::{CatchUp, DesiredMember, MemberAction, Observation, ObservedMember};
 
 /// How long etcd's strict reconfiguration check keeps counting a member as active after it was
 /// last connected (etcd's `HealthInterval`). Removing it earlier can fail with `unhealthy cluster`.

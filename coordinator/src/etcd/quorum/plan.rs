@@ -45,7 +45,20 @@ pub fn plan_recover(obs: &Observation, target: &str) -> Result<Vec<MemberAction>
         None => add(obs, &facts, desired)?,
         // A dead voter (a healthy one was answered above).
         Some(m) if !m.is_learner => remove(obs, &facts, desired, m, true),
+        // A learner whose catch-up stalled is left as it is, for a person to look at.
+        Some(m) if m.catch_up.is_some_and(|c| c.running && c.stalled) => {
+            return Err(Refusal::CatchUpStalled {
+                name: desired.name.clone(),
+            })
+        }
         Some(m) if m.is_healthy() => promote(&facts, desired, m)?,
+        // Receiving the database or applying entries: a 2 GiB snapshot keeps a learner silent
+        // for minutes. Waiting is the only safe move; removing it would start all over again.
+        Some(m) if m.catch_up.is_some_and(|c| c.running) => {
+            vec![MemberAction::WaitWhileCatchingUp {
+                name: desired.name.clone(),
+            }]
+        }
         Some(m) if m.name.is_empty() => vec![MemberAction::StartExisting {
             name: desired.name.clone(),
             initial_cluster: initial_cluster(obs, desired, Some(m))?,
@@ -82,6 +95,59 @@ pub fn plan_heal(obs: &Observation) -> Result<Vec<MemberAction>, Refusal> {
         }
     }
     Err(Refusal::NothingToDo)
+}
+
+/// Plan the removal of the member `name` from the cluster (`haop etcd remove`): a snapshot,
+/// then `member remove`. Refuses when any member's state is unknown, quorum is lost or would be
+/// lost by the removal (counting the healthy voters that remain), there is no healthy leader,
+/// or another learner is pending. The host's unit and data are the caller's (they are not the
+/// cluster's any more once the member is gone).
+pub fn plan_remove(obs: &Observation, name: &str) -> Result<Vec<MemberAction>, Refusal> {
+    let target = obs
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Refusal::NotMember {
+            name: name.to_owned(),
+        })?;
+    if let Some(other) = obs
+        .members
+        .iter()
+        .find(|m| m.is_learner && m.id != target.id)
+    {
+        return Err(Refusal::LearnerPending {
+            name: label(obs, other),
+        });
+    }
+    let facts = preconditions(obs)?;
+    // Never from the member that goes: the snapshot comes from the leader, or, when the leader
+    // is the one removed, from another healthy voter.
+    let from = if facts.leader.id != target.id {
+        facts.leader
+    } else {
+        obs.members
+            .iter()
+            .find(|m| m.id != target.id && !m.is_learner && m.is_healthy())
+            .ok_or_else(|| Refusal::WouldLoseQuorum {
+                change: format!("removing {name}"),
+                healthy: 1,
+                voters: 1,
+                healthy_after: 0,
+                voters_after: 0,
+                needed: 1,
+            })?
+    };
+    let actions = vec![
+        MemberAction::Snapshot {
+            from: from.name.clone(),
+        },
+        MemberAction::Remove {
+            name: name.to_owned(),
+            member_id: target.id,
+        },
+    ];
+    check_plan(obs, &actions)?;
+    Ok(actions)
 }
 
 fn preconditions(obs: &Observation) -> Result<Facts<'_>, Refusal> {

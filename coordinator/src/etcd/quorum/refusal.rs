@@ -65,6 +65,14 @@ pub enum Refusal {
          remove it with `haop etcd remove` first"
     )]
     UnstartedMember { member_id: u64, peer_url: String },
+    #[error(
+        "learner {name} made no progress for longer than the stall timeout (no bytes arriving \
+         in its data dir, no entries applied); it was left as it is: check its host (disk, \
+         network to the leader, its etcd log) and run the command again to keep waiting"
+    )]
+    CatchUpStalled { name: String },
+    #[error("{name} is not a member of the cluster")]
+    NotMember { name: String },
     #[error("nothing to do: {name} is a healthy voter")]
     AlreadyHealthy { name: String },
     #[error("nothing to do: every etcd member in the inventory is a healthy voter")]

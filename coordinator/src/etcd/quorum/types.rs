@@ -24,6 +24,19 @@ pub struct ObservedMember {
     /// etcd keeps counting a member as active for [`super::ACTIVE_WINDOW_MS`] after that.
     pub active_since_ms: Option<u64>,
     pub is_leader: bool,
+    /// For a learner: what its host says about its catching up (the process running, bytes
+    /// arriving in its data dir, its raft index moving), as the executor's progress tracker
+    /// sums it up. `None` when not asked (then the planner judges by etcd's answers alone).
+    pub catch_up: Option<CatchUp>,
+}
+
+/// A learner's catch-up as seen from its host and its raft index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Its etcd process runs.
+    pub running: bool,
+    /// No progress (bytes in its data dir, its raft index) for longer than the stall timeout.
+    pub stalled: bool,
 }
 
 impl ObservedMember {
@@ -85,6 +98,9 @@ pub enum MemberAction {
         learner_index: u64,
         leader_index: u64,
     },
+    /// The learner does not answer yet but its process runs and makes progress (a database
+    /// arriving, entries applied): observe again later, never remove it. A barrier.
+    WaitWhileCatchingUp { name: String },
     /// `etcdctl member promote`: the learner becomes a voter.
     Promote { name: String, member_id: u64 },
 }
@@ -111,6 +127,7 @@ impl MemberAction {
             MemberAction::AddLearner { .. } => "add-learner",
             MemberAction::StartExisting { .. } => "start-existing",
             MemberAction::WaitUntilCaughtUp { .. } => "wait-until-caught-up",
+            MemberAction::WaitWhileCatchingUp { .. } => "wait-while-catching-up",
             MemberAction::Promote { .. } => "promote",
         }
     }
@@ -119,7 +136,9 @@ impl MemberAction {
     pub fn is_barrier(&self) -> bool {
         matches!(
             self,
-            MemberAction::WaitUntilInactive { .. } | MemberAction::WaitUntilCaughtUp { .. }
+            MemberAction::WaitUntilInactive { .. }
+                | MemberAction::WaitUntilCaughtUp { .. }
+                | MemberAction::WaitWhileCatchingUp { .. }
         )
     }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::etcd::quorum::check::check_plan;
+use crate::etcd::quorum::CatchUp;
 
 const NOW: u64 = 1_000_000;
 
@@ -18,6 +19,7 @@ fn voter(i: u64) -> ObservedMember {
         raft_index: Some(5_000),
         active_since_ms: Some(NOW),
         is_leader: i == 1,
+        catch_up: None,
     }
 }
 
@@ -366,4 +368,138 @@ fn the_plan_check_refuses_a_change_below_quorum() {
         check_plan(&obs, &twice),
         Err(Refusal::LearnerPending { name: "b".into() })
     );
+}
+
+/// A learner that receives a large database does not answer for minutes. While its host says
+/// its process runs and its data dir grows, it is waited for, whatever its name says; only a
+/// stall stops the wait, and then nothing is done to it.
+#[test]
+fn a_catching_up_learner_is_waited_for_never_removed() {
+    let mut obs = seed();
+    obs.members.pop();
+    let silent = |name: &str, catch_up| ObservedMember {
+        id: 0x999,
+        name: name.into(),
+        peer_urls: vec![url(3)],
+        is_learner: true,
+        reachable: Some(false),
+        healthy: Some(false),
+        raft_index: None,
+        active_since_ms: None,
+        is_leader: false,
+        catch_up,
+    };
+    let progressing = Some(CatchUp {
+        running: true,
+        stalled: false,
+    });
+    for name in ["", "etcd3"] {
+        obs.members.truncate(2);
+        obs.members.push(silent(name, progressing));
+        assert_eq!(
+            plan_recover(&obs, "etcd3").unwrap(),
+            [MemberAction::WaitWhileCatchingUp {
+                name: "etcd3".into()
+            }],
+            "learner named {name:?}"
+        );
+        assert_eq!(
+            plan_heal(&obs).unwrap(),
+            [MemberAction::WaitWhileCatchingUp {
+                name: "etcd3".into()
+            }]
+        );
+        obs.members[2].catch_up = Some(CatchUp {
+            running: true,
+            stalled: true,
+        });
+        assert_eq!(
+            plan_recover(&obs, "etcd3"),
+            Err(Refusal::CatchUpStalled {
+                name: "etcd3".into()
+            })
+        );
+    }
+    // A started learner whose process is gone: removed and added again, as before.
+    obs.members[2].catch_up = Some(CatchUp {
+        running: false,
+        stalled: false,
+    });
+    let plan = plan_recover(&obs, "etcd3").unwrap();
+    assert!(
+        plan.iter().any(|a| matches!(
+            a,
+            MemberAction::Remove {
+                member_id: 0x999,
+                ..
+            }
+        )),
+        "{plan:?}"
+    );
+    // A lagging learner that answers but whose index stopped moving: stalled, not promoted.
+    obs.members[2].reachable = Some(true);
+    obs.members[2].healthy = Some(true);
+    obs.members[2].raft_index = Some(10);
+    obs.members[2].catch_up = Some(CatchUp {
+        running: true,
+        stalled: true,
+    });
+    assert!(matches!(
+        plan_recover(&obs, "etcd3"),
+        Err(Refusal::CatchUpStalled { .. })
+    ));
+}
+
+#[test]
+fn remove_asks_the_same_rules_as_recover() {
+    let obs = seed();
+    assert_eq!(
+        plan_remove(&obs, "etcd2").unwrap(),
+        [
+            snap(),
+            MemberAction::Remove {
+                name: "etcd2".into(),
+                member_id: 0x102
+            }
+        ]
+    );
+    // The leader goes: the snapshot comes from another healthy voter.
+    let plan = plan_remove(&obs, "etcd1").unwrap();
+    assert_eq!(
+        plan[0],
+        MemberAction::Snapshot {
+            from: "etcd2".into()
+        }
+    );
+    // A dead member among three: removing a healthy one would leave one of two.
+    let mut one_dead = seed();
+    one_dead.members[2] = dead(voter(3), NOW - 60_000);
+    assert!(matches!(
+        plan_remove(&one_dead, "etcd2"),
+        Err(Refusal::WouldLoseQuorum { .. })
+    ));
+    // ...and removing the dead one is fine.
+    assert!(plan_remove(&one_dead, "etcd3").is_ok());
+    // Unknown state, a pending learner, a stranger: refused.
+    let mut unknown = seed();
+    unknown.members[1].healthy = None;
+    assert!(matches!(
+        plan_remove(&unknown, "etcd3"),
+        Err(Refusal::StateUnknown { .. })
+    ));
+    let mut pending = seed();
+    pending.members.push(ObservedMember {
+        id: 0x999,
+        name: "etcd4".into(),
+        is_learner: true,
+        ..voter(4)
+    });
+    assert!(matches!(
+        plan_remove(&pending, "etcd3"),
+        Err(Refusal::LearnerPending { .. })
+    ));
+    assert!(matches!(
+        plan_remove(&seed(), "etcd9"),
+        Err(Refusal::NotMember { .. })
+    ));
 }
