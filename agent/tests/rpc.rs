@@ -86,6 +86,7 @@ async fn files_land_under_the_root_with_mode_and_are_ensured() {
         .client
         .stat(pb::StatRequest {
             path: "/etc/haop/x.conf".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -108,6 +109,7 @@ async fn files_land_under_the_root_with_mode_and_are_ensured() {
         .client
         .stat(pb::StatRequest {
             path: "/etc/haop/x.conf".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -566,5 +568,122 @@ async fn facts_report_the_host() {
     assert!(f.cpus > 0 && f.memory_total_bytes > 0);
     assert!(f.now_unix_ms > 0);
     let _ = HostPath::try_from("/").unwrap();
+    a.shutdown().await;
+}
+
+/// What recovery follows and accounts for: a data dir's bytes, the room left on its
+/// filesystem, and the moved-aside copies, listed with their sizes and pruned by count.
+#[tokio::test]
+async fn data_dir_sizes_and_moved_aside_copies() {
+    let mut a = TestAgent::start().await;
+    std::fs::create_dir_all(a.real("/var/lib/etcd/member/snap")).unwrap();
+    std::fs::write(a.real("/var/lib/etcd/member/snap/db"), vec![7u8; 3000]).unwrap();
+    std::fs::write(a.real("/var/lib/etcd/member/wal"), vec![7u8; 500]).unwrap();
+    let stat = |path: &str, tree: bool| pb::StatRequest {
+        path: path.into(),
+        tree,
+    };
+    let st = a
+        .client
+        .stat(stat("/var/lib/etcd", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.tree_bytes, 3500);
+    assert!(st.fs_total_bytes > 0 && st.fs_available_bytes <= st.fs_total_bytes);
+    // Without `tree`, nothing is walked; a missing path still tells the room of its parent's
+    // filesystem.
+    let st = a
+        .client
+        .stat(stat("/var/lib/etcd", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.tree_bytes, 0);
+    let st = a
+        .client
+        .stat(stat("/var/lib/etcd-new/member", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!st.exists && st.fs_total_bytes > 0);
+
+    a.client
+        .ensure_unit(pb::EnsureUnitRequest {
+            name: "sleeper.service".into(),
+            content: SLEEPER.into(),
+            data_dirs: vec!["/var/lib/etcd".into()],
+        })
+        .await
+        .unwrap();
+    let mut moved = Vec::new();
+    for _ in 0..3 {
+        std::fs::create_dir_all(a.real("/var/lib/etcd/member")).unwrap();
+        std::fs::write(a.real("/var/lib/etcd/member/db"), vec![1u8; 100]).unwrap();
+        let w = a
+            .client
+            .wipe_data_dir(pb::WipeDataDirRequest {
+                unit: "sleeper.service".into(),
+                path: "/var/lib/etcd".into(),
+                delete: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        moved.push(w.moved_to);
+    }
+    let listed = a
+        .client
+        .list_wiped_data_dirs(pb::WipedDataDirsRequest {
+            unit: "sleeper.service".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.present.len(), 3, "{listed:?}");
+    assert!(listed.present.iter().all(|c| c.data_dir == "/var/lib/etcd"));
+    // The first copy holds the original 3500 bytes and a 100-byte db, the others 100 each.
+    let total: u64 = listed.present.iter().map(|c| c.bytes).sum();
+    assert_eq!(total, 3800);
+    assert_eq!(listed.present[0].path, moved[2], "newest first");
+    // Kept: the newest one; the grace of an hour would keep all of them.
+    let graced = a
+        .client
+        .prune_wiped_data_dirs(pb::PruneWipedDataDirsRequest {
+            unit: "sleeper.service".into(),
+            keep: 1,
+            min_age_seconds: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(graced.removed.is_empty());
+    let pruned = a
+        .client
+        .prune_wiped_data_dirs(pb::PruneWipedDataDirsRequest {
+            unit: "sleeper.service".into(),
+            keep: 1,
+            min_age_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pruned.removed.len(), 2, "{pruned:?}");
+    assert_eq!(pruned.present.len(), 1);
+    for gone in &pruned.removed {
+        assert!(!a.real(&gone.path).exists(), "{} still there", gone.path);
+    }
+    assert!(a.real(&pruned.present[0].path).exists());
+    // Another unit's name is not an answer about this one.
+    let err = a
+        .client
+        .prune_wiped_data_dirs(pb::PruneWipedDataDirsRequest {
+            unit: "../etc".into(),
+            keep: 0,
+            min_age_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
     a.shutdown().await;
 }

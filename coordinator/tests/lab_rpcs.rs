@@ -68,6 +68,7 @@ async fn every_rpc_on_a_lab_host() {
     let st = c
         .stat(pb::StatRequest {
             path: "/etc/haop/demo.conf".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
