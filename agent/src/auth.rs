@@ -1,25 +1,17 @@
-//! Who may call what: roles from the client certificate.
+//! Who the caller is: the role in its client certificate.
 //!
 //! After enrollment the agent serves mTLS only, and rustls accepts only client certificates that
 //! chain to the agent CA and are within their validity. The role rides in the certificate's
-//! Organization: `haop:admin` may do everything, `haop:reader` only the read-only RPCs (facts,
-//! stat, unit status, reading non-secret files, whoami). Every RPC states what it needs with
-//! [`authorize`] before it looks at its request; a caller without a certificate (an agent not
-//! enrolled yet) is refused with UNAUTHENTICATED.
+//! Organization (`haop:admin` or `haop:reader`); [`authenticate`] reads it, and
+//! [`crate::policy`] decides what the role may do with each RPC and each path. A caller without
+//! a certificate (an agent not enrolled yet) or without a role is refused with UNAUTHENTICATED.
 
-use tonic::{Request, Status};
+use tonic::Request;
 
 /// Organization of an admin certificate.
 pub const ROLE_ADMIN: &str = "haop:admin";
 /// Organization of a read-only certificate.
 pub const ROLE_READER: &str = "haop:reader";
-
-/// What an RPC needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Mutate,
-}
 
 /// The caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,27 +36,23 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// Checks the caller's certificate against what the RPC needs.
-pub fn authorize<T>(req: &Request<T>, rpc: &'static str, access: Access) -> Result<Caller, Status> {
-    let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "{rpc}: this agent is not enrolled yet, or the call carried no client certificate; \
-             enroll the agent with haop (bootstrap token and CA hash) and call it over mTLS"
-        ))
-    })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated(format!("{rpc}: no client certificate")))?;
-    let caller = caller_from_der(leaf.as_ref())
-        .map_err(|why| Status::unauthenticated(format!("{rpc}: {why}")))?;
-    if access == Access::Mutate && caller.role != Role::Admin {
-        return Err(Status::permission_denied(format!(
-            "{rpc} changes the host and needs a {ROLE_ADMIN} certificate; {} has {}",
-            caller.common_name,
-            caller.role.as_str()
-        )));
-    }
-    Ok(caller)
+/// Why a caller could not be told apart: no certificate, or one without a haop role.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "{rpc}: this agent is not enrolled yet, or the call carried no client certificate; \
+         enroll the agent with haop (bootstrap token and CA hash) and call it over mTLS"
+    )]
+    NoCertificate { rpc: &'static str },
+    #[error("{rpc}: {reason}")]
+    BadCertificate { rpc: &'static str, reason: String },
+}
+
+/// The caller of `req`, from the client certificate the TLS handshake verified.
+pub fn authenticate<T>(req: &Request<T>, rpc: &'static str) -> Result<Caller, AuthError> {
+    let certs = req.peer_certs().ok_or(AuthError::NoCertificate { rpc })?;
+    let leaf = certs.first().ok_or(AuthError::NoCertificate { rpc })?;
+    caller_from_der(leaf.as_ref()).map_err(|reason| AuthError::BadCertificate { rpc, reason })
 }
 
 /// Reads CN and role from a certificate.

@@ -7,6 +7,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::command::CommandError;
 use crate::csr::CsrError;
 use crate::datadirs::WipeError;
@@ -15,10 +16,15 @@ use crate::files::FileError;
 use crate::kernel::KernelError;
 use crate::names::NameError;
 use crate::paths::PathError;
+use crate::policy::Denied;
 use crate::units::UnitError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
     #[error(transparent)]
     Name(#[from] NameError),
     #[error(transparent)]
@@ -90,6 +96,14 @@ fn command_code(e: &CommandError) -> Code {
 impl From<AgentError> for Status {
     fn from(err: AgentError) -> Status {
         let code = match &err {
+            AgentError::Auth(e) => match e {
+                AuthError::NoCertificate { .. } | AuthError::BadCertificate { .. } => {
+                    Code::Unauthenticated
+                }
+            },
+            AgentError::Denied(e) => match e {
+                Denied::Rpc { .. } | Denied::Path { .. } => Code::PermissionDenied,
+            },
             AgentError::Name(_) | AgentError::Invalid(_) => Code::InvalidArgument,
             AgentError::Secret(_) => Code::PermissionDenied,
             AgentError::Csr(e) => match e {

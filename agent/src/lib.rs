@@ -1,9 +1,10 @@
 //! haop-agent: the small daemon on every etcd, master and worker host.
 //!
 //! It executes host operations for the coordinator over gRPC (`haop.agent.v1`) and holds no
-//! cluster knowledge. Requests are validated at the edge ([`service`]) into the types of
-//! [`names`] and [`paths`]; side effects live behind narrow interfaces ([`units`], [`kernel`])
-//! with a real implementation for hosts and one for lab hosts that share a machine.
+//! cluster knowledge. Requests are admitted at the edge by [`policy`] (what each role may do, per
+//! RPC and per path), then validated ([`service`]) into the types of [`names`] and [`paths`];
+//! side effects live behind narrow interfaces ([`units`], [`kernel`]) with a real
+//! implementation for hosts and one for lab hosts that share a machine.
 //!
 //! Lifecycle: `main` reads [`config`], enters the host root when one is given ([`rootfs`]),
 //! [`server::build`] picks the backends, [`server::serve`] serves until SIGTERM and then stops the
@@ -24,6 +25,7 @@ pub mod kernel;
 pub mod logging;
 pub mod names;
 pub mod paths;
+pub mod policy;
 pub mod rootfs;
 pub mod secrets;
 pub mod server;

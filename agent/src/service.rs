@@ -1,8 +1,9 @@
 //! The gRPC service: the edge where raw requests become validated types.
 //!
-//! Each RPC converts its message into the types of [`crate::names`] and [`crate::paths`] first,
-//! so a bad name or path is refused before anything touches the host, and then calls one
-//! operation module. Unit operations and wipes hold one lock, so the fence of a wipe (unit
+//! Each RPC first has [`crate::policy`] admit the request (the caller's role, for the RPC and
+//! for every path it names), then converts its message into the types of [`crate::names`] and
+//! [`crate::paths`], so a request that is not allowed, or a bad name or path, is refused before
+//! anything touches the host; then it calls one operation module. Unit operations and wipes hold one lock, so the fence of a wipe (unit
 //! stopped) cannot be undone by a concurrent start between check and act.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,6 @@ use haop_proto::v1::agent_server::Agent;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
 
-use crate::auth::{self, Access};
 use crate::config::AgentConfig;
 use crate::csr;
 use crate::datadirs::{self, DeclaredDirs};
@@ -24,6 +24,7 @@ use crate::identity::IdentityStore;
 use crate::kernel::{self, Kernel, ModuleOutcome, SysctlOutcome};
 use crate::names::{DropInName, ModuleName, SysctlKey, SysctlValue, UnitName};
 use crate::paths::{HostFs, HostPath};
+use crate::policy::{Policy, Rpc, Use};
 use crate::secrets;
 use crate::units::{unitfile, ServiceManager, UnitAction, UnitState};
 
@@ -45,6 +46,7 @@ struct Inner {
     declared: DeclaredDirs,
     allow: AllowList,
     identity: IdentityStore,
+    policy: Policy,
     unit_lock: tokio::sync::Mutex<()>,
 }
 
@@ -69,6 +71,7 @@ impl AgentService {
     ) -> Self {
         let fs = HostFs::new(&config.root, config.managed_roots.clone());
         let declared = DeclaredDirs::new(&fs, &config.state_dir);
+        let policy = Policy::new(fs.clone(), &config.state_dir);
         AgentService {
             inner: Arc::new(Inner {
                 fs,
@@ -77,6 +80,7 @@ impl AgentService {
                 declared,
                 allow: AllowList::new(config.exec_allow.clone()),
                 identity,
+                policy,
                 unit_lock: tokio::sync::Mutex::new(()),
             }),
         }
@@ -133,7 +137,7 @@ fn root_owned(mode: u32) -> Ownership {
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn get_facts(&self, req: Request<pb::GetFactsRequest>) -> AgentResult<pb::Facts> {
-        auth::authorize(&req, "GetFacts", Access::Read)?;
+        self.inner.policy.admit(&req)?;
         let this = self.clone();
         let facts = tokio::task::spawn_blocking(move || {
             crate::facts::collect(
@@ -151,7 +155,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::WriteFileRequest>,
     ) -> AgentResult<pb::WriteFileResponse> {
-        auth::authorize(&req, "WriteFile", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("write_file", path = %req.path);
         async {
@@ -183,7 +187,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::ReadFileRequest>,
     ) -> AgentResult<pb::ReadFileResponse> {
-        auth::authorize(&req, "ReadFile", Access::Read)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let result = (|| {
             let path = host_path(&req.path)?;
@@ -212,7 +216,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::RemoveFileRequest>,
     ) -> AgentResult<pb::RemoveFileResponse> {
-        auth::authorize(&req, "RemoveFile", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let result = (|| {
             let path = host_path(&req.path)?;
@@ -227,14 +231,14 @@ impl Agent for AgentService {
     }
 
     async fn stat(&self, req: Request<pb::StatRequest>) -> AgentResult<pb::StatResponse> {
-        auth::authorize(&req, "Stat", Access::Read)?;
+        let caller = self.inner.policy.admit(&req)?;
         use std::os::unix::fs::MetadataExt;
         let req = req.into_inner();
         let result = (|| {
             let path = host_path(&req.path)?;
             // Stat is read-only and reveals no content, so it may look outside the managed
             // roots (preflight checks that /usr/sbin/keepalived exists); the digest is given
-            // only inside them.
+            // only inside them, and only to a caller who may read the content.
             let (real, managed) = match self.fs().resolve(&path) {
                 Ok((_, real)) => (real, true),
                 Err(crate::paths::PathError::OutsideManagedRoots { .. }) => {
@@ -266,7 +270,11 @@ impl Agent for AgentService {
             } else {
                 "other"
             };
-            let sha256 = if managed && meta.is_file() && meta.len() <= 64 * 1024 * 1024 {
+            let sha256 = if managed
+                && meta.is_file()
+                && meta.len() <= 64 * 1024 * 1024
+                && self.inner.policy.allows(&caller, Use::Content, &path)
+            {
                 files::sha256_file(&real)?
             } else {
                 String::new()
@@ -297,7 +305,7 @@ impl Agent for AgentService {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> AgentResult<pb::WriteFileResponse> {
-        auth::authorize(&req, "UploadFile", Access::Mutate)?;
+        let caller = self.inner.policy.admit(&req)?;
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -307,6 +315,9 @@ impl Agent for AgentService {
             Status::invalid_argument("the first upload message must carry the header")
         })?;
         let path = host_path(&header.path).map_err(Status::from)?;
+        self.inner
+            .policy
+            .check(&caller, Rpc::UploadFile, Use::Write, &path)?;
         if header.sha256.len() != 64 || !header.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument(format!(
                 "upload to {path}: sha256 must be 64 hex digits"
@@ -357,7 +368,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::EnsureUnitRequest>,
     ) -> AgentResult<pb::EnsureUnitResponse> {
-        auth::authorize(&req, "EnsureUnit", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("ensure_unit", unit = %req.name);
         async {
@@ -407,7 +418,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::UnitActionRequest>,
     ) -> AgentResult<pb::UnitActionResponse> {
-        auth::authorize(&req, "UnitAction", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("unit_action", unit = %req.name, action = req.action);
         async {
@@ -446,7 +457,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::UnitStatusRequest>,
     ) -> AgentResult<pb::UnitStatus> {
-        auth::authorize(&req, "UnitStatus", Access::Read)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let result = async {
             let name = UnitName::try_from(req.name.as_str())?;
@@ -461,7 +472,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::LoadModulesRequest>,
     ) -> AgentResult<pb::LoadModulesResponse> {
-        auth::authorize(&req, "LoadModules", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let result = async {
             let file = DropInName::try_from(req.name.as_str())?;
@@ -505,7 +516,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::ApplySysctlRequest>,
     ) -> AgentResult<pb::ApplySysctlResponse> {
-        auth::authorize(&req, "ApplySysctl", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let result = async {
             let file = DropInName::try_from(req.name.as_str())?;
@@ -552,7 +563,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::DisableSwapRequest>,
     ) -> AgentResult<pb::DisableSwapResponse> {
-        auth::authorize(&req, "DisableSwap", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let result = async {
             let swapped_off = self.inner.kernel.swap_off().await?;
             let fstab = host_path("/etc/fstab")?;
@@ -595,7 +606,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::WipeDataDirRequest>,
     ) -> AgentResult<pb::WipeDataDirResponse> {
-        auth::authorize(&req, "WipeDataDir", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("wipe_data_dir", unit = %req.unit, path = %req.path);
         async {
@@ -683,7 +694,7 @@ impl Agent for AgentService {
     }
 
     async fn exec(&self, req: Request<pb::ExecRequest>) -> AgentResult<pb::ExecResponse> {
-        auth::authorize(&req, "Exec", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("exec", program = %req.program);
         async {
@@ -716,7 +727,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::CreateCsrRequest>,
     ) -> AgentResult<pb::CreateCsrResponse> {
-        auth::authorize(&req, "CreateCsr", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("create_csr", key = %req.key_path);
         async {
@@ -768,7 +779,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::InstallCertificateRequest>,
     ) -> AgentResult<pb::InstallCertificateResponse> {
-        auth::authorize(&req, "InstallCertificate", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("install_certificate", cert = %req.cert_path);
         async {
@@ -798,7 +809,7 @@ impl Agent for AgentService {
     }
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> AgentResult<pb::WhoAmIResponse> {
-        let caller = auth::authorize(&req, "WhoAmI", Access::Read)?;
+        let caller = self.inner.policy.admit(&req)?;
         Ok(Response::new(pb::WhoAmIResponse {
             common_name: caller.common_name,
             role: caller.role.as_str().to_string(),

@@ -147,18 +147,27 @@ async fn private_keys_never_travel() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
-    let err = a
-        .client
-        .write_file(pb::WriteFileRequest {
-            path: "/etc/kubernetes/pki/etcd/copied.key".into(),
-            content: b"-----BEGIN PRIVATE KEY-----\nMIG\n-----END PRIVATE KEY-----\n".to_vec(),
-            create_parents: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(!a.real("/etc/kubernetes/pki/etcd/copied.key").exists());
+    // A key is refused by its content wherever it is sent, and a key file by its name.
+    for (path, code) in [
+        ("/etc/kubernetes/pki/etcd/copied.pem", Code::InvalidArgument),
+        (
+            "/etc/kubernetes/pki/etcd/copied.key",
+            Code::PermissionDenied,
+        ),
+    ] {
+        let err = a
+            .client
+            .write_file(pb::WriteFileRequest {
+                path: path.into(),
+                content: b"-----BEGIN PRIVATE KEY-----\nMIG\n-----END PRIVATE KEY-----\n".to_vec(),
+                create_parents: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{path}: {}", err.message());
+        assert!(!a.real(path).exists());
+    }
 
     // The signed certificate installs; one for another key does not.
     let cert = a.ca.sign_csr(&r.csr_pem);

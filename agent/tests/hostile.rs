@@ -207,9 +207,9 @@ async fn smuggled_units_and_traversing_names_are_refused() {
 }
 
 /// kubeadm's admin.conf holds the cluster-admin key as base64 (`client-key-data`), where no
-/// PEM marker shows. ReadFile refuses it all the same, but answers its certificates alone when
-/// asked for certificates only; WriteFile refuses a key sent that way; a kubeconfig that only
-/// names its key file reads.
+/// PEM marker shows. The policy refuses a kubeconfig's content by its path, but answers its
+/// certificates alone when asked for certificates only; the content check behind it refuses the
+/// same text anywhere else, and WriteFile refuses a key sent that way.
 #[tokio::test]
 async fn keys_in_base64_never_leave_the_host() {
     use base64::Engine;
@@ -238,9 +238,27 @@ async fn keys_in_base64_never_leave_the_host() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("kubeconfig") && err.message().contains("certificates_only"),
+        "{}",
+        err.message()
+    );
+    // Behind the policy, the content check finds the key in the same text under any name.
+    std::fs::create_dir_all(a.real("/etc/haop")).unwrap();
+    std::fs::write(a.real("/etc/haop/copy.yaml"), &kubeconfig).unwrap();
+    let err = a
+        .client
+        .read_file(pb::ReadFileRequest {
+            path: "/etc/haop/copy.yaml".into(),
+            max_bytes: 0,
+            certificates_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
     assert_eq!(
         err.message(),
-        "/etc/kubernetes/admin.conf holds a private key; private keys never leave their host"
+        "/etc/haop/copy.yaml holds a private key; private keys never leave their host"
     );
 
     // Its certificates can be read all the same, and only they come.
@@ -266,7 +284,7 @@ async fn keys_in_base64_never_leave_the_host() {
     let err = a
         .client
         .write_file(pb::WriteFileRequest {
-            path: "/etc/kubernetes/stolen.conf".into(),
+            path: "/etc/haop/stolen.yaml".into(),
             content: kubeconfig.clone().into_bytes(),
             mode: 0o600,
             create_parents: true,
@@ -280,22 +298,22 @@ async fn keys_in_base64_never_leave_the_host() {
         "{}",
         err.message()
     );
-    assert!(!a.real("/etc/kubernetes/stolen.conf").exists());
+    assert!(!a.real("/etc/haop/stolen.yaml").exists());
 
+    // A kubeconfig that names its key file holds no key, yet its content is refused all the
+    // same: the policy judges by what a file is, not by what it holds today.
     let by_file = "users:\n- name: default-auth\n  user:\n    client-certificate: \
                    /var/lib/kubelet/pki/kubelet-client-current.pem\n    client-key: \
                    /var/lib/kubelet/pki/kubelet-client-current.pem\n";
     std::fs::write(a.real("/etc/kubernetes/kubelet.conf"), by_file).unwrap();
-    let r = a
-        .client
-        .read_file(pb::ReadFileRequest {
-            path: "/etc/kubernetes/kubelet.conf".into(),
-            max_bytes: 0,
-            certificates_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.content, by_file.as_bytes());
+    let read = |certificates_only| pb::ReadFileRequest {
+        path: "/etc/kubernetes/kubelet.conf".into(),
+        max_bytes: 0,
+        certificates_only,
+    };
+    let err = a.client.read_file(read(false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    let r = a.client.read_file(read(true)).await.unwrap().into_inner();
+    assert!(r.content.is_empty());
     a.shutdown().await;
 }

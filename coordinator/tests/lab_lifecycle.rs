@@ -407,15 +407,10 @@ async fn crash_kills_the_unit_and_wipes_its_data_dir() {
         .await
         .expect("EnsureUnit");
     }
-    c.write_file(pb::WriteFileRequest {
-        path: format!("{data}/member"),
-        content: b"state".to_vec(),
-        mode: 0o600,
-        create_parents: true,
-        ..Default::default()
-    })
-    .await
-    .expect("WriteFile");
+    // The unit's data, as etcd leaves it: no RPC writes into a declared data dir.
+    let on_machine = host.root_dir.join(data.trim_start_matches('/'));
+    std::fs::create_dir_all(&on_machine).unwrap();
+    std::fs::write(on_machine.join("member"), b"state").unwrap();
 
     // Not running yet: nothing to crash.
     let e = lab
@@ -445,7 +440,6 @@ async fn crash_kills_the_unit_and_wipes_its_data_dir() {
         "the agent records declared dirs in {}",
         declared.display()
     );
-    let on_machine = host.root_dir.join(data.trim_start_matches('/'));
     assert!(on_machine.join("member").is_file());
     let report = lab
         .crash("etcd1", "sleeper.service", true)
