@@ -400,6 +400,7 @@ mod tests {
     #[test]
     fn wiped_copies_are_listed_newest_first_and_pruned_by_count_and_age() {
         let (_dir, fs, declared, unit) = setup();
+        declared.declare(&unit, &[hp("/var/lib/etcd")]).unwrap();
         let stamps = ["20261201T000000Z", "20261203T000000Z", "20261202T000000Z"];
         for s in stamps {
             let p = fs.real(&hp(&format!("/var/lib/etcd.wiped-{s}")));

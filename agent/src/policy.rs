@@ -51,6 +51,8 @@ pub enum Rpc {
     ApplySysctl,
     DisableSwap,
     WipeDataDir,
+    ListWipedDataDirs,
+    PruneWipedDataDirs,
     Exec,
     CreateCsr,
     InstallCertificate,
@@ -58,7 +60,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::GetFacts,
         Rpc::WriteFile,
         Rpc::ReadFile,
@@ -72,6 +74,8 @@ impl Rpc {
         Rpc::ApplySysctl,
         Rpc::DisableSwap,
         Rpc::WipeDataDir,
+        Rpc::ListWipedDataDirs,
+        Rpc::PruneWipedDataDirs,
         Rpc::Exec,
         Rpc::CreateCsr,
         Rpc::InstallCertificate,
@@ -94,6 +98,8 @@ impl Rpc {
             Rpc::ApplySysctl => "ApplySysctl",
             Rpc::DisableSwap => "DisableSwap",
             Rpc::WipeDataDir => "WipeDataDir",
+            Rpc::ListWipedDataDirs => "ListWipedDataDirs",
+            Rpc::PruneWipedDataDirs => "PruneWipedDataDirs",
             Rpc::Exec => "Exec",
             Rpc::CreateCsr => "CreateCsr",
             Rpc::InstallCertificate => "InstallCertificate",
@@ -112,6 +118,8 @@ pub fn callers(rpc: Rpc) -> &'static [Role] {
         Rpc::GetFacts => BOTH,
         Rpc::UnitStatus => BOTH,
         Rpc::WhoAmI => BOTH,
+        // Names and sizes of moved-aside data dirs (status accounts for their space).
+        Rpc::ListWipedDataDirs => BOTH,
         // Per path: see `rights`.
         Rpc::ReadFile => BOTH,
         Rpc::Stat => BOTH,
@@ -125,6 +133,7 @@ pub fn callers(rpc: Rpc) -> &'static [Role] {
         Rpc::ApplySysctl => ADMIN,
         Rpc::DisableSwap => ADMIN,
         Rpc::WipeDataDir => ADMIN,
+        Rpc::PruneWipedDataDirs => ADMIN,
         Rpc::Exec => ADMIN,
         Rpc::CreateCsr => ADMIN,
         Rpc::InstallCertificate => ADMIN,
@@ -233,8 +242,10 @@ pub fn rights(class: PathClass, role: Role) -> &'static [Use] {
         (PathClass::AgentOwn, Role::Admin) => &[],
         (PathClass::AgentOwn, Role::Reader) => &[],
         // Declared, and moved aside when a member is recovered; never read: nothing in haop
-        // reads it, and a copy of etcd's data is a snapshot, taken through etcd's API.
-        (PathClass::EtcdData, Role::Admin) => &[DataDir],
+        // reads it, and a copy of etcd's data is a snapshot, taken through etcd's API. Its
+        // metadata (sizes, never content or digests) is how recovery follows a learner
+        // receiving the database and checks a host has room for it.
+        (PathClass::EtcdData, Role::Admin) => &[Metadata, DataDir],
         (PathClass::EtcdData, Role::Reader) => &[],
         // `haop etcd restore` uploads one for etcdctl to restore from.
         (PathClass::Snapshot, Role::Admin) => &[Write],
@@ -328,6 +339,10 @@ no_paths! {
     pb::DisableSwapRequest => DisableSwap,
     pb::ExecRequest => Exec,
     pb::WhoAmIRequest => WhoAmI,
+    // Both act on the moved-aside copies of the unit's declared data dirs, found by the agent
+    // itself beside each declared dir; the request names no path.
+    pb::WipedDataDirsRequest => ListWipedDataDirs,
+    pb::PruneWipedDataDirsRequest => PruneWipedDataDirs,
 }
 
 /// The upload's path comes in its first message: the handler checks it with [`Policy::check`].
@@ -610,6 +625,7 @@ mod tests {
                 Rpc::ReadFile,
                 Rpc::Stat,
                 Rpc::UnitStatus,
+                Rpc::ListWipedDataDirs,
                 Rpc::WhoAmI
             ]
         );

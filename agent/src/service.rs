@@ -647,7 +647,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::WipedDataDirsRequest>,
     ) -> AgentResult<pb::WipedDataDirsResponse> {
-        auth::authorize(&req, "ListWipedDataDirs", Access::Read)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let run = || {
             let unit = UnitName::try_from(req.unit.as_str())?;
@@ -664,7 +664,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::PruneWipedDataDirsRequest>,
     ) -> AgentResult<pb::WipedDataDirsResponse> {
-        auth::authorize(&req, "PruneWipedDataDirs", Access::Mutate)?;
+        self.inner.policy.admit(&req)?;
         let req = req.into_inner();
         let span = info_span!("prune_wiped_data_dirs", unit = %req.unit);
         let _enter = span.enter();

@@ -187,7 +187,15 @@ fn expected(path: &str) -> (Gets, Gets) {
         }
         // apply checks that a key exists.
         "/etc/kubernetes/pki/etcd/server.key" => (NOTHING, STAT),
-        // etcd's data, moved-aside data, snapshots, the agent's own files: nobody.
+        // etcd's data and moved-aside data: an admin sees sizes (recovery follows a learner
+        // by them), never content or a digest; a reader nothing.
+        p if p.starts_with("/var/lib/etcd")
+            || p.starts_with("/var/lib/haop/etcd-data")
+            || p.starts_with("/etc/kubernetes/member-link") =>
+        {
+            (NOTHING, STAT)
+        }
+        // Snapshots, the agent's own files: nobody.
         _ => (NOTHING, NOTHING),
     }
 }
@@ -255,7 +263,12 @@ async fn secrets_are_refused_to_each_role_and_nothing_of_them_is_returned() {
             } else {
                 assert_refused(&what("ReadFile certificates_only"), certs);
             }
-            let st = c.stat(pb::StatRequest { path: path.into() }).await;
+            let st = c
+                .stat(pb::StatRequest {
+                    path: path.into(),
+                    tree: true,
+                })
+                .await;
             if gets.stat {
                 let st = st.unwrap().into_inner();
                 assert!(st.exists, "{}", what("Stat"));
@@ -332,6 +345,7 @@ async fn call_every_rpc(c: &mut Client) -> Vec<(&'static str, Result<(), Status>
             "Stat",
             c.stat(pb::StatRequest {
                 path: "/etc/modules-load.d/haop.conf".into(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -430,6 +444,24 @@ async fn call_every_rpc(c: &mut Client) -> Vec<(&'static str, Result<(), Status>
             .await
             .map(drop),
         ),
+        (
+            "ListWipedDataDirs",
+            c.list_wiped_data_dirs(pb::WipedDataDirsRequest {
+                unit: "etcd.service".into(),
+            })
+            .await
+            .map(drop),
+        ),
+        (
+            "PruneWipedDataDirs",
+            c.prune_wiped_data_dirs(pb::PruneWipedDataDirsRequest {
+                unit: "etcd.service".into(),
+                keep: 1,
+                min_age_seconds: 3600,
+            })
+            .await
+            .map(drop),
+        ),
         ("WhoAmI", c.who_am_i(pb::WhoAmIRequest {}).await.map(drop)),
     ]
 }
@@ -461,7 +493,14 @@ async fn a_reader_may_call_only_what_status_and_certs_list_use_and_changes_nothi
     plant(&a, "/etc/modules-load.d/haop.conf", b"overlay\n");
     plant(&a, "/var/lib/haop/etcd-data/member/snap/db", b"data");
     let before = tree(a.root.path());
-    let reads = ["GetFacts", "ReadFile", "Stat", "UnitStatus", "WhoAmI"];
+    let reads = [
+        "GetFacts",
+        "ReadFile",
+        "Stat",
+        "UnitStatus",
+        "ListWipedDataDirs",
+        "WhoAmI",
+    ];
     let results = call_every_rpc(&mut reader).await;
     assert_eq!(results.len(), haop_agent::policy::Rpc::ALL.len());
     for (rpc, r) in results {
@@ -645,7 +684,10 @@ async fn what_the_coordinator_asks_is_still_allowed() {
             "{path}"
         );
         let st = admin
-            .stat(pb::StatRequest { path: path.into() })
+            .stat(pb::StatRequest {
+                path: path.into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -692,6 +734,7 @@ async fn what_the_coordinator_asks_is_still_allowed() {
     let key = admin
         .stat(pb::StatRequest {
             path: "/etc/kubernetes/pki/etcd/server.key".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -702,7 +745,8 @@ async fn what_the_coordinator_asks_is_still_allowed() {
     assert!(
         admin
             .stat(pb::StatRequest {
-                path: "/etc/kubernetes/admin.conf".into()
+                path: "/etc/kubernetes/admin.conf".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
