@@ -77,6 +77,20 @@ pub enum LabCommand {
         /// The host, such as etcd2.
         host: String,
     },
+    /// Slow the traffic towards a host, as a slow or distant link would (a token bucket on its
+    /// link), or lift the limit with --off: rehearse a member that catches up slowly. Needs root.
+    Throttle {
+        /// The lab's name.
+        name: String,
+        /// The host, such as etcd2.
+        host: String,
+        /// The rate, as tc writes it: 20mbit, 512kbit.
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        rate: Option<String>,
+        /// Lift the limit.
+        #[arg(long)]
+        off: bool,
+    },
     /// Restart a host's haop-agent, as an upgrade (SIGTERM) or a crash (--kill, SIGKILL) would.
     ///
     /// Waits until the new agent answers. The units the agent ran keep running, and the new
@@ -208,6 +222,20 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
                 format!("{host} is connected again\n")
             } else {
                 format!("{host} was connected already\n")
+            }
+        }
+        LabCommand::Throttle {
+            name,
+            host,
+            rate,
+            off: _,
+        } => {
+            let lab = Lab::open(state_dir, &name)?;
+            let changed = lab.throttle(&host, rate.as_deref())?;
+            match (rate, changed) {
+                (Some(r), _) => format!("traffic towards {host} is limited to {r}\n"),
+                (None, true) => format!("traffic towards {host} is not limited any more\n"),
+                (None, false) => format!("traffic towards {host} was not limited\n"),
             }
         }
         LabCommand::RestartAgent { name, host, kill } => {

@@ -948,3 +948,51 @@ fn wrong_kinds_of_values_are_explained_in_the_file_terms() {
     assert!(e.to_string().contains("expected a number"), "{e}");
     assert!(!e.to_string().contains("i64"), "{e}");
 }
+
+#[test]
+fn retention_and_catch_up_stall_have_defaults_and_are_checked() {
+    let (inv, _) = ok(BASE);
+    let r = &inv.etcd.retention;
+    assert_eq!(
+        (r.snapshots, r.wiped_data_dirs),
+        (haop_coordinator::inventory::DEFAULT_SNAPSHOTS_KEPT, 1)
+    );
+    assert_eq!(r.snapshot_max_age.duration().as_secs(), 168 * 3600);
+    assert_eq!(r.wiped_grace.duration().as_secs(), 3600);
+    assert_eq!(inv.etcd.catch_up_stall.duration().as_secs(), 120);
+
+    let (inv, _) = ok(&format!(
+        "{BASE}etcd:\n  catch_up_stall: 45s\n  retention: {{snapshots: 2, wiped_data_dirs: 0, wiped_grace: 0s, snapshot_max_age: 1h30m}}\n"
+    ));
+    assert_eq!(inv.etcd.catch_up_stall.duration().as_secs(), 45);
+    assert_eq!(inv.etcd.retention.snapshots, 2);
+    assert_eq!(inv.etcd.retention.wiped_data_dirs, 0);
+    assert!(inv.etcd.retention.wiped_grace.duration().is_zero());
+    assert_eq!(
+        inv.etcd.retention.snapshot_max_age.duration().as_secs(),
+        5400
+    );
+    // What to_yaml writes loads again to the same settings.
+    let (again, _) = ok(&inv.to_yaml().unwrap());
+    assert_eq!(again.etcd.retention, inv.etcd.retention);
+    assert_eq!(again.etcd.catch_up_stall, inv.etcd.catch_up_stall);
+
+    let p = one_error(
+        &format!("{BASE}etcd: {{retention: {{snapshots: 0}}}}\n"),
+        "etcd.retention.snapshots",
+    );
+    assert!(p.message.contains("out of range"), "{}", p.message);
+    let p = one_error(
+        &format!("{BASE}etcd: {{catch_up_stall: 0s}}\n"),
+        "etcd.catch_up_stall",
+    );
+    assert!(p.message.contains("zero"), "{}", p.message);
+    let p = one_error(
+        &format!("{BASE}etcd: {{retention: {{wiped_grace: 2d}}}}\n"),
+        "etcd.retention.wiped_grace",
+    );
+    assert!(p.message.contains("unknown unit"), "{}", p.message);
+    let (problems, rendered) = invalid(&format!("{BASE}etcd: {{retention: {{keep: 3}}}}\n"));
+    assert_eq!(problems.len(), 1, "{rendered}");
+    assert!(rendered.contains("keep"), "{rendered}");
+}

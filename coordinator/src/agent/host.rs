@@ -246,7 +246,8 @@ impl HostAgent {
             c.upload_file(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
         });
-        let feed = async {
+        // Owns the sender: when the file is sent, the stream ends and the agent answers.
+        let feed = async move {
             if tx.send(header).await.is_err() {
                 return Ok(());
             }

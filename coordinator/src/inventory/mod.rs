@@ -38,7 +38,7 @@ pub use model::{
 };
 pub use types::{
     AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime, Role, Sha256Hex,
-    Version, DEFAULT_AGENT_PORT,
+    Span, Version, DEFAULT_AGENT_PORT,
 };
 
 use raw::RawInventory;

@@ -16,7 +16,7 @@ use super::raw::{
 };
 use super::types::{
     max_prefix, url, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime,
-    Role, Sha256Hex, Version,
+    Role, Sha256Hex, Span, Version,
 };
 use crate::pki::KeyAlgorithm;
 
@@ -97,7 +97,7 @@ pub struct EtcdSettings {
     pub retention: Retention,
     /// How long a member that is catching up (a learner receiving the database, a restarted
     /// member) may show no progress at all before haop stops waiting and says what stalled.
-    pub catch_up_stall: Lifetime,
+    pub catch_up_stall: Span,
 }
 
 /// `etcd.retention`: snapshots in the state dir and moved-aside data dirs on the hosts.
@@ -106,12 +106,12 @@ pub struct Retention {
     /// Snapshots of the cluster kept in the state dir, newest first (at least 1).
     pub snapshots: u32,
     /// Older snapshots are removed too, except the newest.
-    pub snapshot_max_age: Lifetime,
+    pub snapshot_max_age: Span,
     /// Moved-aside copies of a member's data dir (`PATH.wiped-*`) kept per host once the member
     /// is a healthy voter again.
     pub wiped_data_dirs: u32,
     /// A moved-aside copy is kept at least this long, whatever `wiped_data_dirs` says.
-    pub wiped_grace: Lifetime,
+    pub wiped_grace: Span,
 }
 
 impl Default for Retention {

@@ -419,6 +419,74 @@ impl fmt::Display for Lifetime {
     }
 }
 
+/// A span of time written in hours, minutes and seconds (`2m`, `1h30m`, `45s`, `0s`), with its
+/// parsed duration: waits and retention ages in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Span {
+    text: String,
+    duration: Duration,
+}
+
+impl Span {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+}
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let text = s.trim();
+        if text.is_empty() {
+            return Err("empty".into());
+        }
+        let mut total: u64 = 0;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err("expected a number such as 90s, 2m or 1h".into());
+            }
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| "number too large".to_string())?;
+            rest = &rest[digits..];
+            let unit = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let secs = match &rest[..unit] {
+                "h" => 3600,
+                "m" => 60,
+                "s" => 1,
+                "" => return Err("missing unit (h, m or s)".into()),
+                _ => return Err("unknown unit (expected h, m or s)".into()),
+            };
+            total = n
+                .checked_mul(secs)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(|| "too long".to_string())?;
+            rest = &rest[unit..];
+        }
+        Ok(Span {
+            text: text.to_string(),
+            duration: Duration::from_secs(total),
+        })
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Where a host's agent listens: `https://HOST:PORT` (or `http://` for a lab or a development
 /// agent), without path. HOST is an address (IPv6 in brackets) or a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ use super::raw::{
 };
 use super::types::{
     max_prefix, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime, Role,
-    Sha256Hex, Version,
+    Sha256Hex, Span, Version,
 };
 use crate::pki::KeyAlgorithm;
 
@@ -596,6 +596,7 @@ impl Checker<'_> {
             raw.catch_up_stall.as_deref(),
             super::model::DEFAULT_CATCH_UP_STALL,
             "how long a member catching up may show no progress, such as 2m or 10m",
+            false,
         );
         Some(EtcdSettings {
             binary: binary?,
@@ -647,12 +648,14 @@ impl Checker<'_> {
             raw.snapshot_max_age.as_deref(),
             d.snapshot_max_age.as_str(),
             "an age such as 168h (the newest snapshot is kept whatever its age)",
+            false,
         );
         let grace = self.duration(
             "etcd.retention.wiped_grace",
             raw.wiped_grace.as_deref(),
             d.wiped_grace.as_str(),
-            "how long a moved-aside data dir is kept at least, such as 1h or 24h",
+            "how long a moved-aside data dir is kept at least, such as 1h or 24h (0s: no grace)",
+            true,
         );
         Some(Retention {
             snapshots: snapshots?,
@@ -662,17 +665,19 @@ impl Checker<'_> {
         })
     }
 
-    /// A duration in hours, minutes and seconds (`2m`, `1h30m`), or `default` when absent.
+    /// A span in hours, minutes and seconds (`2m`, `1h30m`, `0s`), or `default` when absent;
+    /// zero is refused unless `zero_ok`.
     fn duration(
         &mut self,
         field: &str,
         value: Option<&str>,
         default: &str,
         hint: &str,
-    ) -> Option<Lifetime> {
+        zero_ok: bool,
+    ) -> Option<Span> {
         let text = value.unwrap_or(default);
-        match Lifetime::from_str(text) {
-            Ok(l) if l.duration().as_secs() > 0 => Some(l),
+        match Span::from_str(text) {
+            Ok(l) if zero_ok || !l.duration().is_zero() => Some(l),
             Ok(_) => {
                 self.error(field, format!("{text:?} is zero"), hint.to_string());
                 None

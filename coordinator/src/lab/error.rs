@@ -121,6 +121,8 @@ pub enum LabError {
         rpc: &'static str,
         waited: std::time::Duration,
     },
+    #[error("{rate:?} is not a rate; write it as tc does, such as 20mbit or 512kbit")]
+    BadRate { rate: String },
     #[error("unit {unit} on host {host} is not running ({state})")]
     UnitNotRunning {
         host: String,

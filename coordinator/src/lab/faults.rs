@@ -80,6 +80,37 @@ impl Lab {
         Ok(true)
     }
 
+    /// Slows the traffic towards `host` to `rate` (tc's notation: `20mbit`, `512kbit`), as a
+    /// slow or distant link would, or lifts the limit (`None`). Only what reaches the host is
+    /// shaped (a token bucket on the machine-side end of its veth), which is what a member
+    /// receiving a database waits on. Answers whether anything changed.
+    pub fn throttle(&self, host: &str, rate: Option<&str>) -> Result<bool, LabError> {
+        sys::require_root()?;
+        let h = self.host(host)?.clone();
+        self.check_veth(&h)?;
+        let tc = sys::Tc::find()?;
+        let shaped = tc.run(&["qdisc", "show", "dev", &h.veth])?.contains("tbf");
+        match rate {
+            None if !shaped => return Ok(false),
+            None => {
+                tc.run(&["qdisc", "del", "dev", &h.veth, "root"])?;
+            }
+            Some(rate) => {
+                if !rate.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+                    return Err(LabError::BadRate {
+                        rate: rate.to_string(),
+                    });
+                }
+                tc.run(&[
+                    "qdisc", "replace", "dev", &h.veth, "root", "tbf", "rate", rate, "burst",
+                    "64kb", "latency", "2s",
+                ])?;
+            }
+        }
+        info!(lab = %self.name(), host = %h.name, veth = %h.veth, rate = ?rate, "host link throttled");
+        Ok(true)
+    }
+
     /// The veth of `h` exists and is enslaved to this lab's bridge (which carries this lab's MAC).
     fn check_veth(&self, h: &LabHost) -> Result<(), LabError> {
         let not_ours = |reason: String| LabError::NotOurLink {

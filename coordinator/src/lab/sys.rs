@@ -102,6 +102,34 @@ impl Ip {
     }
 }
 
+const TC_CANDIDATES: [&str; 2] = ["/usr/sbin/tc", "/sbin/tc"];
+
+/// iproute2's `tc`, by its absolute path.
+#[derive(Debug)]
+pub struct Tc {
+    program: PathBuf,
+}
+
+impl Tc {
+    pub fn find() -> Result<Tc, LabError> {
+        TC_CANDIDATES
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .map(|p| Tc {
+                program: p.to_path_buf(),
+            })
+            .ok_or(LabError::ToolMissing {
+                tool: "tc (iproute2)",
+                tried: TC_CANDIDATES.join(", "),
+            })
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<String, LabError> {
+        run(&self.program, args)
+    }
+}
+
 pub fn netns_exists(ns: &str) -> bool {
     Path::new(NETNS_DIR).join(ns).exists()
 }
