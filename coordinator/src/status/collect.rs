@@ -47,6 +47,8 @@ struct HostProbe {
     certs: Vec<(String, Result<String, String>)>,
     modules: Option<MaybeFile>,
     sysctls: Option<MaybeFile>,
+    /// Moved-aside etcd data dirs (count, bytes), on etcd hosts that answered.
+    moved_aside: Option<(u32, u64)>,
 }
 
 /// What one etcd endpoint answered.
@@ -190,6 +192,7 @@ async fn probe_host(
         certs: Vec::new(),
         modules: None,
         sysctls: None,
+        moved_aside: None,
     };
     let client = match connect_agent(tls, &host, &endpoint, timeout, deadline).await {
         Ok(c) => c,
@@ -234,6 +237,17 @@ async fn probe_host(
         }
         out
     };
+    let etcd_host = units.iter().any(|u| u == crate::etcd::config::UNIT_NAME);
+    let moved_aside = async {
+        if !etcd_host {
+            return None;
+        }
+        let copies = client
+            .wiped_data_dirs(crate::etcd::config::UNIT_NAME)
+            .await
+            .ok()?;
+        Some((copies.len() as u32, copies.iter().map(|c| c.bytes).sum()))
+    };
     let drift = async {
         if !node {
             return (None, None);
@@ -243,12 +257,14 @@ async fn probe_host(
         let s = read_file(&client, &format!("/etc/sysctl.d/{name}.conf")).await;
         (Some(m), Some(s))
     };
-    let (facts, unit_states, certs, drift) = tokio::join!(
+    let (facts, unit_states, certs, drift, moved_aside) = tokio::join!(
         tokio::time::timeout_at(deadline, facts),
         tokio::time::timeout_at(deadline, unit_states),
         tokio::time::timeout_at(deadline, certs),
         tokio::time::timeout_at(deadline, drift),
+        tokio::time::timeout_at(deadline, moved_aside),
     );
+    let moved_aside = moved_aside.ok().flatten();
     let facts = facts.unwrap_or_else(|_| Err(format!("GetFacts: {LATE}")));
     let units = unit_states.unwrap_or_else(|_| {
         units
@@ -270,6 +286,7 @@ async fn probe_host(
         certs,
         modules,
         sysctls,
+        moved_aside,
     }
 }
 
@@ -329,6 +346,9 @@ fn hosts_section(inventory: &Inventory, probes: &[HostProbe]) -> Vec<HostStatus>
                 service_manager: None,
                 clock_skew_ms: None,
                 latency_ms: None,
+                moved_aside: p
+                    .moved_aside
+                    .map(|(count, bytes)| super::MovedAside { count, bytes }),
             };
             if let Ok((f, skew, latency)) = &p.facts {
                 s.agent_version = Some(f.agent_version.clone());

@@ -180,6 +180,17 @@ pub struct HostStatus {
     pub clock_skew_ms: Option<i64>,
     /// How long GetFacts took, milliseconds.
     pub latency_ms: Option<u64>,
+    /// On an etcd host: data dirs moved aside by recoveries (`PATH.wiped-*`), how many and
+    /// their bytes (`etcd.retention.wiped_data_dirs` says how many are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_aside: Option<MovedAside>,
+}
+
+/// Moved-aside data dirs on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedAside {
+    pub count: u32,
+    pub bytes: u64,
 }
 
 /// etcd as a whole.

@@ -165,7 +165,14 @@ pub fn render(r: &StatusReport, color: bool) -> String {
 
     section(&mut out, "HOSTS", color);
     let mut t = Table::new(vec![
-        "HOST", "AGENT", "VERSION", "UPTIME", "BACKEND", "SKEW", "ROLES",
+        "HOST",
+        "AGENT",
+        "VERSION",
+        "UPTIME",
+        "BACKEND",
+        "SKEW",
+        "ROLES",
+        "MOVED ASIDE",
     ]);
     for h in &r.hosts {
         let skew_bad = h
@@ -192,6 +199,15 @@ pub fn render(r: &StatusReport, color: bool) -> String {
                     if skew_bad { Style::Warn } else { Style::Plain },
                 ),
                 plain(h.roles.join(",")),
+                plain(match &h.moved_aside {
+                    Some(m) if m.count > 0 => format!(
+                        "{} ({})",
+                        m.count,
+                        crate::etcd::catchup::human_bytes(m.bytes)
+                    ),
+                    Some(_) => "none".into(),
+                    None => "-".into(),
+                }),
             ],
         );
     }

@@ -45,6 +45,10 @@ fn host(name: &str) -> HostStatus {
         service_manager: Some("supervisor".into()),
         clock_skew_ms: Some(3),
         latency_ms: Some(2),
+        moved_aside: Some(MovedAside {
+            count: 1,
+            bytes: 3 * 1024 * 1024,
+        }),
     }
 }
 
@@ -402,6 +406,9 @@ fn the_table_puts_problems_first_and_the_verdict_last() {
         "{etcd}"
     );
     assert!(table::render(&r, true).contains("\x1b[31m"));
+    // What recoveries moved aside on each etcd host, and its space.
+    assert!(text.contains("MOVED ASIDE"), "{text}");
+    assert!(text.contains("1 (3.0 MiB)"), "{text}");
 }
 
 #[test]
