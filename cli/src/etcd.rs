@@ -351,18 +351,17 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         }
         EtcdCommand::Snapshot(SnapshotCommand::Save { inventory, out }) => {
             let inv = load_inventory(&inventory)?;
-            let client =
-                EtcdClient::connect(state_dir, &inv.etcd_client_urls(), Duration::from_secs(5))
-                    .await?;
-            let path = match out {
-                Some(p) => p,
-                None => haop_coordinator::etcd::snapshots::new_snapshot_path(
-                    state_dir,
-                    inv.cluster.as_str(),
-                    "manual",
-                )?,
-            };
-            let info = client.snapshot(&path).await?;
+            let view = View::new("saved");
+            let (info, removed) =
+                haop_coordinator::etcd::snapshots::save(state_dir, &inv, out, &|bytes, total| {
+                    view.show(Progress::Transfer {
+                        what: "snapshot".into(),
+                        bytes,
+                        total,
+                    })
+                })
+                .await?;
+            view.finish();
             println!(
                 "{} ({} bytes, sha256 {}, from {})",
                 info.path.display(),
@@ -370,6 +369,9 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 info.sha256,
                 info.endpoint
             );
+            for r in removed {
+                eprintln!("deleted snapshot {} (etcd.retention)", r.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

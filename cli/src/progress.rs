@@ -93,6 +93,13 @@ impl View {
     }
 }
 
+impl View {
+    /// Clears a bar that is still shown (an operation that ends without `Done`).
+    pub fn finish(&self) {
+        finish(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
 fn due(st: &mut State) -> bool {
     let now = Instant::now();
     if st.last_line.is_some_and(|t| now - t < LINE_EVERY) {

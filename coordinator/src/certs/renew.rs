@@ -137,7 +137,14 @@ pub async fn renew(
         else {
             continue;
         };
-        // One member at a time: restart, then wait for it and for the whole quorum.
+        // One member at a time: restart, then wait for it and for the whole quorum. A member
+        // opens its whole database when it starts: the wait grows with it.
+        let db_size = etcd
+            .status_of(endpoint)
+            .await
+            .map(|s| s.db_size)
+            .unwrap_or(0);
+        let member_timeout = crate::etcd::api::scaled_timeout(opts.member_timeout, db_size);
         progress(format!("{host}: restarting {UNIT_NAME}"));
         c.unit_action(UNIT_NAME, pb::Action::Restart).await?;
         let started = Instant::now();
@@ -154,10 +161,10 @@ pub async fn renew(
                 ));
                 break;
             }
-            if started.elapsed() > opts.member_timeout {
+            if started.elapsed() > member_timeout {
                 return Err(RenewError::NotHealthy {
                     host,
-                    seconds: opts.member_timeout.as_secs(),
+                    seconds: member_timeout.as_secs(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,7 +8,103 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::inventory::Retention;
+use std::time::Duration;
+
+use super::api::{EtcdApiError, EtcdClient, SnapshotInfo};
+use super::catchup::human_bytes;
+use crate::inventory::{Inventory, Retention};
+
+/// Errors of `haop etcd snapshot save`.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdApiError),
+    #[error(
+        "{} has {} free, and the snapshot needs about {} (the database of {endpoint}); \
+         nothing was written: free space there or save elsewhere with --out",
+        .dir.display(), human_bytes(*.available), human_bytes(*.needed)
+    )]
+    NoRoom {
+        dir: PathBuf,
+        available: u64,
+        needed: u64,
+        endpoint: String,
+    },
+    #[error("cannot use {}", .dir.display())]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `haop etcd snapshot save`: a snapshot from the first member that answers, streamed to `out`
+/// (default: a new file in the state dir), checked for room first; `progress` hears the bytes
+/// received and the database's size. A snapshot saved in the state dir is followed by the
+/// retention. Answers what was saved and what the retention removed.
+pub async fn save(
+    state_dir: &Path,
+    inventory: &Inventory,
+    out: Option<PathBuf>,
+    progress: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<(SnapshotInfo, Vec<PathBuf>), SnapshotError> {
+    let endpoints = inventory.etcd_client_urls();
+    let client = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(5)).await?;
+    let statuses = client.statuses(&endpoints).await;
+    let (endpoint, db) = endpoints
+        .iter()
+        .zip(&statuses)
+        .find_map(|(ep, s)| {
+            s.as_ref()
+                .ok()
+                .map(|s| (ep.clone(), s.db_size.max(0) as u64))
+        })
+        .ok_or_else(|| match statuses.into_iter().find_map(Result::err) {
+            Some(e) => SnapshotError::Etcd(e),
+            None => SnapshotError::Etcd(EtcdApiError::NoEndpoints),
+        })?;
+    let in_state_dir = out.is_none();
+    let path = match out {
+        Some(p) => p,
+        None => new_snapshot_path(state_dir, inventory.cluster.as_str(), "manual").map_err(
+            |source| SnapshotError::Io {
+                dir: snapshot_dir(state_dir, inventory.cluster.as_str()),
+                source,
+            },
+        )?,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let available = available_bytes(&dir).map_err(|source| SnapshotError::Io {
+        dir: dir.clone(),
+        source,
+    })?;
+    let needed = db + db / 10 + 16 * 1024 * 1024;
+    if available < needed {
+        return Err(SnapshotError::NoRoom {
+            dir,
+            available,
+            needed,
+            endpoint,
+        });
+    }
+    let info = client
+        .snapshot_from_with(&endpoint, &path, &|bytes| progress(bytes, Some(db)))
+        .await?;
+    let removed = if in_state_dir {
+        prune(
+            state_dir,
+            inventory.cluster.as_str(),
+            &inventory.etcd.retention,
+        )
+    } else {
+        Vec::new()
+    };
+    Ok((info, removed))
+}
 
 /// Where the state dir keeps a cluster's snapshots: `<state-dir>/snapshots/<cluster>/`.
 pub fn snapshot_dir(state_dir: &Path, cluster: &str) -> PathBuf {
