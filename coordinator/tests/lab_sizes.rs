@@ -429,6 +429,15 @@ async fn room_is_checked_first_and_the_retention_holds_over_many_operations() {
     );
     assert!(said.contains(&snaps.display().to_string()), "{said}");
     assert_eq!(member_ids(&client).await, before, "the membership changed");
+    // `haop etcd snapshot save` checks the same way, and writes nothing.
+    let save = haop(st, &["etcd", "snapshot", "save", "-f", &inv]);
+    let said = text(&save);
+    assert!(!save.status.success(), "{said}");
+    assert!(said.contains("nothing was written"), "{said}");
+    assert!(
+        snapshots(st, &cluster).is_empty(),
+        "a partial snapshot was left"
+    );
     drop(tiny);
     let recovered = haop(st, &["etcd", "recover", "etcd2", "-f", &inv]);
     assert!(recovered.status.success(), "{}", text(&recovered));
