@@ -71,17 +71,7 @@ pub struct Ip {
 
 impl Ip {
     pub fn find() -> Result<Ip, LabError> {
-        IP_CANDIDATES
-            .iter()
-            .map(Path::new)
-            .find(|p| p.is_file())
-            .map(|p| Ip {
-                program: p.to_path_buf(),
-            })
-            .ok_or(LabError::ToolMissing {
-                tool: "ip (iproute2)",
-                tried: IP_CANDIDATES.join(", "),
-            })
+        find_tool(&IP_CANDIDATES, "ip (iproute2)").map(|program| Ip { program })
     }
 
     pub fn program(&self) -> &Path {
@@ -104,6 +94,19 @@ impl Ip {
 
 const TC_CANDIDATES: [&str; 2] = ["/usr/sbin/tc", "/sbin/tc"];
 
+/// The first of `candidates` that is a file: programs run by absolute path only.
+fn find_tool(candidates: &[&str], tool: &'static str) -> Result<PathBuf, LabError> {
+    candidates
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .map(Path::to_path_buf)
+        .ok_or(LabError::ToolMissing {
+            tool,
+            tried: candidates.join(", "),
+        })
+}
+
 /// iproute2's `tc`, by its absolute path.
 #[derive(Debug)]
 pub struct Tc {
@@ -112,17 +115,7 @@ pub struct Tc {
 
 impl Tc {
     pub fn find() -> Result<Tc, LabError> {
-        TC_CANDIDATES
-            .iter()
-            .map(Path::new)
-            .find(|p| p.is_file())
-            .map(|p| Tc {
-                program: p.to_path_buf(),
-            })
-            .ok_or(LabError::ToolMissing {
-                tool: "tc (iproute2)",
-                tried: TC_CANDIDATES.join(", "),
-            })
+        find_tool(&TC_CANDIDATES, "tc (iproute2)").map(|program| Tc { program })
     }
 
     pub fn run(&self, args: &[&str]) -> Result<String, LabError> {
