@@ -408,7 +408,21 @@ impl EtcdClient {
         F: FnOnce(etcd_client::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let client = self.client_for(endpoint).await?;
+        // The channel bounds every request by the client's own timeout: a longer call (a
+        // defragmentation rewriting 2 GiB) gets a connection of its own with its bound.
+        let client = if timeout > self.timeout {
+            etcd_client::Client::connect(
+                [endpoint],
+                Some(self.options.clone().with_timeout(timeout)),
+            )
+            .await
+            .map_err(|source| EtcdApiError::InvalidEndpoint {
+                endpoint: endpoint.to_string(),
+                source,
+            })?
+        } else {
+            self.client_for(endpoint).await?
+        };
         match tokio::time::timeout(timeout, call(client)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
