@@ -10,6 +10,7 @@ usage: report.py RESULTS.tsv RUNS BENCHMARKS.md
 import datetime
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -325,7 +326,8 @@ def sizes_main(results, runs, out, failures, sizes):
         ("  floor: of which catch-up (start to raft index reached)", "floor_learner_catch_up_s", "s"),
         ("  floor: `member remove` before it (not in the floor)", "floor_learner_remove_s", "s"),
         ("**haop**: `haop etcd recover etcd2` after crash + wipe", "haop_recover", "s"),
-        ("  haop: snapshots taken (new files in the state dir's snapshots/)", "haop_recover_snapshot_files", ""),
+        ("  haop: snapshots taken (\"snapshot from\" lines of its log)", "haop_recover_snapshots_said", ""),
+        ("  haop: new files in the state dir's snapshots/ (pruned to 10)", "haop_recover_snapshot_files", ""),
         ("  haop: their size", "haop_recover_snapshot_mib", "MiB"),
         ("  haop: state dir growth (du, lab hosts excluded)", "haop_recover_state_growth_mib", "MiB"),
         ("  haop: learners added (\"as a learner\" lines of its log)", "haop_recover_learner_adds", ""),
@@ -381,7 +383,8 @@ def sizes_main(results, runs, out, failures, sizes):
         L.append("| --- | --- | --- | --- | --- | --- |")
         for sz in op_sizes:
             for label, k in ops:
-                L.append(f"| {label} | {sz} | {cell(sz, k, 's', k + '_failed')} | "
+                deg = " (on the degraded cluster)" if vals(sz, k + "_on_degraded") else ""
+                L.append(f"| {label} | {sz} | {cell(sz, k, 's', k + '_failed')}{deg} | "
                          f"{cell(sz, k + '_snapshot_files', '')} | {cell(sz, k + '_state_growth_mib', 'MiB')} | "
                          f"{cell(sz, k + '_wiped_copies', '')} ({cell(sz, k + '_wiped_mib', 'MiB')}) |")
             if vals(sz, "snapshot_save_mib"):
@@ -406,16 +409,21 @@ def sizes_main(results, runs, out, failures, sizes):
         elif nf:
             L.append(f"| recovery within 1.3x of etcd's learner catch-up | {sz} | haop's recovery failed "
                      f"in {nf} of {nf} run(s) (see Failures) | **not met** |")
-        snaps = vals(sz, "haop_recover_snapshot_files")
+        snaps = vals(sz, "haop_recover_snapshot_files") + vals(sz, "haop_recover_snapshots_said")
         if snaps:
             L.append(f"| at most one snapshot of state dir growth per operation (recovery) | {sz} | "
-                     f"max {max(snaps):g} snapshot(s), {max(vals(sz, 'haop_recover_state_growth_mib')):.1f} MiB "
+                     f"max {max(snaps):g} snapshot(s) taken, state dir "
+                     f"+{max(vals(sz, 'haop_recover_state_growth_mib')):.1f} MiB "
                      f"| {verdict(max(snaps) <= 1)} |")
         for _, k in ops:
             v = vals(sz, k + "_snapshot_files")
             if v:
                 L.append(f"| at most one snapshot of state dir growth per operation ({k}) | {sz} | "
                          f"max {max(v):g} | {verdict(max(v) <= 1)} |")
+        w = vals(sz, "restore_wiped_copies")
+        if w:
+            L.append(f"| no moved-aside copy beyond the policy (restore; assumed: at most 1 per host, 3) | {sz} | "
+                     f"max {max(w):g} cop(ies), {max(vals(sz, 'restore_wiped_mib')):.1f} MiB | {verdict(max(w) <= 3)} |")
         w = vals(sz, "haop_recover_wiped_copies")
         if w:
             L.append(f"| no moved-aside copy beyond the policy (assumed: at most {WIPED_COPIES_ALLOWED} "
@@ -431,7 +439,7 @@ def sizes_main(results, runs, out, failures, sizes):
         L.append("| size | run | what | its last error lines |")
         L.append("| --- | --- | --- | --- |")
         for sz, run, what, msg in fails:
-            msg = msg.replace("|", "\\|").replace("\x1b", "")
+            msg = re.sub(r"\x1b\[[0-9;]*m", "", msg).replace("|", "\\|")
             L.append(f"| {sz} | {run} | {what} | `{msg.strip()}` |")
         L.append("")
     L.append("### How each number is taken")
