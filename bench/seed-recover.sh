@@ -10,11 +10,15 @@
 # again with --initial-cluster-state existing, and `etcdctl endpoint health` polled until all
 # three members are healthy and `member list` shows three started voters. Prints the seconds.
 #
+# SEED_RECOVER_TIMEOUT (seconds, default 60) bounds each wait; bench/sizes raises it for large
+# databases, where the new member needs longer to receive its copy.
+#
 # usage: HAOP_STATE_DIR=... BENCH_TMP=... bench/seed-recover.sh LAB
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 lab=$1
 : "${BENCH_TMP:?}" "${HAOP_STATE_DIR:?}"
+timeout=${SEED_RECOVER_TIMEOUT:-60}
 
 kill_pidfiles "$BENCH_TMP/seed-$lab-etcd2.pid"
 rm -rf "$(host_root "$lab" etcd2)/var/lib/etcd"
@@ -24,9 +28,9 @@ id=$(seed_etcdctl "$lab" etcd1 member list | awk -F', ' '$3 == "master-1" {print
 [ -n "$id" ] || { echo "seed recover: master-1 not in member list" >&2; exit 1; }
 # retry_unhealthy WHAT ARGS...: etcdctl on etcd1 (etcdctl's default 5 s command timeout),
 # retried every 0.5 s while etcd answers "unhealthy cluster" (the seed shows exactly this
-# error) or the request times out, for at most 60 s.
+# error) or the request times out, for at most $SEED_RECOVER_TIMEOUT s (60).
 retry_unhealthy() {
-    local what=$1 out deadline=$((${EPOCHREALTIME/./} + 60000000))
+    local what=$1 out deadline=$((${EPOCHREALTIME/./} + timeout * 1000000))
     shift
     while :; do
         if out=$(seed_etcdctl "$lab" etcd1 --command-timeout=5s "$@" 2>&1); then
@@ -48,13 +52,13 @@ retry_unhealthy() {
 retry_unhealthy "member remove" member remove "$id"
 retry_unhealthy "member add" member add master-1 --peer-urls="https://etcd2$SEED_PEER_HOST_SUFFIX:2380"
 seed_start "$lab" etcd2 1 existing "$BENCH_TMP/seed-$lab-etcd2.pid"
-deadline=$((${EPOCHREALTIME/./} + 60000000))
+deadline=$((${EPOCHREALTIME/./} + timeout * 1000000))
 while :; do
-    if wait_healthy "$lab" etcd1 60 &&
+    if wait_healthy "$lab" etcd1 "$timeout" &&
         [ "$(seed_etcdctl "$lab" etcd1 member list | awk -F', ' '$2 == "started" && $6 == "false"' | wc -l)" = 3 ]; then
         break
     fi
-    [ "${EPOCHREALTIME/./}" -gt "$deadline" ] && { echo "seed recover: not 3 healthy voters within 60 s" >&2; exit 1; }
+    [ "${EPOCHREALTIME/./}" -gt "$deadline" ] && { echo "seed recover: not 3 healthy voters within $timeout s" >&2; exit 1; }
     sleep 0.05
 done
 t1=$(now)
