@@ -484,7 +484,7 @@ pub fn stop_agents(hosts: &[LabHost]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::names::Role;
+    use crate::inventory::Role;
     use std::net::Ipv4Addr;
 
     fn host(root: &Path) -> LabHost {

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::names::{LabName, Role};
+use super::names::LabName;
 use super::LabError;
+use crate::inventory::Role;
 
 /// The record's file name inside the lab's directory.
 pub const RECORD_FILE: &str = "lab.json";

@@ -200,6 +200,17 @@ impl fmt::Display for KeyAlgorithm {
     }
 }
 
+/// The wire name of the algorithm a host generates a key with (`CreateCsr`). This is the one
+/// place the domain type meets the proto's enum.
+impl From<KeyAlgorithm> for haop_proto::v1::KeyAlgorithm {
+    fn from(a: KeyAlgorithm) -> Self {
+        match a {
+            KeyAlgorithm::EcdsaP256 => haop_proto::v1::KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::Rsa2048 => haop_proto::v1::KeyAlgorithm::Rsa2048,
+        }
+    }
+}
+
 impl FromStr for KeyAlgorithm {
     type Err = PkiError;
 

@@ -600,10 +600,7 @@ pub async fn issue_certificate(
             dns_names: names.dns.clone(),
             ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
             rotate,
-            algorithm: match ctx.key_algorithm {
-                crate::pki::KeyAlgorithm::EcdsaP256 => pb::KeyAlgorithm::EcdsaP256,
-                crate::pki::KeyAlgorithm::Rsa2048 => pb::KeyAlgorithm::Rsa2048,
-            } as i32,
+            algorithm: pb::KeyAlgorithm::from(ctx.key_algorithm) as i32,
             ..Default::default()
         })
         .await?;
