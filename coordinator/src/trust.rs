@@ -38,6 +38,8 @@ pub enum TrustError {
     NotInitialized { dir: PathBuf },
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Write(#[from] crate::fsio::FsioError),
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -256,7 +258,7 @@ impl TokenStore {
 
     fn save(&self, all: &BTreeMap<String, StoredToken>) -> Result<(), TrustError> {
         let data = serde_json::to_vec_pretty(all).expect("tokens serialize");
-        crate::pki::write_private_file(&self.path, &data).map_err(TrustError::from)
+        crate::fsio::write_private(&self.path, &data).map_err(TrustError::from)
     }
 
     /// Creates a token valid for `ttl`; drops tokens that expired long ago.

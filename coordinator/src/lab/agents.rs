@@ -181,8 +181,7 @@ pub fn write_agent_config(host: &LabHost, token: &Token, pin: &str) -> Result<()
         addr = host.address,
         token = token.expose(),
     );
-    crate::pki::write_private_file(&path, text.as_bytes())
-        .map_err(|e| LabError::Trust(crate::trust::TrustError::from(e)))
+    Ok(crate::fsio::write_private(&path, text.as_bytes())?)
 }
 
 /// The names a lab host's serving certificate carries.

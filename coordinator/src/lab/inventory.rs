@@ -15,7 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use super::record::{write_atomic, LabRecord};
+use super::record::LabRecord;
 use super::LabError;
 use crate::inventory::{self, AgentEndpoint, ClusterName, HostName, Inventory, Vip};
 
@@ -76,7 +76,7 @@ pub fn write(lab: &LabRecord, path: &Path) -> Result<(), LabError> {
         path: path.to_path_buf(),
         source,
     })?;
-    write_atomic(path, text.as_bytes())
+    Ok(crate::fsio::write_atomic(path, text.as_bytes(), 0o644)?)
 }
 
 #[cfg(test)]

@@ -579,7 +579,7 @@ fn save_join(state_dir: &Path, cluster: &str, s: &Stored) -> Result<(), StepErro
             .map_err(|e| StepError::Failed(format!("cannot create {}: {e}", dir.display())))?;
     }
     let json = serde_json::to_vec_pretty(s).expect("join info serializes");
-    crate::pki::write_private_file(&path, &json)?;
+    crate::fsio::write_private(&path, &json).map_err(crate::pki::PkiError::from)?;
     Ok(())
 }
 

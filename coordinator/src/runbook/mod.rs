@@ -55,6 +55,8 @@ pub enum RunbookError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Write(#[from] crate::fsio::FsioError),
 }
 
 /// One step and what it would change.
@@ -128,7 +130,7 @@ pub fn vrrp_password(state_dir: &Path, cluster: &str) -> Result<String, RunbookE
             source,
         })?;
     }
-    crate::pki::write_private_file(&path, pw.as_bytes())?;
+    crate::fsio::write_private(&path, pw.as_bytes())?;
     Ok(pw)
 }
 
