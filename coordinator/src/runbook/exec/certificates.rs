@@ -2,23 +2,31 @@
 //!
 //! `check` reads the certificate in place (never the key: the agent refuses to answer keys) and
 //! says why it must be issued again, if it must ([`Reissue`]): missing, its key missing, not
-//! signed by haop's CA, other names than the inventory gives the host, or close to expiry.
+//! signed by haop's CA, other names than the inventory gives the host, close to expiry, or
+//! haop's CA missing from the CA file next to it.
 //! `run` issues it through the CSR flow ([`issue_certificate`]): the host makes the key and a
 //! CSR (`CreateCsr`, which keeps an existing key unless asked to rotate), haop's CA checks the
 //! CSR's names and signs, and the host installs the certificate and the CA next to the key
 //! (`InstallCertificate`, which refuses a certificate that does not match the key). No private
 //! key travels.
 //!
-//! Stopped midway, the flow leaves a key on the host and no certificate for it; apply's own
-//! issuance keeps an existing key, so the rerun issues for the key the failed run made.
+//! Stopped midway, the flow leaves a key on the host and the old certificate (or none) in place,
+//! or (the agent installs the certificate, then the CA) a certificate without its CA file.
+//! Apply's own issuance keeps an existing key, so its rerun simply issues for it. A renewal that
+//! rotated the key and stopped before the install leaves a new key under an old, still valid
+//! certificate: `check` cannot see that (it does not touch the host, and the key never leaves
+//! it), so `run` asks the host for a CSR of the key in place (`CreateCsr` without rotating:
+//! nothing changes on the host) and issues again when its public key is not the certificate's.
 //!
 //! `haop certs renew` uses [`issue_certificate`] with `rotate` to get a new key as well.
 
 use haop_proto::v1 as pb;
+use tracing::info;
 
 use super::change::Change;
 use super::context::RunContext;
 use crate::agent::{AgentError, HostAgent};
+use crate::pki::inspect::csr_spki_sha256;
 use crate::pki::{inspect, ExpectedNames, KeyAlgorithm, PkiError, SigningRequest};
 use crate::runbook::plan::{CertificateSpec, Issuer};
 
@@ -53,6 +61,10 @@ pub enum Reissue {
     Expiring {
         hours_left: i64,
     },
+    /// The CA file next to the certificate is missing or does not hold haop's CA.
+    CaMissing {
+        ca_path: String,
+    },
 }
 
 impl Reissue {
@@ -72,6 +84,7 @@ impl Reissue {
             Reissue::Expiring { hours_left } => {
                 format!("{cert_path} expires in {hours_left} hours")
             }
+            Reissue::CaMissing { ca_path } => format!("{ca_path} does not hold haop's CA"),
         }
     }
 }
@@ -94,17 +107,44 @@ pub async fn check(
     })
 }
 
-/// Issues the certificate of `spec` unless the one in place will do; answers whether it did.
+/// Issues the certificate of `spec` unless the one in place will do, for the key in place;
+/// answers whether it did.
 pub async fn run(
     spec: &CertificateSpec,
     c: &HostAgent,
     ctx: &RunContext,
 ) -> Result<bool, CertificateError> {
-    if problem(spec, c, ctx).await?.is_none() {
+    let (key_algorithm, spki_sha256) = match in_place(spec, c, ctx).await? {
+        InPlace::Reissue(_) => {
+            issue_certificate(c, ctx, spec, false).await?;
+            return Ok(true);
+        }
+        InPlace::Fine {
+            key_algorithm,
+            spki_sha256,
+        } => (key_algorithm, spki_sha256),
+    };
+    // The certificate will do; is it still for the key on the host? Asked for the algorithm of
+    // the certificate, so a key of that algorithm is kept as it is.
+    let algorithm = key_algorithm.parse().unwrap_or(ctx.key_algorithm);
+    let csr = create_csr(c, spec, algorithm, false).await?;
+    let key = csr_spki_sha256(c.host(), &csr).map_err(pki_err(spec))?;
+    if key == spki_sha256 {
         return Ok(false);
     }
-    issue_certificate(c, ctx, spec, false).await?;
+    info!(host = c.host(), cert = %spec.cert_path, "the certificate in place is not for the key in place; issuing again");
+    sign_and_install(c, ctx, spec, &csr).await?;
     Ok(true)
+}
+
+/// The certificate in place, or why it must be issued again.
+enum InPlace {
+    /// It will do, if it is for the key in place: its key's algorithm and `sha256:` pin.
+    Fine {
+        key_algorithm: String,
+        spki_sha256: String,
+    },
+    Reissue(Reissue),
 }
 
 /// Why the certificate at `spec.cert_path` is not one haop would issue now (signed by haop's
@@ -114,24 +154,35 @@ pub async fn problem(
     c: &HostAgent,
     ctx: &RunContext,
 ) -> Result<Option<Reissue>, CertificateError> {
+    Ok(match in_place(spec, c, ctx).await? {
+        InPlace::Fine { .. } => None,
+        InPlace::Reissue(why) => Some(why),
+    })
+}
+
+async fn in_place(
+    spec: &CertificateSpec,
+    c: &HostAgent,
+    ctx: &RunContext,
+) -> Result<InPlace, CertificateError> {
     let Some((pem, _)) = c.read_text(&spec.cert_path).await? else {
-        return Ok(Some(Reissue::Missing));
+        return Ok(InPlace::Reissue(Reissue::Missing));
     };
     if !c.exists(&spec.key_path).await? {
-        return Ok(Some(Reissue::KeyMissing {
+        return Ok(InPlace::Reissue(Reissue::KeyMissing {
             key_path: spec.key_path.clone(),
         }));
     }
     let Ok(infos) = inspect(&pem) else {
-        return Ok(Some(Reissue::Unparsable));
+        return Ok(InPlace::Reissue(Reissue::Unparsable));
     };
     let Some(info) = infos.into_iter().next() else {
-        return Ok(Some(Reissue::NoCertificate));
+        return Ok(InPlace::Reissue(Reissue::NoCertificate));
     };
     let ca = inspect(ca_of(spec, ctx).cert_pem()).map_err(pki_err(spec))?;
     let ca_ski = ca.first().and_then(|c| c.subject_key_id.clone());
     if info.authority_key_id.is_none() || info.authority_key_id != ca_ski {
-        return Ok(Some(Reissue::ForeignIssuer));
+        return Ok(InPlace::Reissue(Reissue::ForeignIssuer));
     }
     let mut have: Vec<String> = info.dns_names.clone();
     have.extend(info.ip_addresses.iter().cloned());
@@ -139,15 +190,31 @@ pub async fn problem(
     have.sort();
     want.sort();
     if have != want {
-        return Ok(Some(Reissue::NamesDiffer { have, want }));
+        return Ok(InPlace::Reissue(Reissue::NamesDiffer { have, want }));
     }
     let left = info.not_after - time::OffsetDateTime::now_utc();
     if left < ctx.renew_within {
-        return Ok(Some(Reissue::Expiring {
+        return Ok(InPlace::Reissue(Reissue::Expiring {
             hours_left: left.whole_hours(),
         }));
     }
-    Ok(None)
+    // The CA file may hold more than haop's CA (a bundle); haop's must be among them.
+    let ca_in_place = c.read_text(&spec.ca_path).await?.is_some_and(|(pem, _)| {
+        inspect(&pem).is_ok_and(|certs| {
+            certs
+                .iter()
+                .any(|c| c.subject_key_id.is_some() && c.subject_key_id == ca_ski)
+        })
+    });
+    if !ca_in_place {
+        return Ok(InPlace::Reissue(Reissue::CaMissing {
+            ca_path: spec.ca_path.clone(),
+        }));
+    }
+    Ok(InPlace::Fine {
+        key_algorithm: info.key_algorithm,
+        spki_sha256: info.spki_sha256,
+    })
 }
 
 fn pki_err(spec: &CertificateSpec) -> impl FnOnce(PkiError) -> CertificateError + '_ {
