@@ -6,11 +6,12 @@
 //! host (see [`crate::pki`]).
 //!
 //! Agents join with a bootstrap token: `haop token create` stores `ID.SECRET` with an expiry in
-//! `<state-dir>/tokens.json` (0600) and prints it with the agent CA's pin. [`enroll`] then runs
-//! the agent's two-step enrollment: it checks the agent's HMAC proof of the token (and that the
-//! token has not expired), checks the names of the agent's CSR against what it expects for that
-//! host, signs it with the agent CA and hands the certificate back; the agent checks it against
-//! its pin. After that every call goes over mTLS ([`Trust::client_tls`]).
+//! `<state-dir>/tokens.json` (0600) and prints it with the agent CA's pin.
+//! [`crate::agent::enroll`] then runs the agent's two-step enrollment: it checks the agent's HMAC
+//! proof of the token (and that the token has not expired), checks the names of the agent's CSR
+//! against what it expects for that host, signs it with the agent CA and hands the certificate
+//! back; the agent checks it against its pin. After that every call goes over mTLS
+//! ([`Trust::client_tls`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
