@@ -1,10 +1,11 @@
 //! What of a file's bytes may leave the host: never a private key, in any encoding.
 //!
-//! Keys are generated on their host and stay there (DESIGN.md), so every RPC that carries file
-//! content checks it with [`holds_private_key`]. A key hides in two ways: as PEM, and as
-//! base64 of PEM, which is how kubeconfigs embed it (kubeadm's admin.conf holds the
-//! cluster-admin key as `client-key-data`). [`certificates_in`] is the way to read the
-//! certificates of such a file: only the certificate blocks come out.
+//! Keys are generated on their host and never leave it (README.md, "The agent": no RPC carries
+//! a private key, in either direction), so every RPC that carries file content checks it with
+//! [`holds_private_key`]. A key hides in two ways: as PEM, and as base64 of PEM, which is how
+//! kubeconfigs embed it (kubeadm's admin.conf holds the cluster-admin key as `client-key-data`).
+//! [`certificates_in`] is the way to read the certificates of such a file: only the certificate
+//! blocks come out.
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;

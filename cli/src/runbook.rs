@@ -56,14 +56,14 @@ pub async fn plan(state_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> 
     if args.output == Format::Json {
         println!("{}", serde_json::to_string_pretty(&planned)?);
     } else {
-        let mut host = String::new();
+        let mut target = None;
         for p in &planned {
             if !p.change.is_change() {
                 continue;
             }
-            if p.host != host {
-                println!("\n{}:", p.host);
-                host = p.host.clone();
+            if target != Some(&p.target) {
+                println!("\n{}:", p.target);
+                target = Some(&p.target);
             }
             match &p.change {
                 Change::Unchanged => {}
@@ -115,12 +115,12 @@ pub async fn apply(state_dir: &Path, args: ApplyArgs) -> anyhow::Result<ExitCode
             Event::PhaseStarted(p) => Some(format!("== {p}")),
             Event::StepStarted { .. } => None,
             Event::StepDone {
-                host,
+                target,
                 step,
                 outcome,
                 elapsed,
             } => Some(format!(
-                "{host:<10} {:<9} {step} ({} ms){}",
+                "{target:<10} {:<9} {step} ({} ms){}",
                 match outcome {
                     Outcome::Changed => "changed",
                     Outcome::Unchanged => "ok",

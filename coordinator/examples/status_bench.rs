@@ -1,4 +1,5 @@
-//! Benchmark: `haop status` over many agents (DESIGN.md's target: 200 agents in under 1 s).
+//! Benchmark: `haop status` over many agents (the target, in BENCHMARKS.md: 200 agents in under
+//! 1 s).
 //!
 //! Starts N real agents in this process, each on its own loopback address (127.0.1.1,
 //! 127.0.1.2, ...) with its own temporary root and an mTLS identity from a fresh state dir,

@@ -5,6 +5,7 @@
 //!
 //! * [`inventory`]: the one input file, parsed and validated (every problem at once).
 //! * [`pki`] and [`trust`]: the two CAs, CSR signing, haop's own certificates, tokens.
+//! * [`fsio`]: the one way the coordinator writes its own files (atomic, durable).
 //! * [`agent`]: how the coordinator talks to a host: connections, enrollment, and the
 //!   [`agent::HostAgent`] facade with one error type.
 //! * [`render`]: pure renderers of every file haop writes to a host.
@@ -19,6 +20,7 @@ pub mod certs;
 pub mod error;
 pub mod etcd;
 pub mod failpoint;
+pub mod fsio;
 pub mod inventory;
 pub mod lab;
 pub mod pki;

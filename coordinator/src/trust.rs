@@ -6,11 +6,12 @@
 //! host (see [`crate::pki`]).
 //!
 //! Agents join with a bootstrap token: `haop token create` stores `ID.SECRET` with an expiry in
-//! `<state-dir>/tokens.json` (0600) and prints it with the agent CA's pin. [`enroll`] then runs
-//! the agent's two-step enrollment: it checks the agent's HMAC proof of the token (and that the
-//! token has not expired), checks the names of the agent's CSR against what it expects for that
-//! host, signs it with the agent CA and hands the certificate back; the agent checks it against
-//! its pin. After that every call goes over mTLS ([`Trust::client_tls`]).
+//! `<state-dir>/tokens.json` (0600) and prints it with the agent CA's pin.
+//! [`crate::agent::enroll`] then runs the agent's two-step enrollment: it checks the agent's HMAC
+//! proof of the token (and that the token has not expired), checks the names of the agent's CSR
+//! against what it expects for that host, signs it with the agent CA and hands the certificate
+//! back; the agent checks it against its pin. After that every call goes over mTLS
+//! ([`Trust::client_tls`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ pub enum TrustError {
     NotInitialized { dir: PathBuf },
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Write(#[from] crate::fsio::FsioError),
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -256,7 +259,7 @@ impl TokenStore {
 
     fn save(&self, all: &BTreeMap<String, StoredToken>) -> Result<(), TrustError> {
         let data = serde_json::to_vec_pretty(all).expect("tokens serialize");
-        crate::pki::write_private_file(&self.path, &data).map_err(TrustError::from)
+        crate::fsio::write_private(&self.path, &data).map_err(TrustError::from)
     }
 
     /// Creates a token valid for `ttl`; drops tokens that expired long ago.

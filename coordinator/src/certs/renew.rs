@@ -18,7 +18,8 @@ use crate::etcd::api::EtcdClient;
 use crate::etcd::config::UNIT_NAME;
 use crate::inventory::Inventory;
 use crate::pki::inspect;
-use crate::runbook::{actions, Action, Runbook, RunbookError};
+use crate::runbook::plan::CertificateSpec;
+use crate::runbook::{exec, Action, Runbook, RunbookError};
 
 /// Which certificates to renew.
 #[derive(Debug, Clone, Copy)]
@@ -79,14 +80,14 @@ pub async fn renew(
     if let Some(e) = errors.into_iter().next() {
         return Err(e.into());
     }
-    let mut by_host: Vec<(String, Vec<&Action>)> = Vec::new();
+    let mut by_host: Vec<(String, Vec<&CertificateSpec>)> = Vec::new();
     for s in &rb.steps {
-        if !matches!(s.action, Action::Certificate { .. }) {
+        let (Action::Certificate(spec), Some(host)) = (&s.action, s.target.host()) else {
             continue;
-        }
-        match by_host.iter_mut().find(|(h, _)| *h == s.host) {
-            Some((_, v)) => v.push(&s.action),
-            None => by_host.push((s.host.clone(), vec![&s.action])),
+        };
+        match by_host.iter_mut().find(|(h, _)| h == host) {
+            Some((_, v)) => v.push(spec),
+            None => by_host.push((host.to_string(), vec![spec])),
         }
     }
     let endpoints = rb.inventory.etcd_client_urls();
@@ -113,16 +114,14 @@ pub async fn renew(
             .cloned()
             .ok_or_else(|| host_err(&host)("no agent connection".into()))?;
         let mut changed = false;
-        for action in certs {
-            let Action::Certificate { cert_path, .. } = action else {
-                continue;
-            };
+        for spec in certs {
+            let cert_path = &spec.cert_path;
             let before = days_left(&c, cert_path).await;
             let due = opts.all || before.is_none_or(|d| d < opts.expiring_within_days);
             if !due {
                 continue;
             }
-            actions::issue_certificate(&c, &rb.ctx, action, true)
+            exec::issue_certificate(&c, &rb.ctx, spec, true)
                 .await
                 .map_err(|e| host_err(&host)(crate::error_chain(&e)))?;
             progress(format!("{host}: renewed {cert_path}"));

@@ -16,10 +16,10 @@ use std::time::Duration;
 use crate::agent::{AgentError, HostAgent};
 use crate::inventory::Inventory;
 use crate::render::kubeadm::CONFIG_PATH;
-use crate::runbook::actions::StepError;
-use crate::runbook::kubeadm::{self, ADMIN_CONF, KUBEADM_PATHS};
-use crate::runbook::steps::Phase;
-use crate::runbook::{Runbook, RunbookError};
+use crate::runbook::exec::command::{find_program, run_program};
+use crate::runbook::exec::{self, StepError};
+use crate::runbook::plan::kubeadm::{ADMIN_CONF, KUBEADM_PATHS};
+use crate::runbook::{Phase, Runbook, RunbookError};
 
 /// Where kubeadm writes the API server's static pod manifest on a master.
 pub const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
@@ -36,6 +36,11 @@ pub enum EndpointsError {
         #[source]
         source: StepError,
     },
+    #[error(
+        "{host}: {APISERVER_MANIFEST} has no --etcd-servers argument; set it to the etcd \
+         endpoints by hand"
+    )]
+    NoEtcdServers { host: String },
     #[error(transparent)]
     Agent(#[from] AgentError),
 }
@@ -97,9 +102,10 @@ pub async fn sync(
         if let Some(step) = rb
             .steps
             .iter()
-            .find(|s| s.phase == Phase::KubeadmConfig && s.host == name)
+            .find(|s| s.phase == Phase::KubeadmConfig && s.target.is_host(name))
         {
-            let changed = kubeadm::run(&step.action, name, &c, &rb.ctx)
+            // A pinned Kubernetes version makes this step a plain file: any family's step runs.
+            let changed = exec::run(step, Some(&c), &rb.ctx, &Default::default())
                 .await
                 .map_err(host_err(name, "writing kubeadm-config.yaml"))?;
             if changed {
@@ -107,14 +113,16 @@ pub async fn sync(
                     "{name}: {CONFIG_PATH} lists {}",
                     endpoints.join(",")
                 ));
-                if kubeadm::exists(&c, ADMIN_CONF)
+                if c.exists(ADMIN_CONF)
                     .await
+                    .map_err(StepError::from)
                     .map_err(host_err(name, "checking for admin.conf"))?
                 {
-                    let program = kubeadm::find_program(&c, &KUBEADM_PATHS, "install kubeadm")
+                    let program = find_program(&c, &KUBEADM_PATHS, "install kubeadm")
                         .await
+                        .map_err(StepError::from)
                         .map_err(host_err(name, "finding kubeadm"))?;
-                    kubeadm::exec(
+                    run_program(
                         &c,
                         &program,
                         [
@@ -132,14 +140,17 @@ pub async fn sync(
                         "run it on the first master once the API server answers",
                     )
                     .await
+                    .map_err(StepError::from)
                     .map_err(host_err(name, "uploading the kubeadm ClusterConfiguration"))?;
                     said.push(format!("{name}: the kubeadm-config ConfigMap uploaded"));
                 }
             }
         }
         // The API server's static pod.
-        if !kubeadm::exists(&c, APISERVER_MANIFEST)
+        if !c
+            .exists(APISERVER_MANIFEST)
             .await
+            .map_err(StepError::from)
             .map_err(host_err(name, "checking the kube-apiserver manifest"))?
         {
             continue;
@@ -153,10 +164,8 @@ pub async fn sync(
             continue;
         };
         let Some(wanted) = set_etcd_servers(&text, &endpoints) else {
-            return Err(EndpointsError::Host {
+            return Err(EndpointsError::NoEtcdServers {
                 host: name.to_string(),
-                what: format!("{APISERVER_MANIFEST} has no --etcd-servers argument"),
-                source: StepError::Failed("set it to the etcd endpoints by hand".into()),
             });
         };
         if wanted != text {

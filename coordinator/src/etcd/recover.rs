@@ -31,7 +31,7 @@ use crate::etcd::quorum::{
     self, CatchUp, DesiredMember, MemberAction, Observation, ObservedMember, Refusal,
 };
 use crate::inventory::Inventory;
-use crate::runbook::steps::member_config;
+use crate::runbook::plan::member_config;
 use crate::trust::Trust;
 
 /// Errors of recovery; each says what to do.

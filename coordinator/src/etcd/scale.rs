@@ -25,7 +25,8 @@ use crate::etcd::kube_endpoints::{self, EndpointsError};
 use crate::etcd::recover::{Progress, RecoverError, Recovery};
 use crate::inventory::edit::EditError;
 use crate::inventory::{Inventory, Role};
-use crate::runbook::{actions, Action, Phase, Runbook, RunbookError};
+use crate::runbook::plan::FileAction;
+use crate::runbook::{exec, Action, Phase, Runbook, RunbookError};
 
 /// Errors of add and remove; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -152,19 +153,19 @@ async fn add_with(
     ];
     for step in rb.steps.iter().filter(|s| {
         wanted.contains(&s.phase)
-            && (s.phase == Phase::Hosts || s.host == host)
-            && !matches!(s.action, Action::FileIfAbsent { .. })
+            && (s.phase == Phase::Hosts || s.target.is_host(host))
+            && !matches!(s.action, Action::File(FileAction::IfAbsent { .. }))
     }) {
-        let c = clients.get(&step.host);
-        let changed = actions::run(step, c, &rb.ctx, &HashSet::new())
+        let c = step.target.host().and_then(|h| clients.get(h));
+        let changed = exec::run(step, c, &rb.ctx, &HashSet::new())
             .await
             .map_err(|e| ScaleError::Prepare {
-                host: step.host.clone(),
+                host: step.target.to_string(),
                 step: step.name.clone(),
                 message: crate::error_chain(&e),
             })?;
         if changed {
-            progress(Progress::Action(format!("{}: {}", step.host, step.name)));
+            progress(Progress::Action(format!("{}: {}", step.target, step.name)));
         }
     }
     recovery.recover(host, None, progress).await?;

@@ -31,7 +31,7 @@ pub enum EditError {
     Write {
         path: PathBuf,
         #[source]
-        source: crate::pki::PkiError,
+        source: crate::fsio::FsioError,
     },
 }
 
@@ -251,7 +251,7 @@ pub fn rewrite_roles(path: &Path, host: &str, roles: &[Role]) -> Result<(), Edit
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    crate::pki::fsio::write_replace(path, edited.as_bytes(), mode).map_err(|source| {
+    crate::fsio::write_atomic(path, edited.as_bytes(), mode).map_err(|source| {
         EditError::Write {
             path: path.to_path_buf(),
             source,

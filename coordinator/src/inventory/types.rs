@@ -158,8 +158,12 @@ string_newtype!(
     }
 );
 
-/// What a host is for. A host may have several roles (etcd and master stacked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// What a host is for. A host may have several roles (etcd and master stacked). The lab's
+/// records and `haop lab hosts -o json` write it as `etcd`, `master`, `worker`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// An etcd member.
     Etcd,

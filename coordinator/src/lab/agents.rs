@@ -181,8 +181,7 @@ pub fn write_agent_config(host: &LabHost, token: &Token, pin: &str) -> Result<()
         addr = host.address,
         token = token.expose(),
     );
-    crate::pki::write_private_file(&path, text.as_bytes())
-        .map_err(|e| LabError::Trust(crate::trust::TrustError::from(e)))
+    Ok(crate::fsio::write_private(&path, text.as_bytes())?)
 }
 
 /// The names a lab host's serving certificate carries.
@@ -484,7 +483,7 @@ pub fn stop_agents(hosts: &[LabHost]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::names::Role;
+    use crate::inventory::Role;
     use std::net::Ipv4Addr;
 
     fn host(root: &Path) -> LabHost {

@@ -44,6 +44,8 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Write(#[from] crate::fsio::FsioError),
     #[error("lab record {path} is not valid")]
     RecordParse {
         path: PathBuf,

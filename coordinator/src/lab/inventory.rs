@@ -15,8 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use super::names::Role;
-use super::record::{write_atomic, LabRecord};
+use super::record::LabRecord;
 use super::LabError;
 use crate::inventory::{self, AgentEndpoint, ClusterName, HostName, Inventory, Vip};
 
@@ -47,15 +46,7 @@ fn model(lab: &LabRecord) -> Result<Inventory, String> {
     let cluster = ClusterName::try_from(lab.name.as_str())?;
     let mut hosts = Vec::with_capacity(lab.hosts.len());
     for h in &lab.hosts {
-        let roles = h
-            .roles
-            .iter()
-            .map(|r| match r {
-                Role::Etcd => inventory::Role::Etcd,
-                Role::Master => inventory::Role::Master,
-                Role::Worker => inventory::Role::Worker,
-            })
-            .collect();
+        let roles = h.roles.clone();
         let mut host = inventory::Host::new(
             HostName::try_from(h.name.as_str())?,
             IpAddr::V4(h.address),
@@ -85,7 +76,7 @@ pub fn write(lab: &LabRecord, path: &Path) -> Result<(), LabError> {
         path: path.to_path_buf(),
         source,
     })?;
-    write_atomic(path, text.as_bytes())
+    Ok(crate::fsio::write_atomic(path, text.as_bytes(), 0o644)?)
 }
 
 #[cfg(test)]

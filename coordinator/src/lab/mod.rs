@@ -45,11 +45,10 @@ pub use agents::{find_agent_binary, AGENT_BIN_ENV, DECLARED_FILE};
 pub use error::{LabError, LogTail};
 pub use faults::{AgentRestart, AgentStop};
 pub use inventory::INVENTORY_FILE;
-pub use names::{
-    LabName, LabSpec, Role, AGENT_PORT, MAX_ETCD, MAX_INDEX, MAX_MASTERS, MAX_WORKERS,
-};
+pub use names::{LabName, LabSpec, AGENT_PORT, MAX_ETCD, MAX_INDEX, MAX_MASTERS, MAX_WORKERS};
 pub use record::{LabHost, LabRecord, RECORD_FILE};
 
+use crate::inventory::Role;
 use agents::AgentProcess;
 use names::Addressing;
 use sys::{Ip, MachineLock};

@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::Role;
+
 /// The port every lab agent listens on.
 pub const AGENT_PORT: u16 = 7443;
 /// Lab indexes are `1..=MAX_INDEX`; index `i` owns `10.77.i.0/24` and the bridge `hbr<i>`.
@@ -72,37 +74,12 @@ impl fmt::Display for LabName {
     }
 }
 
-/// What a lab host is for; it decides the host's name and address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Etcd,
-    Master,
-    Worker,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Etcd => "etcd",
-            Role::Master => "master",
-            Role::Worker => "worker",
-        }
-    }
-
-    /// Host `i` (1-based) of this role gets `.(base + i)`.
-    fn address_base(self) -> u8 {
-        match self {
-            Role::Etcd => 10,
-            Role::Master => 40,
-            Role::Worker => 70,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Host `i` (1-based) of `role` gets `.(base + i)`.
+fn address_base(role: Role) -> u8 {
+    match role {
+        Role::Etcd => 10,
+        Role::Master => 40,
+        Role::Worker => 70,
     }
 }
 
@@ -201,7 +178,7 @@ impl Addressing {
     }
 
     pub fn address(&self, role: Role, number: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, self.index, role.address_base() + number)
+        Ipv4Addr::new(10, 77, self.index, address_base(role) + number)
     }
 }
 

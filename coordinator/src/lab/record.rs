@@ -3,19 +3,18 @@
 //! The record is an intent log. `up` writes the whole plan (index, bridge, every host's
 //! namespace, veth, address, root) before it creates the first resource, and records each
 //! agent's pid as soon as it exists. Whatever point `up` died at, `down` finds in the record
-//! everything that may exist and removes what does. Writes are atomic (temp file in the same
-//! directory, fsync, rename, fsync of the directory) so a crash leaves the old or the new record,
-//! never half of one.
+//! everything that may exist and removes what does. Writes are atomic ([`crate::fsio`]) so a
+//! crash leaves the old or the new record, never half of one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::names::{LabName, Role};
+use super::names::LabName;
 use super::LabError;
+use crate::inventory::Role;
 
 /// The record's file name inside the lab's directory.
 pub const RECORD_FILE: &str = "lab.json";
@@ -80,49 +79,16 @@ impl LabRecord {
     pub fn write(&self, dir: &Path) -> Result<(), LabError> {
         let mut text = serde_json::to_vec_pretty(self).expect("a lab record always serializes");
         text.push(b'\n');
-        write_atomic(&dir.join(RECORD_FILE), &text)
+        Ok(crate::fsio::write_atomic(
+            &dir.join(RECORD_FILE),
+            &text,
+            0o644,
+        )?)
     }
 
     pub fn host(&self, name: &str) -> Option<&LabHost> {
         self.hosts.iter().find(|h| h.name == name)
     }
-}
-
-/// Writes `path` atomically and durably: a temp file in the same directory, fsync, rename over
-/// `path`, fsync of the directory.
-pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), LabError> {
-    let io = |action: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| LabError::Io {
-            action,
-            path: p,
-            source,
-        }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(content).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("rename into place", path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ use time::OffsetDateTime;
 use tracing::info;
 use x509_parser::prelude::FromDer;
 
-use super::{
-    check_lifetime, fsio, io_err, names, spki_pin, KeyAlgorithm, PkiError, SigningRequest,
-};
+use crate::fsio;
+
+use super::{check_lifetime, io_err, names, spki_pin, KeyAlgorithm, PkiError, SigningRequest};
 
 /// Largest key or certificate file read from the state dir.
 const MAX_PEM_FILE: u64 = 1024 * 1024;
@@ -68,7 +68,7 @@ impl CertificateAuthority {
                 return Err(PkiError::AlreadyExists { path: path.clone() });
             }
         }
-        fsio::ensure_dir(dir)?;
+        fsio::create_private_dir(dir)?;
 
         let key = algo.generate()?;
         let mut params = CertificateParams::default();
@@ -96,7 +96,7 @@ impl CertificateAuthority {
         if let Err(e) = fsio::write_new(&cert_path, cert_pem.as_bytes(), 0o644) {
             // A key without its certificate would block the next `create`; take it back.
             let _ = fs::remove_file(&key_path);
-            return Err(e);
+            return Err(e.into());
         }
         info!(ca = name, algorithm = %algo, cert = %cert_path.display(), "certificate authority created");
         Self::from_parts(name, cert_path, key_path, cert_pem, key)
@@ -266,10 +266,10 @@ impl CertificateAuthority {
             .signed_by(&key, &self.issuer)
             .map_err(|source| self.signing_error(host, source))?;
         let (cert_path, key_path) = paths(dir, name);
-        fsio::ensure_dir(dir)?;
-        fsio::write_replace(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        fsio::create_private_dir(dir)?;
+        fsio::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
         let cert_pem = cert.pem();
-        fsio::write_replace(&cert_path, cert_pem.as_bytes(), 0o644)?;
+        fsio::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
         info!(
             ca = %self.name,
             host,

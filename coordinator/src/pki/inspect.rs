@@ -168,6 +168,20 @@ pub fn inspect(pem: &str) -> Result<Vec<CertInfo>, PkiError> {
     Ok(infos)
 }
 
+/// `sha256:<hex>` of the public key `host`'s CSR asks a certificate for (its self-signature
+/// checked), comparable with [`CertInfo::spki_sha256`]: whether a certificate in place is for the
+/// key a host holds, asked without the key ever leaving the host.
+pub fn csr_spki_sha256(host: &str, csr_pem: &str) -> Result<String, PkiError> {
+    use rcgen::PublicKeyData;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
+        PkiError::InvalidCsr {
+            host: host.to_string(),
+            source,
+        }
+    })?;
+    Ok(spki_pin(&csr.public_key.subject_public_key_info()))
+}
+
 fn ip_string(bytes: &[u8]) -> String {
     match bytes.len() {
         4 => IpAddr::from(<[u8; 4]>::try_from(bytes).expect("4 bytes")).to_string(),

@@ -26,7 +26,6 @@
 //! [`sign_csr`]: CertificateAuthority::sign_csr
 
 mod ca;
-pub(crate) mod fsio;
 pub mod inspect;
 mod names;
 
@@ -40,10 +39,6 @@ use sha2::{Digest, Sha256};
 
 pub use ca::{CertificateAuthority, LocalCert};
 
-/// Writes a secret file of the state dir (mode 0600) atomically, replacing what was there.
-pub fn write_private_file(path: &std::path::Path, content: &[u8]) -> Result<(), PkiError> {
-    fsio::write_replace(path, content, 0o600)
-}
 pub use inspect::{inspect, CertInfo};
 
 /// File stem of the CA of the control channel between haop and its agents.
@@ -145,6 +140,16 @@ pub enum PkiError {
     },
 }
 
+/// A key or certificate that could not be written: an existing CA is refused by name.
+impl From<crate::fsio::FsioError> for PkiError {
+    fn from(e: crate::fsio::FsioError) -> Self {
+        match e {
+            crate::fsio::FsioError::Exists { path } => PkiError::AlreadyExists { path },
+            crate::fsio::FsioError::Io { op, path, source } => PkiError::Io { op, path, source },
+        }
+    }
+}
+
 pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a std::path::Path,
@@ -197,6 +202,17 @@ impl KeyAlgorithm {
 impl fmt::Display for KeyAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The wire name of the algorithm a host generates a key with (`CreateCsr`). This is the one
+/// place the domain type meets the proto's enum.
+impl From<KeyAlgorithm> for haop_proto::v1::KeyAlgorithm {
+    fn from(a: KeyAlgorithm) -> Self {
+        match a {
+            KeyAlgorithm::EcdsaP256 => haop_proto::v1::KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::Rsa2048 => haop_proto::v1::KeyAlgorithm::Rsa2048,
+        }
     }
 }
 

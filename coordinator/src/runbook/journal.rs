@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tracing::warn;
 
-use super::{ApplyReport, Outcome, Phase};
+use super::plan::{Phase, Target};
+use super::report::{ApplyReport, Outcome};
 
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -71,14 +72,14 @@ impl Journal {
         self.append(json!({"ts": now(), "event": "apply-start"}));
     }
 
-    pub fn record_step(&self, phase: Phase, host: &str, step: &str, outcome: &Outcome) {
+    pub fn record_step(&self, phase: Phase, target: &Target, step: &str, outcome: &Outcome) {
         let (status, error) = match outcome {
             Outcome::Changed => ("changed", None),
             Outcome::Unchanged => ("unchanged", None),
             Outcome::Failed(e) => ("failed", Some(e.as_str())),
         };
         self.append(json!({
-            "ts": now(), "event": "step", "phase": phase.as_str(), "host": host,
+            "ts": now(), "event": "step", "phase": phase.as_str(), "host": target.as_str(),
             "step": step, "status": status, "error": error,
         }));
     }
@@ -129,17 +130,34 @@ mod tests {
         j.record_start();
         j.record_step(
             Phase::EtcdConfig,
-            "etcd1",
+            &Target::Host("etcd1".into()),
             "file /etc/etcd.env",
             &Outcome::Changed,
         );
+        j.record_step(
+            Phase::EtcdQuorum,
+            &Target::Cluster,
+            "etcd quorum of 3 members",
+            &Outcome::Unchanged,
+        );
+        // The format as it was: a cluster-wide step's host is "cluster".
+        let text = std::fs::read_to_string(j.path()).unwrap();
+        let steps: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["event"] == "step")
+            .collect();
+        assert_eq!(steps[0]["host"], "etcd1");
+        assert_eq!(steps[0]["status"], "changed");
+        assert_eq!(steps[1]["host"], "cluster");
+        assert_eq!(steps[1]["phase"], "etcd-quorum");
         std::fs::OpenOptions::new()
             .append(true)
             .open(j.path())
             .unwrap()
             .write_all(b"{\"ts\": \"cut")
             .unwrap();
-        assert_eq!(j.interrupted_phase().as_deref(), Some("etcd-config"));
+        assert_eq!(j.interrupted_phase().as_deref(), Some("etcd-quorum"));
         j.record_end(&ApplyReport::default());
         assert_eq!(j.interrupted_phase(), None);
     }

@@ -1,23 +1,28 @@
 //! The runbook: `haop plan` and `haop apply` from one inventory file.
 //!
 //! The seed's procedure (hosts entries, certificates, etcd units with TLS, a parallel start and
-//! a quorum, keepalived, node preparation) as data and an executor:
+//! a quorum, keepalived, node preparation, kubeadm) as data and an executor, kept apart:
 //!
-//! * [`steps::desired`] is pure: inventory in, every step out, in phase order.
-//! * [`actions::check`] asks a host what a step would change (diffs for files); [`plan`] does
-//!   that for every step and changes nothing.
-//! * [`apply`] runs preflight on every host first (every missing prerequisite reported at once,
-//!   nothing changed), then the phases in order: hosts in parallel within a phase, steps of one
-//!   host in order, each an idempotent ensure through the agent. A journal in the state dir
-//!   records every step; an apply that was killed is simply run again: every step compares
-//!   before it acts, so the rerun continues where the state of the hosts is, and a converged
-//!   cluster reports zero changes.
+//! * [`mod@plan`] is pure: the inventory in, every [`Step`] out, each with its phase, a typed
+//!   [`Target`] (a host, or the cluster) and an [`Action`] of one family.
+//! * [`exec`] checks and runs one step; each action family (files, units, certificates,
+//!   kernel, waits, kubeadm) owns both halves in its own module.
+//! * This module drives them. [`Runbook::load`] reads the state dir once and plans.
+//!   [`fn@plan`] checks every step against the hosts (in parallel across hosts, in order on each)
+//!   and changes nothing. [`apply`] runs [`preflight`] on every host first (every missing
+//!   prerequisite reported at once, nothing changed), then the phases in order: hosts in
+//!   parallel within a phase, steps of one host in order, each an idempotent ensure through the
+//!   agent, the first failure stopping that host.
+//! * The [`journal`] in the state dir records every step. An apply that was killed is simply run
+//!   again: every step compares before it acts, so the rerun continues where the state of the
+//!   hosts is (a file written but its unit not restarted is found newer than the unit's process),
+//!   and a converged cluster reports zero changes.
 
-pub mod actions;
+pub mod exec;
 pub mod journal;
-pub mod kubeadm;
+pub mod plan;
 pub mod preflight;
-pub mod steps;
+mod report;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-pub use actions::{Change, RunContext, StepError};
-pub use steps::{Action, Context, Phase, Step, CLUSTER};
+pub use exec::{Change, RunContext, StepError};
+pub use plan::{Action, Context, Phase, PlanError, Step, Target};
+pub use report::{ApplyReport, Event, Outcome, Planned};
 
 use crate::agent::{AgentError, HostAgent};
 use crate::inventory::Inventory;
@@ -47,59 +53,16 @@ pub enum RunbookError {
     Phase { phase: Phase, failures: Vec<String> },
     #[error(transparent)]
     Unreachable(AgentError),
-    #[error("cannot render the runbook: {0}")]
-    Render(String),
+    #[error("cannot plan the runbook")]
+    Plan(#[from] PlanError),
     #[error("state dir secret {path}")]
     Secret {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-}
-
-/// One step and what it would change.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Planned {
-    pub phase: Phase,
-    pub host: String,
-    pub step: String,
-    pub change: Change,
-}
-
-/// What happened to one step during apply.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Changed,
-    Unchanged,
-    Failed(String),
-}
-
-/// Events apply reports as it goes (for a progress display).
-#[derive(Debug, Clone)]
-pub enum Event<'a> {
-    PhaseStarted(Phase),
-    StepStarted {
-        host: &'a str,
-        step: &'a str,
-    },
-    StepDone {
-        host: &'a str,
-        step: &'a str,
-        outcome: &'a Outcome,
-        elapsed: Duration,
-    },
-    Resuming {
-        last_phase: String,
-    },
-}
-
-/// The outcome of apply.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ApplyReport {
-    pub changed: usize,
-    pub unchanged: usize,
-    pub elapsed_ms: u128,
+    #[error(transparent)]
+    Write(#[from] crate::fsio::FsioError),
 }
 
 /// The state dir's VRRP password for `cluster` (8 characters: keepalived uses no more),
@@ -128,7 +91,7 @@ pub fn vrrp_password(state_dir: &Path, cluster: &str) -> Result<String, RunbookE
             source,
         })?;
     }
-    crate::pki::write_private_file(&path, pw.as_bytes())?;
+    crate::fsio::write_private(&path, pw.as_bytes())?;
     Ok(pw)
 }
 
@@ -145,10 +108,9 @@ impl Runbook {
         let trust = Arc::new(Trust::load(state_dir)?);
         let etcd_ca = CertificateAuthority::load(&pki_dir(state_dir), ETCD_CA)?;
         let context = Context {
-            etcd_ca_pem: etcd_ca.cert_pem().to_string(),
             vrrp_password: vrrp_password(state_dir, inventory.cluster.as_str())?,
         };
-        let steps = steps::desired(&inventory, &context).map_err(RunbookError::Render)?;
+        let steps = plan::desired(&inventory, &context)?;
         let lifetime = inventory.pki.lifetime.duration();
         Ok(Runbook {
             steps,
@@ -194,12 +156,18 @@ impl Runbook {
     }
 }
 
-fn by_host(steps: &[&Step]) -> BTreeMap<String, Vec<Step>> {
-    let mut m: BTreeMap<String, Vec<Step>> = BTreeMap::new();
+/// The steps grouped by target, each group in plan order.
+fn by_target(steps: &[&Step]) -> BTreeMap<Target, Vec<Step>> {
+    let mut m: BTreeMap<Target, Vec<Step>> = BTreeMap::new();
     for s in steps {
-        m.entry(s.host.clone()).or_default().push((*s).clone());
+        m.entry(s.target.clone()).or_default().push((*s).clone());
     }
     m
+}
+
+/// The agent of `target`: a host's from `clients`, none for the cluster.
+fn agent_for(clients: &HashMap<String, HostAgent>, target: &Target) -> Option<HostAgent> {
+    target.host().and_then(|h| clients.get(h)).cloned()
 }
 
 /// Checks every step against the hosts; changes nothing.
@@ -212,13 +180,13 @@ pub async fn plan(rb: &Runbook, timeout: Duration) -> Result<Vec<Planned>, Runbo
     }
     let all: Vec<&Step> = rb.steps.iter().collect();
     let mut set = tokio::task::JoinSet::new();
-    for (host, steps) in by_host(&all) {
-        let client = clients.get(&host).cloned();
+    for (target, steps) in by_target(&all) {
+        let client = agent_for(&clients, &target);
         let ctx = rb.ctx.clone();
         set.spawn(async move {
             let mut out = Vec::new();
             for s in steps {
-                let change = match actions::check(&s, client.as_ref(), &ctx).await {
+                let change = match exec::check(&s, client.as_ref(), &ctx).await {
                     Ok(c) => c,
                     Err(e) => Change::Run {
                         detail: format!("cannot check: {}", crate::error_chain(&e)),
@@ -226,7 +194,7 @@ pub async fn plan(rb: &Runbook, timeout: Duration) -> Result<Vec<Planned>, Runbo
                 };
                 out.push(Planned {
                     phase: s.phase,
-                    host: s.host.clone(),
+                    target: s.target.clone(),
                     step: s.name.clone(),
                     change,
                 });
@@ -235,13 +203,13 @@ pub async fn plan(rb: &Runbook, timeout: Duration) -> Result<Vec<Planned>, Runbo
         });
     }
     let mut planned: Vec<Planned> = set.join_all().await.into_iter().flatten().collect();
-    let order: HashMap<(String, String), usize> = rb
+    let order: HashMap<(&Target, &str), usize> = rb
         .steps
         .iter()
         .enumerate()
-        .map(|(i, s)| ((s.host.clone(), s.name.clone()), i))
+        .map(|(i, s)| ((&s.target, s.name.as_str()), i))
         .collect();
-    planned.sort_by_key(|p| order.get(&(p.host.clone(), p.step.clone())).copied());
+    planned.sort_by_key(|p| order.get(&(&p.target, p.step.as_str())).copied());
     Ok(planned)
 }
 
@@ -254,7 +222,7 @@ pub async fn apply(
     let start = Instant::now();
     let (clients, errors) = rb.connect_all(timeout).await;
     let mut problems: Vec<String> = errors.iter().map(|e| crate::error_chain(e)).collect();
-    problems.extend(preflight::check(rb, &clients).await);
+    problems.extend(preflight::check(&rb.inventory, &rb.ctx.state_dir, &clients).await);
     if !problems.is_empty() {
         return Err(RunbookError::Preflight(problems));
     }
@@ -274,11 +242,11 @@ pub async fn apply(
         let mut all_results = Vec::new();
         if phase.serial() {
             // One host after the other; the first failure stops the phase.
-            for (host, host_steps) in by_host(&steps) {
-                let client = clients.get(&host).cloned();
-                let results = run_host(
-                    host,
-                    host_steps,
+            for (target, target_steps) in by_target(&steps) {
+                let client = agent_for(&clients, &target);
+                let results = run_target(
+                    target,
+                    target_steps,
                     client,
                     rb.ctx.clone(),
                     changed_paths.clone(),
@@ -294,11 +262,11 @@ pub async fn apply(
             }
         } else {
             let mut set = tokio::task::JoinSet::new();
-            for (host, host_steps) in by_host(&steps) {
-                let client = clients.get(&host).cloned();
-                set.spawn(run_host(
-                    host,
-                    host_steps,
+            for (target, target_steps) in by_target(&steps) {
+                let client = agent_for(&clients, &target);
+                set.spawn(run_target(
+                    target,
+                    target_steps,
                     client,
                     rb.ctx.clone(),
                     changed_paths.clone(),
@@ -310,17 +278,17 @@ pub async fn apply(
         for results in all_results {
             for (s, outcome, elapsed) in results {
                 on_event(Event::StepDone {
-                    host: &s.host,
+                    target: &s.target,
                     step: &s.name,
                     outcome: &outcome,
                     elapsed,
                 });
-                journal.record_step(phase, &s.host, &s.name, &outcome);
+                journal.record_step(phase, &s.target, &s.name, &outcome);
                 match outcome {
                     Outcome::Changed => report.changed += 1,
                     Outcome::Unchanged => report.unchanged += 1,
                     Outcome::Failed(why) => {
-                        failures.push(format!("{} / {}: {why}", s.host, s.name))
+                        failures.push(format!("{} / {}: {why}", s.target, s.name))
                     }
                 }
             }
@@ -334,31 +302,32 @@ pub async fn apply(
     Ok(report)
 }
 
-type ChangedPaths = Arc<Mutex<HashMap<String, HashSet<String>>>>;
+/// The files each target changed in this run, for the restarts of its units.
+type ChangedPaths = Arc<Mutex<HashMap<Target, HashSet<String>>>>;
 
-/// Runs the steps of one host in order; stops at the first failure.
-async fn run_host(
-    host: String,
-    host_steps: Vec<Step>,
+/// Runs the steps of one target in order; stops at the first failure.
+async fn run_target(
+    target: Target,
+    target_steps: Vec<Step>,
     client: Option<HostAgent>,
     ctx: Arc<RunContext>,
     changed_paths: ChangedPaths,
 ) -> Vec<(Step, Outcome, Duration)> {
     let mut results = Vec::new();
-    for s in host_steps {
+    for s in target_steps {
         let t = Instant::now();
         let paths = changed_paths
             .lock()
             .await
-            .get(&host)
+            .get(&target)
             .cloned()
             .unwrap_or_default();
-        let outcome = match actions::run(&s, client.as_ref(), &ctx, &paths).await {
+        let outcome = match exec::run(&s, client.as_ref(), &ctx, &paths).await {
             Ok(true) => {
                 let mut cp = changed_paths.lock().await;
-                cp.entry(host.clone())
+                cp.entry(target.clone())
                     .or_default()
-                    .extend(actions::paths_of(&s));
+                    .extend(s.action.writes());
                 Outcome::Changed
             }
             Ok(false) => Outcome::Unchanged,

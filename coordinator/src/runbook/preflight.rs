@@ -2,14 +2,18 @@
 //! changes (as kubeadm's preflight does). Each problem names the host and what to do.
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use super::Runbook;
+use super::plan::kubeadm::{KUBEADM_PATHS, KUBECTL_PATHS};
 use crate::agent::HostAgent;
-use crate::inventory::{EtcdBinary, Role};
+use crate::inventory::{EtcdBinary, Inventory, Role};
 
 /// The problems found; empty when everything is in place.
-pub async fn check(rb: &Runbook, clients: &HashMap<String, HostAgent>) -> Vec<String> {
-    let inv = &rb.inventory;
+pub async fn check(
+    inv: &Inventory,
+    state_dir: &Path,
+    clients: &HashMap<String, HostAgent>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if let EtcdBinary::Upload { file, sha256 } = &inv.etcd.binary {
         match std::fs::read(file) {
@@ -39,7 +43,7 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, HostAgent>) -> Vec<St
             }
         }
     }
-    problems.extend(not_yet_members(rb).await);
+    problems.extend(not_yet_members(inv, state_dir).await);
     let mut set = tokio::task::JoinSet::new();
     for h in &inv.hosts {
         let Some(c) = clients.get(h.name.as_str()).cloned() else {
@@ -65,14 +69,14 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, HostAgent>) -> Vec<St
         let mut any_of: Vec<(&'static [&'static str], String)> = Vec::new();
         if inv.kubernetes.enabled && (h.has_role(Role::Master) || h.has_role(Role::Worker)) {
             any_of.push((
-                &super::kubeadm::KUBEADM_PATHS,
+                &KUBEADM_PATHS,
                 "install kubeadm (kubernetes.enabled is true): the kubeadm phases run it".into(),
             ));
             if inv.kubernetes.cni_manifest.is_some()
                 && inv.masters().first().map(|m| m.name.as_str()) == Some(h.name.as_str())
             {
                 any_of.push((
-                    &super::kubeadm::KUBECTL_PATHS,
+                    &KUBECTL_PATHS,
                     "install kubectl on the first master: it applies kubernetes.cni_manifest"
                         .into(),
                 ));
@@ -119,11 +123,10 @@ pub async fn check(rb: &Runbook, clients: &HashMap<String, HostAgent>) -> Vec<St
 
 /// Apply forms new clusters; it never joins a host to a running one (that needs `member add`
 /// first). When the cluster answers, every inventory etcd host must already be a member.
-async fn not_yet_members(rb: &Runbook) -> Vec<String> {
-    let inv = &rb.inventory;
+async fn not_yet_members(inv: &Inventory, state_dir: &Path) -> Vec<String> {
     let endpoints = inv.etcd_client_urls();
     let Ok(client) = crate::etcd::api::EtcdClient::connect(
-        &rb.ctx.state_dir,
+        state_dir,
         &endpoints,
         std::time::Duration::from_secs(1),
     )
