@@ -992,7 +992,15 @@ fn retention_and_catch_up_stall_have_defaults_and_are_checked() {
         "etcd.retention.wiped_grace",
     );
     assert!(p.message.contains("unknown unit"), "{}", p.message);
-    let (problems, rendered) = invalid(&format!("{BASE}etcd: {{retention: {{keep: 3}}}}\n"));
-    assert_eq!(problems.len(), 1, "{rendered}");
-    assert!(rendered.contains("keep"), "{rendered}");
+    // A misspelt key is refused where it stands, with the keys allowed there.
+    let e = Inventory::from_yaml(
+        &format!("{BASE}etcd: {{retention: {{keep: 3}}}}\n"),
+        "bad.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("etcd.retention: unknown field `keep`") && e.contains("wiped_grace"),
+        "{e}"
+    );
 }
