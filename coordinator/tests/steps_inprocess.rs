@@ -271,20 +271,22 @@ impl World {
 /// (recognised by its pid file and its command line, never by name alone).
 impl Drop for World {
     fn drop(&mut self) {
-        let unit = haop_agent::names::UnitName::try_from(UNIT).unwrap();
-        for sup in self.supervisors() {
-            let Ok(pid) = std::fs::read_to_string(sup.pid_file(&unit)) else {
-                continue;
-            };
-            let Ok(pid) = pid.trim().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline == SLEEPER_CMDLINE {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        for (unit, expected) in [(UNIT, SLEEPER_CMDLINE), (ETCD_UNIT, FAKE_ETCD_CMDLINE)] {
+            let unit = haop_agent::names::UnitName::try_from(unit).unwrap();
+            for sup in self.supervisors() {
+                let Ok(pid) = std::fs::read_to_string(sup.pid_file(&unit)) else {
+                    continue;
+                };
+                let Ok(pid) = pid.trim().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmdline == expected {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
         }
     }
@@ -933,5 +935,163 @@ async fn kernel_steps_change_once() {
         std::fs::read_to_string(file).unwrap(),
         modules_file(modules)
     );
+    world.shutdown().await;
+}
+
+// --- recovery's host steps (etcd::member_host) -------------------------------------------------
+
+const ETCD_UNIT: &str = "etcd.service";
+/// What the stand-in etcd becomes once its script has exec'd: `/bin/sleep 61`. The steps below
+/// write etcd's real unit and env files; the process they start must not be a real etcd here
+/// (an in-process agent runs programs in this machine's view of the filesystem).
+const FAKE_ETCD_CMDLINE: &[u8] = b"/bin/sleep\x0061\x00";
+
+/// A host with recovery's view of it: the inventory (its etcd binary the stand-in), the
+/// member's config, and its agent.
+async fn member_world() -> (
+    World,
+    Inventory,
+    haop_coordinator::etcd::config::MemberConfig,
+    HostAgent,
+) {
+    let world = World::new(&[("etcd1", "[etcd]")]).await;
+    let script = world.local_file("fake-etcd", b"#!/bin/sh\nexec /bin/sleep 61\n");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let inv = world.inventory(&format!(
+        "etcd: {{binary: {{path: {}}}}}\n",
+        script.display()
+    ));
+    let cfg = haop_coordinator::runbook::plan::member_config(&inv, inv.host("etcd1").unwrap());
+    let agent = world.agent("etcd1").await;
+    (world, inv, cfg, agent)
+}
+
+#[tokio::test]
+async fn recovery_host_steps_start_and_seal_once() {
+    use haop_coordinator::etcd::member_host;
+    let (world, _inv, cfg, agent) = member_world().await;
+    let cluster = "etcd1=https://10.0.0.11:2380,etcd2=https://10.0.0.12:2380";
+    assert!(member_host::start_existing(&agent, &cfg, cluster)
+        .await
+        .unwrap());
+    let pid = wait_for("the member to run", || async {
+        let s = agent.unit_status(ETCD_UNIT).await.ok()?;
+        (s.main_pid != 0 && s.active_state == "active").then_some(s.main_pid)
+    })
+    .await;
+    let boot = std::fs::read_to_string(world.real("etcd1", "/etc/etcd.bootstrap.env"));
+    let boot = boot.unwrap_or_default();
+    assert!(
+        boot.contains(&format!("ETCD_INITIAL_CLUSTER={cluster}"))
+            && boot.contains("ETCD_INITIAL_CLUSTER_STATE=existing"),
+        "{boot}"
+    );
+    // Twice: nothing changes and the same process runs.
+    assert!(!member_host::start_existing(&agent, &cfg, cluster)
+        .await
+        .unwrap());
+    assert_eq!(agent.unit_status(ETCD_UNIT).await.unwrap().main_pid, pid);
+    // Sealed once the member is a voter; sealing again changes nothing.
+    assert!(member_host::seal(&agent).await.unwrap());
+    assert!(!member_host::seal(&agent).await.unwrap());
+    let sealed = std::fs::read_to_string(world.real("etcd1", "/etc/etcd.bootstrap.env")).unwrap();
+    assert_eq!(sealed, haop_coordinator::etcd::config::SEALED_BOOTSTRAP_ENV);
+    assert!(member_host::stop(&agent).await.unwrap());
+    assert!(!member_host::stop(&agent).await.unwrap());
+    world.shutdown().await;
+}
+
+#[tokio::test]
+async fn recovery_wipe_is_fenced_and_resumes_after_the_agent_went_away() {
+    use haop_coordinator::etcd::api::Member;
+    use haop_coordinator::etcd::member_host::{self, MemberHostError, Owner};
+    let (mut world, inv, cfg, agent) = member_world().await;
+    let data_dir = inv.etcd.data_dir.display().to_string();
+    member_host::start_existing(&agent, &cfg, "etcd1=https://10.0.0.11:2380")
+        .await
+        .unwrap();
+    std::fs::create_dir_all(world.real("etcd1", "/var/lib/etcd/member/snap")).unwrap();
+    std::fs::write(world.real("etcd1", "/var/lib/etcd/member/snap/db"), b"data").unwrap();
+    let peer = inv.etcd_peer_url(inv.host("etcd1").unwrap());
+    let owner = Owner {
+        host: "etcd1",
+        peer_url: Some(&peer),
+        member_id: Some(0x42),
+    };
+    let db = world.real("etcd1", "/var/lib/etcd/member/snap/db");
+
+    // Fence 1: the agent reached is another host.
+    let elsewhere = Owner {
+        host: "etcd9",
+        ..owner.clone()
+    };
+    let e = member_host::wipe(&agent, &elsewhere, &[], &data_dir)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MemberHostError::Fence(_)), "{e}");
+    // Fence 2: the member is still in the cluster, by ID, by name or by peer URL.
+    for m in [
+        Member {
+            id: 0x42,
+            name: String::new(),
+            peer_urls: vec![],
+            client_urls: vec![],
+            is_learner: false,
+        },
+        Member {
+            id: 7,
+            name: "etcd1".into(),
+            peer_urls: vec![],
+            client_urls: vec![],
+            is_learner: true,
+        },
+        Member {
+            id: 8,
+            name: String::new(),
+            peer_urls: vec![peer.clone()],
+            client_urls: vec![],
+            is_learner: true,
+        },
+    ] {
+        let e = member_host::wipe(&agent, &owner, &[m], &data_dir)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("still in the cluster"), "{e}");
+    }
+    // Fence 3, in the agent: the unit still runs.
+    let e = member_host::wipe(&agent, &owner, &[], &data_dir)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("stop it"), "{e}");
+    assert!(db.exists(), "a fence let the data go");
+
+    // Stopped; then the agent goes away before the wipe, as a coordinator or host might.
+    member_host::stop(&agent).await.unwrap();
+    world.stop("etcd1").await;
+    assert!(member_host::wipe(&agent, &owner, &[], &data_dir)
+        .await
+        .is_err());
+    assert!(db.exists());
+    world.start("etcd1").await;
+    let agent = world.agent("etcd1").await;
+    // The new agent starts the enabled unit as at boot; the rerun's plan stops it first, as
+    // recovery's does (stop, then wipe), and the stop is idempotent.
+    member_host::stop(&agent).await.unwrap();
+    let w = member_host::wipe(&agent, &owner, &[], &data_dir)
+        .await
+        .unwrap();
+    assert!(
+        w.changed && w.moved_to.starts_with("/var/lib/etcd.wiped-"),
+        "{w:?}"
+    );
+    assert!(!db.exists());
+    assert!(world
+        .real("etcd1", &format!("{}/member/snap/db", w.moved_to))
+        .exists());
+    // Twice: nothing left to move.
+    let again = member_host::wipe(&agent, &owner, &[], &data_dir)
+        .await
+        .unwrap();
+    assert!(!again.changed);
     world.shutdown().await;
 }

@@ -15,7 +15,10 @@
 //! * [`quorum_wait`]: apply's quorum step.
 //! * [`recover`] (recover and heal), [`scale`] (add, remove, replace), [`restore`] (lost
 //!   quorum), [`maintenance`] (compact, defrag, alarms): the operations.
-//! * [`snapshots`]: where snapshots live in the state dir and how many are kept.
+//! * [`member_host`]: what recovery does to a member's host (stop, fenced wipe, start into the
+//!   existing cluster, seal), each step an ensure.
+//! * [`catchup`]: following a member that catches up by its progress, not a fixed timeout.
+//! * [`snapshots`]: where snapshots live in the state dir, how many are kept, `snapshot save`.
 //! * [`kube_endpoints`]: the masters' view of the members (kubeadm's etcd endpoints), kept in
 //!   step by add, remove and replace.
 
@@ -24,6 +27,7 @@ pub mod catchup;
 pub mod config;
 pub mod kube_endpoints;
 pub mod maintenance;
+pub mod member_host;
 pub mod quorum;
 pub mod quorum_wait;
 pub mod recover;

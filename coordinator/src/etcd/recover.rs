@@ -21,12 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use haop_proto::v1 as pb;
-
 use crate::agent::{AgentError, Agents, HostAgent};
 use crate::etcd::api::{self, EtcdApiError, EtcdClient, SnapshotInfo};
 use crate::etcd::catchup::{human_bytes, Report, Sample, Tracker};
-use crate::etcd::config::{ClusterState, BOOTSTRAP_ENV_FILE, ENV_FILE, UNIT_NAME};
+use crate::etcd::config::UNIT_NAME;
+use crate::etcd::member_host;
 use crate::etcd::quorum::{
     self, CatchUp, DesiredMember, MemberAction, Observation, ObservedMember, Refusal,
 };
@@ -53,8 +52,8 @@ pub enum RecoverError {
     },
     #[error(transparent)]
     Agent(#[from] AgentError),
-    #[error("fence: {0}; nothing was wiped")]
-    Fence(String),
+    #[error(transparent)]
+    Host(#[from] member_host::MemberHostError),
     #[error("{what} did not happen within {seconds} s; run the command again to continue")]
     Timeout { what: String, seconds: u64 },
     #[error(
@@ -619,7 +618,7 @@ impl Recovery {
         match action {
             MemberAction::StopUnit { host } => {
                 progress(Progress::Action(format!("stop {UNIT_NAME} on {host}")));
-                self.unit(host, pb::Action::Stop).await?;
+                member_host::stop(&self.agent(host).await?).await?;
             }
             MemberAction::Snapshot { from } => self.take_snapshot(from, progress).await?,
             MemberAction::WaitUntilInactive { member, until_ms } => {
@@ -824,30 +823,13 @@ impl Recovery {
         }
     }
 
-    async fn unit(&self, host: &str, action: pb::Action) -> Result<(), RecoverError> {
-        self.agent(host)
-            .await?
-            .unit_action(UNIT_NAME, action)
-            .await?;
-        Ok(())
-    }
-
     async fn wipe(
         &self,
         host: &str,
         member_id: Option<u64>,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), RecoverError> {
-        let c = self.agent(host).await?;
-        // Fence 1: the agent we reach is the host we mean.
-        let who = c.who_am_i().await?;
-        if who.hostname != host {
-            return Err(RecoverError::Fence(format!(
-                "the agent for {host} says it is {:?}",
-                who.hostname
-            )));
-        }
-        // Fence 2: no member of the cluster is this host's.
+        let agent = self.agent(host).await?;
         let members = self
             .etcd
             .member_list()
@@ -857,19 +839,13 @@ impl Recovery {
             .inventory
             .host(host)
             .map(|h| self.inventory.etcd_peer_url(h));
-        if let Some(m) = members.iter().find(|m| {
-            Some(m.id) == member_id
-                || m.name == host
-                || peer.as_ref().is_some_and(|p| m.peer_urls.contains(p))
-        }) {
-            return Err(RecoverError::Fence(format!(
-                "member {:x} of {host} is still in the cluster",
-                m.id
-            )));
-        }
-        // Fence 3 (in the agent): the unit is stopped, the dir is the unit's declared data dir.
+        let owner = member_host::Owner {
+            host,
+            peer_url: peer.as_deref(),
+            member_id,
+        };
         let data_dir = self.inventory.etcd.data_dir.display().to_string();
-        let r = c.wipe_data_dir(UNIT_NAME, &data_dir, false).await?;
+        let r = member_host::wipe(&agent, &owner, &members, &data_dir).await?;
         progress(Progress::Action(if r.changed {
             format!("wiped {data_dir} on {host} (moved to {})", r.moved_to)
         } else {
@@ -888,45 +864,14 @@ impl Recovery {
         let h = self
             .inventory
             .host(name)
-            .ok_or_else(|| RecoverError::UnknownHost { host: name.into() })?
-            .clone();
-        let mut cfg = member_config(&self.inventory, &h);
-        cfg.state = ClusterState::Existing;
-        let c = self.agent(name).await?;
-        let mut changed = false;
-        for (path, content) in [
-            (ENV_FILE, cfg.env_file()),
-            (
-                BOOTSTRAP_ENV_FILE,
-                cfg.bootstrap_env_file(Some(initial_cluster)),
-            ),
-        ] {
-            changed |= c.write_file(path, content, 0o640).await?;
-        }
-        changed |= c
-            .ensure_unit(
-                UNIT_NAME,
-                &cfg.unit_file(),
-                std::slice::from_ref(&cfg.data_dir),
-            )
-            .await?;
-        for a in [pb::Action::Enable, pb::Action::Start] {
-            changed |= c.unit_action(UNIT_NAME, a).await?;
-        }
-        Ok(changed)
+            .ok_or_else(|| RecoverError::UnknownHost { host: name.into() })?;
+        let cfg = member_config(&self.inventory, h);
+        let agent = self.agent(name).await?;
+        Ok(member_host::start_existing(&agent, &cfg, initial_cluster).await?)
     }
 
-    /// Seals the member's bootstrap file again once it is a voter (see
-    /// [`crate::etcd::config::SEALED_BOOTSTRAP_ENV`]).
     async fn seal(&self, host: &str) -> Result<(), RecoverError> {
-        self.agent(host)
-            .await?
-            .write_file(
-                BOOTSTRAP_ENV_FILE,
-                crate::etcd::config::SEALED_BOOTSTRAP_ENV,
-                0o640,
-            )
-            .await?;
+        member_host::seal(&self.agent(host).await?).await?;
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Snapshots in the state dir: where they live and how many are kept.
 //!
-//! Every membership change is preceded by a snapshot (DESIGN.md's rule), and `haop etcd
+//! Every membership change is preceded by a snapshot (a rule of the quorum planner: see README "Recovery"), and `haop etcd
 //! snapshot save` and `restore` read and write the same place,
 //! `<state-dir>/snapshots/<cluster>/`, one file per snapshot named by time and origin so that
 //! the names sort by age. How many are kept is the inventory's `etcd.retention` (count and age;

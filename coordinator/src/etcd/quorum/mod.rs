@@ -4,7 +4,8 @@
 //! answers `etcdserver: unhealthy cluster`, and from there every trap etcd users report is one
 //! keystroke away (adding before removing, restarting a wiped member under its old ID, forgetting
 //! `--initial-cluster-state existing`, a learner never promoted). The rules that avoid them are in
-//! DESIGN.md ("etcd facts the quorum planner must respect"); this module is where they live.
+//! the etcd facts below (membership changes one at a time, remove before add, learners promoted
+//! once caught up, a snapshot first, no restart under an old ID); this module is where they live.
 //!
 //! Why sans-IO: the planner takes an [`Observation`] (what etcd and the agents answered, taken by
 //! someone else) and returns either the next [`MemberAction`]s or a typed [`Refusal`]. It never talks to

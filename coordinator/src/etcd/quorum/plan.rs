@@ -1,4 +1,4 @@
-//! `plan_recover` and `plan_heal`: the rules of DESIGN.md as one decision per member state.
+//! `plan_recover`, `plan_heal` and `plan_remove`: the recovery rules as one decision per member state.
 
 use super::check::check_plan;
 use super::{
