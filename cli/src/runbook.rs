@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use haop_coordinator::runbook::plan::Phase;
 use haop_coordinator::runbook::{self, Change, Event, Outcome, Runbook};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -32,6 +33,17 @@ pub struct PlanArgs {
     /// Seconds to wait for each agent.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
+    /// Only the steps of this host (repeat for several; `cluster` for cluster-wide steps).
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+    /// Only the steps of this phase (repeat for several): hosts, certificates, etcd-binary,
+    /// etcd-config, etcd-start, etcd-quorum, etcd-seal, keepalived, node-prep, kubeadm-config,
+    /// kubeadm-init, kubeadm-join-masters, kubeadm-join-workers, cni.
+    #[arg(long = "phase", value_name = "PHASE")]
+    phases: Vec<Phase>,
+    /// One line per step, without the diffs of the files it would create or change.
+    #[arg(long)]
+    no_diff: bool,
 }
 
 #[derive(Debug, Args)]
@@ -51,7 +63,28 @@ fn load(state_dir: &Path, inventory: &Path) -> anyhow::Result<Runbook> {
 
 pub async fn plan(state_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let rb = load(state_dir, &args.inventory)?;
-    let planned = runbook::plan(&rb, Duration::from_secs(args.timeout)).await?;
+    for h in &args.hosts {
+        if h != "cluster" && rb.inventory.host(h).is_none() {
+            let names: Vec<&str> = rb.inventory.hosts.iter().map(|h| h.name.as_str()).collect();
+            anyhow::bail!(
+                "--host {h}: no such host in {} (hosts: {}, or cluster)",
+                args.inventory.display(),
+                names.join(", ")
+            );
+        }
+    }
+    let mut planned = runbook::plan(&rb, Duration::from_secs(args.timeout)).await?;
+    planned.retain(|p| {
+        (args.hosts.is_empty() || args.hosts.iter().any(|h| *h == p.target.to_string()))
+            && (args.phases.is_empty() || args.phases.contains(&p.phase))
+    });
+    if args.no_diff {
+        for p in &mut planned {
+            if let Change::Create { diff, .. } | Change::Update { diff, .. } = &mut p.change {
+                diff.clear();
+            }
+        }
+    }
     let changes = planned.iter().filter(|p| p.change.is_change()).count();
     if args.output == Format::Json {
         println!("{}", serde_json::to_string_pretty(&planned)?);
@@ -67,10 +100,14 @@ pub async fn plan(state_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> 
             }
             match &p.change {
                 Change::Unchanged => {}
-                Change::Create { detail } => println!("  + [{}] {detail}", p.phase),
                 Change::Run { detail } => println!("  > [{}] {detail}", p.phase),
-                Change::Update { detail, diff } => {
-                    println!("  ~ [{}] {detail}", p.phase);
+                Change::Create { detail, diff } | Change::Update { detail, diff } => {
+                    let mark = if matches!(p.change, Change::Create { .. }) {
+                        '+'
+                    } else {
+                        '~'
+                    };
+                    println!("  {mark} [{}] {detail}", p.phase);
                     for line in diff.lines() {
                         println!("      {line}");
                     }

@@ -236,7 +236,9 @@ impl World {
                 h.name, h.address, h.roles
             ));
         }
-        text.push_str("kubernetes: {enabled: false}\n");
+        if !extra.contains("kubernetes:") {
+            text.push_str("kubernetes: {enabled: false}\n");
+        }
         text.push_str(extra);
         Inventory::from_yaml(&text, "test.yaml").unwrap().0
     }
@@ -728,7 +730,7 @@ async fn certificate_steps_issue_once_through_the_csr_flow() {
         let c = world.agent(host).await;
         for s in &checks(&steps, &c, &rb.ctx).await {
             assert!(
-                matches!(s, Change::Create { detail } if detail.starts_with("issue /etc/kubernetes/pki/")),
+                matches!(s, Change::Create { detail, .. } if detail.starts_with("issue /etc/kubernetes/pki/")),
                 "{s:?}"
             );
         }
@@ -817,7 +819,8 @@ async fn a_foreign_or_half_renewed_certificate_is_issued_again() {
         certificates::problem(spec, &c, &rb.ctx).await.unwrap(),
         Some(Reissue::ForeignIssuer)
     );
-    let Change::Create { detail } = exec::check(server, Some(&c), &rb.ctx).await.unwrap() else {
+    let Change::Create { detail, .. } = exec::check(server, Some(&c), &rb.ctx).await.unwrap()
+    else {
         panic!("expected a new certificate");
     };
     assert!(detail.ends_with("is not signed by haop's CA"), "{detail}");
@@ -1093,5 +1096,81 @@ async fn recovery_wipe_is_fenced_and_resumes_after_the_agent_went_away() {
         .await
         .unwrap();
     assert!(!again.changed);
+    world.shutdown().await;
+}
+
+// --- haop plan of a fresh cluster -------------------------------------------------------------
+
+/// A first apply writes the files an operator most wants to read: the plan shows each new file
+/// whole, as a diff from nothing, with the VRRP password masked, in the JSON a script reads.
+#[tokio::test]
+async fn plan_shows_new_files_whole_with_secrets_masked() {
+    let world = World::new(&[
+        ("etcd1", "[etcd]"),
+        ("master1", "[master]"),
+        ("master2", "[master]"),
+    ])
+    .await;
+    let rb = world
+        .runbook("vip: {address: 10.0.0.100}\nkubernetes: {enabled: true, version: \"1.30.2\"}\n");
+    let planned = haop_coordinator::runbook::plan(&rb, T).await.unwrap();
+    let json = serde_json::to_value(&planned).unwrap();
+    let password = std::fs::read_to_string(world.state.path().join("secrets/t.vrrp")).unwrap();
+    let password = password.trim();
+    assert_eq!(password.len(), 8);
+    assert!(
+        !json.to_string().contains(password),
+        "the VRRP password is in the plan"
+    );
+    let created = |path: &str| -> Vec<String> {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["change"]["kind"] == "create"
+                    && p["change"]["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with(&format!("create {path} ")))
+            })
+            .map(|p| p["change"]["diff"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (path, hosts, must) in [
+        (
+            "/etc/keepalived/keepalived.conf",
+            2,
+            &["vrrp_instance", "auth_pass ********", "virtual_ipaddress"][..],
+        ),
+        (
+            "/etc/etcd.env",
+            1,
+            &["ETCD_NAME=etcd1", "ETCD_CLIENT_CERT_AUTH=true"][..],
+        ),
+        ("/etc/systemd/system/etcd.service", 1, &["ExecStart="][..]),
+        (
+            "/etc/kubernetes/kubeadm-config.yaml",
+            1,
+            &["controlPlaneEndpoint", "external"][..],
+        ),
+    ] {
+        let diffs = created(path);
+        assert_eq!(diffs.len(), hosts, "{path}: {json:#}");
+        for d in diffs {
+            assert!(
+                d.starts_with(&format!("--- /dev/null\n+++ {path}\n")),
+                "{path}: {d}"
+            );
+            // Every line added: a diff from nothing.
+            assert!(
+                d.lines()
+                    .skip(3)
+                    .all(|l| l.starts_with('+') || l.starts_with("\\")),
+                "{path}: {d}"
+            );
+            for m in must {
+                assert!(d.contains(m), "{path} lacks {m}: {d}");
+            }
+        }
+    }
     world.shutdown().await;
 }

@@ -103,6 +103,7 @@ pub async fn check(
                 spec.cert_path,
                 why.describe(&spec.cert_path)
             ),
+            diff: String::new(),
         },
     })
 }

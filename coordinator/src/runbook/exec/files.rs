@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::change::{file_change, unified_diff, Change};
+use super::change::{creation_diff, file_change, unified_diff, Change};
 use crate::agent::{upload_chunks, AgentError, HostAgent};
 use crate::render::hosts::merge_hosts_block;
 use crate::runbook::plan::{FileAction, HOSTS_FILE};
@@ -43,11 +43,16 @@ pub async fn check(action: &FileAction, c: &HostAgent) -> Result<Change, FileErr
                 *mode,
             ))
         }
-        FileAction::IfAbsent { path, mode, .. } => Ok(if c.exists(path).await? {
+        FileAction::IfAbsent {
+            path,
+            content,
+            mode,
+        } => Ok(if c.exists(path).await? {
             Change::Unchanged
         } else {
             Change::Create {
-                detail: format!("create {path} (mode {mode:04o})"),
+                detail: format!("create {path} (mode {mode:04o}, owner root:root)"),
+                diff: creation_diff(path, &String::from_utf8_lossy(content)),
             }
         }),
         FileAction::HostsBlock { block } => {
@@ -73,6 +78,7 @@ pub async fn check(action: &FileAction, c: &HostAgent) -> Result<Change, FileErr
             } else {
                 Change::Create {
                     detail: format!("upload {path} (sha256 {})", &sha256[..12.min(sha256.len())]),
+                    diff: String::new(),
                 }
             })
         }
