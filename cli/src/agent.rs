@@ -43,7 +43,8 @@ pub enum AgentCommand {
     Facts,
     /// Install a unit file (and declare its data dirs, which WipeDataDir may then wipe).
     InstallUnit {
-        /// Unit name, such as etcd.service.
+        /// Unit name, as systemctl takes it: etcd means etcd.service.
+        #[arg(value_parser = crate::unit_arg)]
         name: String,
         /// The unit file to install.
         file: PathBuf,
@@ -53,7 +54,8 @@ pub enum AgentCommand {
     },
     /// Act on a unit or show its state.
     Unit {
-        /// Unit name, such as etcd.service.
+        /// Unit name, as systemctl takes it: etcd means etcd.service.
+        #[arg(value_parser = crate::unit_arg)]
         name: String,
         #[arg(value_enum)]
         action: UnitVerb,

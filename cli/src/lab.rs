@@ -53,8 +53,8 @@ pub enum LabCommand {
         name: String,
         /// The host, such as etcd2.
         host: String,
-        /// The unit, such as etcd.service.
-        #[arg(long)]
+        /// The unit, as systemctl takes it: etcd means etcd.service.
+        #[arg(long, value_parser = crate::unit_arg)]
         unit: String,
         /// Also remove the unit's declared data directories.
         #[arg(long)]

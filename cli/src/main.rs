@@ -118,3 +118,32 @@ fn init_tracing(verbose: u8) {
         .with_target(false)
         .init();
 }
+
+/// A unit name as systemctl takes it: a name without a unit suffix is a service (`etcd` means
+/// `etcd.service`); anything else is passed on for the agent to judge.
+pub fn unit_arg(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a unit name, such as etcd or etcd.service".into());
+    }
+    const SUFFIXES: [&str; 6] = [
+        ".service", ".socket", ".timer", ".target", ".path", ".mount",
+    ];
+    Ok(
+        if SUFFIXES.iter().any(|x| s.ends_with(x)) || s.contains('.') {
+            s.to_string()
+        } else {
+            format!("{s}.service")
+        },
+    )
+}
+
+#[cfg(test)]
+mod unit_arg_tests {
+    #[test]
+    fn a_bare_name_is_a_service_as_systemctl_takes_it() {
+        assert_eq!(super::unit_arg("etcd").unwrap(), "etcd.service");
+        assert_eq!(super::unit_arg("etcd.service").unwrap(), "etcd.service");
+        assert_eq!(super::unit_arg("fstrim.timer").unwrap(), "fstrim.timer");
+        assert!(super::unit_arg("").is_err());
+    }
+}

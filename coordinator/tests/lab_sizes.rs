@@ -327,15 +327,8 @@ async fn a_stalled_learner_is_reported_and_left_and_a_rerun_finishes() {
         let status = haop(
             st,
             &[
-                "agent",
-                "--lab",
-                &name,
-                "--host",
-                "etcd2",
-                "-o",
-                "json",
-                "unit",
-                "etcd.service",
+                "agent", "--lab", &name, "--host", "etcd2", "-o", "json", "unit",
+                "etcd", // as systemctl takes it: etcd.service
                 "status",
             ],
         );

@@ -23,7 +23,9 @@ use crate::agent::{AgentError, HostAgent};
 use crate::etcd::api::{EtcdApiError, EtcdClient};
 use crate::runbook::plan::{unit_file_path, UnitAction};
 
-/// How long a restarted etcd member has to answer again before the rolling restart stops.
+/// How long a restarted etcd member with a small database has to answer again before the
+/// rolling restart stops; a member opens its whole database when it starts, so the bound grows
+/// with it ([`crate::etcd::api::scaled_timeout`]).
 pub const MEMBER_BACK_WITHIN: Duration = Duration::from_secs(60);
 
 /// Errors of the unit family.
@@ -104,9 +106,16 @@ pub async fn run(
                     Some(endpoint) => {
                         // One etcd member at a time, each back before the next.
                         let _one = ctx.rolling.lock().await;
+                        let client = member_client(ctx, endpoint).await?;
+                        let db_size = client
+                            .status_of(endpoint)
+                            .await
+                            .map(|s| s.db_size)
+                            .unwrap_or(0);
                         let changed = c.unit_action(unit, pb::Action::Restart).await?;
                         crate::failpoint::hit("apply:after-etcd-restart");
-                        wait_member_healthy(ctx, endpoint).await?;
+                        let within = crate::etcd::api::scaled_timeout(MEMBER_BACK_WITHIN, db_size);
+                        wait_member_healthy(&client, endpoint, within).await?;
                         changed
                     }
                     None => c.unit_action(unit, pb::Action::Restart).await?,
@@ -142,9 +151,9 @@ async fn changed_after_start(
     Ok(None)
 }
 
-/// Waits until the etcd member at `endpoint` answers through the API again.
-async fn wait_member_healthy(ctx: &RunContext, endpoint: &str) -> Result<(), UnitError> {
-    let client = EtcdClient::connect(
+/// A client of the etcd member at `endpoint` alone.
+async fn member_client(ctx: &RunContext, endpoint: &str) -> Result<EtcdClient, UnitError> {
+    EtcdClient::connect(
         &ctx.state_dir,
         &[endpoint.to_string()],
         Duration::from_secs(1),
@@ -153,8 +162,16 @@ async fn wait_member_healthy(ctx: &RunContext, endpoint: &str) -> Result<(), Uni
     .map_err(|source| UnitError::EtcdClient {
         endpoint: endpoint.to_string(),
         source,
-    })?;
-    let deadline = Instant::now() + MEMBER_BACK_WITHIN;
+    })
+}
+
+/// Waits until the etcd member at `endpoint` answers through the API again, at most `within`.
+async fn wait_member_healthy(
+    client: &EtcdClient,
+    endpoint: &str,
+    within: Duration,
+) -> Result<(), UnitError> {
+    let deadline = Instant::now() + within;
     loop {
         if client.health(endpoint).await.is_ok() {
             return Ok(());
@@ -162,7 +179,7 @@ async fn wait_member_healthy(ctx: &RunContext, endpoint: &str) -> Result<(), Uni
         if Instant::now() > deadline {
             return Err(UnitError::MemberNotBack {
                 endpoint: endpoint.to_string(),
-                waited: MEMBER_BACK_WITHIN,
+                waited: within,
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
