@@ -73,18 +73,12 @@ pub async fn plan(state_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> 
             );
         }
     }
-    let mut planned = runbook::plan(&rb, Duration::from_secs(args.timeout)).await?;
-    planned.retain(|p| {
-        (args.hosts.is_empty() || args.hosts.iter().any(|h| *h == p.target.to_string()))
-            && (args.phases.is_empty() || args.phases.contains(&p.phase))
-    });
-    if args.no_diff {
-        for p in &mut planned {
-            if let Change::Create { diff, .. } | Change::Update { diff, .. } = &mut p.change {
-                diff.clear();
-            }
-        }
-    }
+    let view = runbook::PlanView {
+        hosts: args.hosts.clone(),
+        phases: args.phases.clone(),
+        no_diff: args.no_diff,
+    };
+    let planned = view.apply(runbook::plan(&rb, Duration::from_secs(args.timeout)).await?);
     let changes = planned.iter().filter(|p| p.change.is_change()).count();
     if args.output == Format::Json {
         println!("{}", serde_json::to_string_pretty(&planned)?);

@@ -1077,9 +1077,12 @@ async fn recovery_wipe_is_fenced_and_resumes_after_the_agent_went_away() {
     assert!(db.exists());
     world.start("etcd1").await;
     let agent = world.agent("etcd1").await;
-    // The new agent starts the enabled unit as at boot; the rerun's plan stops it first, as
-    // recovery's does (stop, then wipe), and the stop is idempotent.
-    member_host::stop(&agent).await.unwrap();
+    // Stopped on request, the member stays stopped across the agent's restart (that is not a
+    // boot); the rerun's plan stops it first all the same (stop, then wipe), which changes
+    // nothing.
+    let s = agent.unit_status(ETCD_UNIT).await.unwrap();
+    assert_ne!(s.active_state, "active", "the new agent started it: {s:?}");
+    assert!(!member_host::stop(&agent).await.unwrap());
     let w = member_host::wipe(&agent, &owner, &[], &data_dir)
         .await
         .unwrap();

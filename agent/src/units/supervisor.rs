@@ -22,7 +22,10 @@
 //!   SIGKILL. Every start and stop bumps the unit's *generation*; a monitor acts only for its own
 //!   generation, which is how a stop cancels a pending restart.
 //! * Enabled units are kept in `<state_dir>/supervisor/enabled.json`; the agent calls
-//!   [`Supervisor::start_enabled`] when it starts, as boot would.
+//!   [`Supervisor::start_enabled`] when it starts, as boot would, except for a unit stopped on
+//!   request during the machine's current boot (`<unit>.stopped` holds the boot id): as after
+//!   `systemctl stop`, an agent restart does not start it again. (Recovery stops a dead member
+//!   and relies on it staying stopped until it is wiped and added back.)
 //!
 //! Units outlive the agent, as systemd's do: an agent that exits, gracefully or not, leaves
 //! them running (their own process groups keep them out of a signal to the agent's), and the
@@ -260,6 +263,12 @@ impl Supervisor {
         }
         let units: Vec<UnitName> = self.inner.enabled.lock().await.iter().cloned().collect();
         for unit in units {
+            // Stopped on request since the machine booted: it stays stopped, as after
+            // `systemctl stop` (an agent restart is not a boot).
+            if self.inner.stopped_this_boot(&unit) {
+                info!(unit = %unit, "enabled unit was stopped on request during this boot; left stopped");
+                continue;
+            }
             match self.action(&unit, UnitAction::Start).await {
                 Ok(changed) => info!(unit = %unit, changed, "enabled unit started"),
                 Err(e) => {
@@ -278,6 +287,15 @@ impl Supervisor {
     pub fn log_file(&self, unit: &UnitName) -> PathBuf {
         self.inner.log_file(unit)
     }
+}
+
+/// The kernel's id of the current boot (`/proc/sys/kernel/random/boot_id`, read in the agent's
+/// own view: the machine's /proc is bind-mounted into a host root).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn load_enabled(path: &Path) -> Result<BTreeSet<UnitName>, UnitError> {
@@ -349,6 +367,36 @@ impl Inner {
 
     fn pid_file(&self, unit: &UnitName) -> PathBuf {
         self.supervisor_dir.join(format!("{unit}.pid"))
+    }
+
+    /// Holds the boot id of the boot during which the unit was stopped on request.
+    fn stopped_file(&self, unit: &UnitName) -> PathBuf {
+        self.supervisor_dir.join(format!("{unit}.stopped"))
+    }
+
+    /// Whether the unit was stopped on request during the machine's current boot.
+    fn stopped_this_boot(&self, unit: &UnitName) -> bool {
+        match (std::fs::read_to_string(self.stopped_file(unit)), boot_id()) {
+            (Ok(recorded), Some(now)) => recorded.trim() == now,
+            _ => false,
+        }
+    }
+
+    /// Records (or clears) a stop on request; a failure to record is logged, never fatal: the
+    /// worst case is an agent restart starting the unit, as before.
+    fn set_stopped_this_boot(&self, unit: &UnitName, stopped: bool) {
+        let path = self.stopped_file(unit);
+        let result = match (stopped, boot_id()) {
+            (true, Some(id)) => std::fs::write(&path, format!("{id}\n")),
+            (true, None) => Ok(()),
+            (false, _) => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
+        };
+        if let Err(e) = result {
+            warn!(unit = %unit, path = %path.display(), error = %e, "cannot record the unit's stop");
+        }
     }
 
     fn proc_file(&self, unit: &UnitName) -> PathBuf {
@@ -997,17 +1045,21 @@ impl ServiceManager for Supervisor {
             UnitAction::Start => {
                 let slot = inner.slot(unit);
                 let _op = slot.op.lock().await;
+                inner.set_stopped_this_boot(unit, false);
                 inner.start_locked(unit, &slot).await
             }
             UnitAction::Stop => {
                 let slot = inner.slot(unit);
                 let _op = slot.op.lock().await;
-                inner.stop_locked(unit, &slot).await
+                let changed = inner.stop_locked(unit, &slot).await?;
+                inner.set_stopped_this_boot(unit, true);
+                Ok(changed)
             }
             UnitAction::Restart => {
                 let slot = inner.slot(unit);
                 let _op = slot.op.lock().await;
                 inner.stop_locked(unit, &slot).await?;
+                inner.set_stopped_this_boot(unit, false);
                 inner.start_locked(unit, &slot).await?;
                 Ok(true)
             }
@@ -1541,6 +1593,33 @@ mod tests {
         std::fs::write(&json, "not json").unwrap();
         let fs = HostFs::new(f.root(), vec![]);
         assert!(Supervisor::new(fs, hp("/var/lib/haop-agent")).is_err());
+    }
+
+    /// As after `systemctl stop`: a unit stopped on request stays stopped when the next agent
+    /// starts (that is not a boot), until it is started again.
+    #[tokio::test]
+    async fn a_unit_stopped_on_request_stays_stopped_across_an_agent_restart() {
+        let f = Fixture::new();
+        let u = f.install("member.service", "[Service]\nExecStart=/bin/sleep 30\n");
+        f.sup.action(&u, UnitAction::Enable).await.unwrap();
+        f.sup.action(&u, UnitAction::Start).await.unwrap();
+        assert!(f.sup.action(&u, UnitAction::Stop).await.unwrap());
+        let next = Fixture::supervisor(f.root());
+        next.start_enabled().await;
+        assert!(
+            !next.status(&u).await.unwrap().is_running(),
+            "the next agent started a unit stopped on request"
+        );
+        // Started again on request: the next agent keeps it (adopts it) as before.
+        assert!(next.action(&u, UnitAction::Start).await.unwrap());
+        let pid = next.status(&u).await.unwrap().main_pid;
+        let third = Fixture::supervisor(f.root());
+        third.start_enabled().await;
+        let st = third.status(&u).await.unwrap();
+        assert!(st.is_running());
+        assert_eq!(st.main_pid, pid, "adopted, not started twice");
+        third.stop_all().await;
+        next.stop_all().await;
     }
 
     #[tokio::test]

@@ -997,7 +997,9 @@ pub fn initial_cluster(members: &[Member], new_id: u64, new_name: &str) -> Strin
 }
 
 /// Runs futures concurrently on this task; results in input order.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     use std::task::Poll;
     let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
         futures.into_iter().map(|f| Some(Box::pin(f))).collect();

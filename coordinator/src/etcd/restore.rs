@@ -132,7 +132,19 @@ pub async fn restore(
     );
     let initial = inventory.etcd_initial_cluster();
     let data_dir = inventory.etcd.data_dir.display().to_string();
-    // Stop every member first: none may serve the old data while others restore.
+    // The snapshot on every host first, each checked against its sha256, in parallel: an
+    // upload that fails (a full disk, a host cut off) leaves the cluster as it was.
+    let uploads = clients.iter().map(|(name, c)| async move {
+        c.upload_file(HOST_SNAPSHOT, 0o600, snapshot, &|_| {})
+            .await
+            .map_err(host_err("upload the snapshot"))?;
+        progress(format!("{name}: snapshot uploaded"));
+        Ok::<_, RestoreError>(())
+    });
+    for r in crate::etcd::api::join_all(uploads).await {
+        r?;
+    }
+    // Stop every member: none may serve the old data while others restore.
     for (name, c) in &clients {
         c.unit_action(UNIT_NAME, pb::Action::Stop)
             .await
@@ -147,9 +159,6 @@ pub async fn restore(
         if moved.changed {
             progress(format!("{name}: old data moved to {}", moved.moved_to));
         }
-        c.upload_file(HOST_SNAPSHOT, 0o600, snapshot, &|_| {})
-            .await
-            .map_err(host_err("upload the snapshot"))?;
         let peer = inventory.etcd_peer_url(h);
         let out = c
             .exec(pb::ExecRequest {

@@ -33,7 +33,7 @@ use tokio::sync::Mutex;
 
 pub use exec::{Change, RunContext, StepError};
 pub use plan::{Action, Context, Phase, PlanError, Step, Target};
-pub use report::{ApplyReport, Event, Outcome, Planned};
+pub use report::{ApplyReport, Event, Outcome, PlanView, Planned};
 
 use crate::agent::{AgentError, HostAgent};
 use crate::inventory::Inventory;
