@@ -96,7 +96,8 @@ fn mask_line(line: &str) -> String {
     };
     let trimmed = rest.trim_start();
     let indent = &rest[..rest.len() - trimmed.len()];
-    let unlisted = trimmed.trim_start_matches("- ");
+    // A YAML list item (`- token: ...`) or a command-line flag (`--certificate-key=...`).
+    let unlisted = trimmed.trim_start_matches("- ").trim_start_matches('-');
     let list = &trimmed[..trimmed.len() - unlisted.len()];
     for key in SECRET_KEYS {
         let Some(after) = unlisted.strip_prefix(key) else {
@@ -205,6 +206,6 @@ mod tests {
         assert!(masked.contains("+ETCD_NAME=etcd1\n"));
         assert!(masked.contains("+    auth_pass\n"));
         assert!(masked.contains("+++ /etc/keepalived/keepalived.conf\n"));
-        assert!(masked.contains(" vrrp_instance VI_1 {\n"));
+        assert!(masked.starts_with("vrrp_instance VI_1 {\n"));
     }
 }
