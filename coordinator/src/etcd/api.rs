@@ -891,7 +891,7 @@ impl EtcdClient {
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut revision = None;
-        let mut tail: Vec<u8> = Vec::new();
+        let mut trailing = TrailingHash::default();
         loop {
             let msg = match tokio::time::timeout(self.timeout, stream.message()).await {
                 Ok(Ok(Some(m))) => m,
@@ -920,10 +920,7 @@ impl EtcdClient {
                 progress(size);
                 told = size;
             }
-            tail.extend_from_slice(blob);
-            if tail.len() > SNAPSHOT_HASH_LEN {
-                tail.drain(..tail.len() - SNAPSHOT_HASH_LEN);
-            }
+            trailing.update(blob);
         }
         let corrupt = |reason: String| EtcdApiError::SnapshotCorrupt {
             endpoint: endpoint.to_string(),
@@ -932,8 +929,7 @@ impl EtcdClient {
         if (size as usize) <= SNAPSHOT_HASH_LEN {
             return Err(corrupt(format!("only {size} bytes")));
         }
-        // etcd appends the SHA-256 of the database; check it by re-reading the file.
-        let expected_db_hash = tmp.hash_without_tail(SNAPSHOT_HASH_LEN)?;
+        let (expected_db_hash, tail) = trailing.finish();
         if expected_db_hash.as_slice() != tail.as_slice() {
             return Err(corrupt(
                 "the database does not match etcd's trailing SHA-256 (truncated stream?)".into(),
@@ -1138,6 +1134,32 @@ fn with_id(e: EtcdApiError, id: u64) -> EtcdApiError {
 }
 
 /// A snapshot being written: a temp file next to its target, removed on drop unless persisted.
+/// The check of etcd's snapshot stream, as the bytes stream by: etcd appends the SHA-256 of the
+/// database, so the hash of every byte but the last [`SNAPSHOT_HASH_LEN`] must equal those last
+/// bytes. The last ones are held back until the stream ends, so a 2 GiB snapshot is never read
+/// back from disk to be checked.
+#[derive(Default)]
+struct TrailingHash {
+    hasher: Sha256,
+    tail: Vec<u8>,
+}
+
+impl TrailingHash {
+    fn update(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > SNAPSHOT_HASH_LEN {
+            let spill = self.tail.len() - SNAPSHOT_HASH_LEN;
+            self.hasher.update(&self.tail[..spill]);
+            self.tail.drain(..spill);
+        }
+    }
+
+    /// The hash of all but the last bytes, and those last bytes.
+    fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        (self.hasher.finalize().to_vec(), self.tail)
+    }
+}
+
 struct TempSnapshot {
     path: PathBuf,
     file: std::fs::File,
@@ -1199,29 +1221,6 @@ impl TempSnapshot {
             })
     }
 
-    /// SHA-256 of the file without its last `tail` bytes.
-    fn hash_without_tail(&mut self, tail: usize) -> Result<Vec<u8>, EtcdApiError> {
-        use std::io::{Read, Seek};
-        self.file.flush().map_err(self.err("flush"))?;
-        let len = self.file.metadata().map_err(self.err("stat"))?.len();
-        self.file
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(self.err("seek"))?;
-        let mut remaining = len.saturating_sub(tail as u64);
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        while remaining > 0 {
-            let want = buf.len().min(remaining as usize);
-            let n = self.file.read(&mut buf[..want]).map_err(self.err("read"))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            remaining -= n as u64;
-        }
-        Ok(hasher.finalize().to_vec())
-    }
-
     fn persist(mut self, target: &Path) -> Result<(), EtcdApiError> {
         self.file.sync_all().map_err(self.err("fsync"))?;
         std::fs::rename(&self.path, target).map_err(|source| EtcdApiError::SnapshotIo {
@@ -1259,6 +1258,26 @@ fn parent_dir(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trailing_hash_is_checked_whatever_the_chunks() {
+        let db: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stream = db.clone();
+        stream.extend_from_slice(&Sha256::digest(&db));
+        for chunk in [1, 7, 31, 32, 33, 4096, 1 << 20] {
+            let mut t = TrailingHash::default();
+            for c in stream.chunks(chunk) {
+                t.update(c);
+            }
+            let (hash, tail) = t.finish();
+            assert_eq!(hash, tail, "chunks of {chunk}");
+        }
+        // A stream cut short does not check.
+        let mut t = TrailingHash::default();
+        t.update(&stream[..stream.len() - 1000]);
+        let (hash, tail) = t.finish();
+        assert_ne!(hash, tail);
+    }
 
     fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
