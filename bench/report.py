@@ -326,7 +326,7 @@ def sizes_main(results, runs, out, failures, sizes):
         ("  floor: of which catch-up (start to raft index reached)", "floor_learner_catch_up_s", "s"),
         ("  floor: `member remove` before it (not in the floor)", "floor_learner_remove_s", "s"),
         ("**haop**: `haop etcd recover etcd2` after crash + wipe", "haop_recover", "s"),
-        ("  haop: snapshots taken (\"snapshot from\" lines of its log)", "haop_recover_snapshots_said", ""),
+        ("  haop: snapshots taken (\"snapshot from HOST: PATH\" lines of its log; progress lines not counted)", "haop_recover_snapshots_said", ""),
         ("  haop: new files in the state dir's snapshots/ (pruned to 10)", "haop_recover_snapshot_files", ""),
         ("  haop: their size", "haop_recover_snapshot_mib", "MiB"),
         ("  haop: state dir growth (du, lab hosts excluded)", "haop_recover_state_growth_mib", "MiB"),
