@@ -263,6 +263,12 @@ async fn single_member_answers_put_get_health_and_writes_a_snapshot_etcdctl_acce
     assert_eq!(info.endpoint, etcd.endpoints()[0]);
     assert_eq!(info.size, std::fs::metadata(&path).unwrap().len());
     assert_eq!(info.sha256, sha256_file(&path));
+    // The whole keyspace, every secret in it: readable by its owner alone.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -1176,10 +1177,13 @@ impl TempSnapshot {
         let mut attempt = 0u32;
         loop {
             let path = dir.join(format!(".{name}.haop-tmp.{}.{attempt}", std::process::id()));
+            // A snapshot is the whole keyspace, every Kubernetes Secret in it: owner-only from
+            // its first byte.
             match std::fs::OpenOptions::new()
                 .write(true)
                 .read(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&path)
             {
                 Ok(file) => {
