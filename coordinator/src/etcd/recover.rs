@@ -388,6 +388,7 @@ impl Recovery {
         let mut touched: Vec<String> = Vec::new();
         let mut refused_since: Option<Instant> = None;
         let mut room_checked = false;
+        let mut add_retries = 0;
         let last_wait = std::sync::Mutex::new(String::new());
         let progress = &|p: Progress| {
             if let Progress::Waiting(w) = &p {
@@ -462,6 +463,24 @@ impl Recovery {
                     // The answer was lost (a connection that broke, a call that timed out):
                     // whether etcd made the change is unknown, and the next observation tells.
                     // The planner acts on what it observes, so observing again is safe.
+                    // etcd 3.4 can answer `member not found` to a `member add` made right
+                    // after a removal (seen in the lab, a few times in ten): nothing was added
+                    // or the next observation shows the learner. Observe again, a bounded
+                    // number of times.
+                    Err(RecoverError::Etcd {
+                        what,
+                        source: source @ EtcdApiError::MemberNotFound { .. },
+                    }) if matches!(action, MemberAction::AddLearner { .. })
+                        && add_retries < ADD_RETRIES =>
+                    {
+                        add_retries += 1;
+                        progress(Progress::Waiting(format!(
+                            "{what}: {}; observing again",
+                            crate::error_chain(&source)
+                        )));
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
                     Err(RecoverError::Etcd { what, source }) if source.outcome_unknown() => {
                         progress(Progress::Waiting(format!(
                             "{what}: {}; observing again",
@@ -875,6 +894,9 @@ impl Recovery {
         Ok(())
     }
 }
+
+/// How many times a `member add` answered `member not found` is observed again and retried.
+const ADD_RETRIES: u32 = 10;
 
 /// How long the planner must keep refusing before recovery gives up.
 const REFUSAL_HOLD: Duration = Duration::from_secs(6);
