@@ -201,18 +201,6 @@ impl HostAgent {
             .changed)
     }
 
-    /// Streams `data` to `path` with its sha256 checked by the agent; answers `changed`.
-    pub async fn upload(&self, path: &str, mode: u32, data: &[u8]) -> Result<bool, AgentError> {
-        let sha = hex::encode(Sha256::digest(data));
-        let msgs = upload_chunks(path, mode, &sha, data);
-        Ok(self
-            .call("UploadFile", |mut c| async move {
-                c.upload_file(tokio_stream::iter(msgs)).await
-            })
-            .await?
-            .changed)
-    }
-
     /// Streams the local file `local` to `path` on the host, 1 MiB at a time (a 2 GiB snapshot
     /// is never held in memory), with its sha256 (taken first, in one pass over the file)
     /// checked by the agent before the file takes its place; answers `changed`. `sent` hears the

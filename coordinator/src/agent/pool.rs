@@ -43,11 +43,6 @@ impl Agents {
         }
     }
 
-    /// The trust the pool connects with.
-    pub fn trust(&self) -> &Arc<Trust> {
-        &self.trust
-    }
-
     /// The agent of `host`, connected now or earlier.
     pub async fn get(&self, host: &str) -> Result<HostAgent, AgentError> {
         let mut connected = self.connected.lock().await;
@@ -63,11 +58,5 @@ impl Agents {
         let a = HostAgent::connect(&self.trust, host, endpoint, CONNECT_TIMEOUT).await?;
         connected.insert(host.to_string(), a.clone());
         Ok(a)
-    }
-
-    /// Forgets the connection to `host` (after it broke), so the next [`get`](Self::get)
-    /// connects anew.
-    pub async fn forget(&self, host: &str) {
-        self.connected.lock().await.remove(host);
     }
 }

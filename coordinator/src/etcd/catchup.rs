@@ -128,7 +128,6 @@ impl Tracker {
     /// Records `sample` of member `id` at `now`; answers its report. Progress is any change of
     /// the data dir's size (up while a snapshot arrives; down when etcd replaces its files), a
     /// higher raft index, or the process starting. The first sample counts as progress.
-    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         id: u64,

@@ -162,11 +162,6 @@ impl Recovery {
         self
     }
 
-    /// The snapshot this operation took, if it took one.
-    pub async fn snapshot_taken(&self) -> Option<SnapshotInfo> {
-        self.snapshot.lock().await.clone()
-    }
-
     async fn agent(&self, host: &str) -> Result<HostAgent, RecoverError> {
         Ok(self.agents.get(host).await?)
     }
@@ -569,7 +564,6 @@ impl Recovery {
     /// The state dir must have room for this operation's snapshot: about the largest database
     /// of the members that answer, plus a margin. Checked before anything changes.
     async fn check_state_dir_room(&self, obs: &Observation) -> Result<(), RecoverError> {
-        let _ = obs;
         if self.snapshot.lock().await.is_some() {
             return Ok(());
         }
