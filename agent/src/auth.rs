@@ -4,7 +4,8 @@
 //! chain to the agent CA and are within their validity. The role rides in the certificate's
 //! Organization (`haop:admin` or `haop:reader`); [`authenticate`] reads it, and
 //! [`crate::policy`] decides what the role may do with each RPC and each path. A caller without
-//! a certificate (an agent not enrolled yet) or without a role is refused with UNAUTHENTICATED.
+//! a certificate (an agent not enrolled yet), without a role, or whose certificate the CA revoked
+//! ([`crate::revocation`]) is refused with UNAUTHENTICATED.
 
 use tonic::Request;
 
@@ -34,6 +35,15 @@ impl Role {
 pub struct Caller {
     pub common_name: String,
     pub role: Role,
+    /// The certificate's serial number as encoded (big-endian, maybe with a leading zero).
+    pub serial: Vec<u8>,
+}
+
+impl Caller {
+    /// The serial in lowercase hex, without leading zeros, as `haop identity list` shows it.
+    pub fn serial_hex(&self) -> String {
+        hex::encode(crate::revocation::normalize_serial(&self.serial))
+    }
 }
 
 /// Why a caller could not be told apart: no certificate, or one without a haop role.
@@ -46,6 +56,16 @@ pub enum AuthError {
     NoCertificate { rpc: &'static str },
     #[error("{rpc}: {reason}")]
     BadCertificate { rpc: &'static str, reason: String },
+    #[error(
+        "{rpc}: client certificate {common_name:?} (serial {serial}) is revoked (revocation list \
+         {generation}); ask for a new identity with haop identity issue"
+    )]
+    Revoked {
+        rpc: &'static str,
+        common_name: String,
+        serial: String,
+        generation: u64,
+    },
 }
 
 /// The caller of `req`, from the client certificate the TLS handshake verified.
@@ -80,5 +100,9 @@ pub fn caller_from_der(der: &[u8]) -> Result<Caller, String> {
              or {ROLE_READER})"
         ));
     };
-    Ok(Caller { common_name, role })
+    Ok(Caller {
+        common_name,
+        role,
+        serial: cert.raw_serial().to_vec(),
+    })
 }

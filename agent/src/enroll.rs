@@ -5,9 +5,10 @@
 //!
 //! 1. `Challenge`: the coordinator sends a nonce and the names the agent's serving certificate
 //!    must carry. The agent generates its key in its pki dir (0600; reused on a retry), and
-//!    answers with its own nonce, a CSR, and an HMAC keyed with the token's secret over both
-//!    nonces and the CSR ([`haop_proto::enroll`]): proof that it holds the token, bound to this
-//!    exchange and this key.
+//!    answers with its own nonce, a CSR, and a signature with the key derived from the token's
+//!    secret over both nonces and the CSR ([`haop_proto::enroll`]): proof that it holds the
+//!    token, bound to this exchange and this key, which the coordinator checks without holding
+//!    the secret.
 //! 2. `Complete`: the coordinator, having checked the proof and the names, sends the agent CA and
 //!    the signed certificate. The agent checks that the CA's public key hashes to the pin, that
 //!    the CA signed the certificate, and that the certificate is for its key: proof that the
@@ -134,7 +135,7 @@ impl Enrollment for EnrollmentService {
         )
         .map_err(|e| Status::internal(crate::error::render_chain(&e)))?;
         let agent_nonce = random_nonce()?;
-        let proof = token.proof(&req.coordinator_nonce, &agent_nonce, &out.csr_pem);
+        let signature = token.sign(&req.coordinator_nonce, &agent_nonce, &out.csr_pem);
         *self.pending.lock().await = Some(Pending {
             agent_nonce: agent_nonce.clone(),
         });
@@ -142,9 +143,10 @@ impl Enrollment for EnrollmentService {
         Ok(Response::new(pb::ChallengeResponse {
             agent_nonce,
             csr_pem: out.csr_pem,
-            token_proof: proof,
             hostname: self.config.hostname.clone(),
             token_id: token.id.clone(),
+            token_signature: signature,
+            ..Default::default()
         }))
     }
 

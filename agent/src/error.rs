@@ -17,6 +17,7 @@ use crate::kernel::KernelError;
 use crate::names::NameError;
 use crate::paths::PathError;
 use crate::policy::Denied;
+use crate::revocation::RevocationError;
 use crate::units::UnitError;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub enum AgentError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Csr(#[from] CsrError),
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("{0} holds a private key; private keys never leave their host")]
@@ -97,9 +100,9 @@ impl From<AgentError> for Status {
     fn from(err: AgentError) -> Status {
         let code = match &err {
             AgentError::Auth(e) => match e {
-                AuthError::NoCertificate { .. } | AuthError::BadCertificate { .. } => {
-                    Code::Unauthenticated
-                }
+                AuthError::NoCertificate { .. }
+                | AuthError::BadCertificate { .. }
+                | AuthError::Revoked { .. } => Code::Unauthenticated,
             },
             AgentError::Denied(e) => match e {
                 Denied::Rpc { .. } | Denied::Path { .. } => Code::PermissionDenied,
@@ -116,6 +119,14 @@ impl From<AgentError> for Status {
                 CsrError::KeyGeneration { .. }
                 | CsrError::Request { .. }
                 | CsrError::CreateDir { .. } => Code::Internal,
+            },
+            AgentError::Revocation(e) => match e {
+                RevocationError::Format(_) | RevocationError::NoNumber => Code::InvalidArgument,
+                RevocationError::Signature(_) => Code::PermissionDenied,
+                RevocationError::Older { .. } | RevocationError::NotEnrolled => {
+                    Code::FailedPrecondition
+                }
+                RevocationError::File(f) => file_code(f),
             },
             AgentError::Path(e) => path_code(e),
             AgentError::File(e) => file_code(e),

@@ -108,6 +108,8 @@ pub fn collect(fs: &HostFs, kernel: &dyn Kernel, service_manager: &str) -> pb::F
         uptime_seconds: System::uptime(),
         now_unix_ms: now_unix_ms(),
         root: fs.root().display().to_string(),
+        // The service knows the revocation list; it fills this in.
+        revocation_generation: 0,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod logging;
 pub mod names;
 pub mod paths;
 pub mod policy;
+pub mod revocation;
 pub mod rootfs;
 pub mod secrets;
 pub mod server;

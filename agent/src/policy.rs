@@ -33,6 +33,7 @@ use crate::auth::{self, AuthError, Caller, Role, ROLE_ADMIN};
 use crate::datadirs::DeclaredDirs;
 use crate::error::AgentError;
 use crate::paths::{HostFs, HostPath};
+use crate::revocation::Revocations;
 
 /// Every RPC of `haop.agent.v1.Agent`. (The `Enrollment` service is served only before the
 /// agent has an identity, to callers without certificates; it reveals and accepts no secret.)
@@ -57,10 +58,11 @@ pub enum Rpc {
     CreateCsr,
     InstallCertificate,
     WhoAmI,
+    InstallRevocations,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 19] = [
+    pub const ALL: [Rpc; 20] = [
         Rpc::GetFacts,
         Rpc::WriteFile,
         Rpc::ReadFile,
@@ -80,6 +82,7 @@ impl Rpc {
         Rpc::CreateCsr,
         Rpc::InstallCertificate,
         Rpc::WhoAmI,
+        Rpc::InstallRevocations,
     ];
 
     /// The method's name, as in the proto.
@@ -104,6 +107,7 @@ impl Rpc {
             Rpc::CreateCsr => "CreateCsr",
             Rpc::InstallCertificate => "InstallCertificate",
             Rpc::WhoAmI => "WhoAmI",
+            Rpc::InstallRevocations => "InstallRevocations",
         }
     }
 }
@@ -133,6 +137,8 @@ pub fn callers(rpc: Rpc) -> &'static [Role] {
         Rpc::ApplySysctl => ADMIN,
         Rpc::DisableSwap => ADMIN,
         Rpc::WipeDataDir => ADMIN,
+        // Only the CA's holder revokes; the agent also checks the CA's signature on the list.
+        Rpc::InstallRevocations => ADMIN,
         Rpc::PruneWipedDataDirs => ADMIN,
         Rpc::Exec => ADMIN,
         Rpc::CreateCsr => ADMIN,
@@ -339,6 +345,7 @@ no_paths! {
     pb::DisableSwapRequest => DisableSwap,
     pb::ExecRequest => Exec,
     pb::WhoAmIRequest => WhoAmI,
+    pb::InstallRevocationsRequest => InstallRevocations,
     // Both act on the moved-aside copies of the unit's declared data dirs, found by the agent
     // itself beside each declared dir; the request names no path.
     pb::WipedDataDirsRequest => ListWipedDataDirs,
@@ -439,6 +446,7 @@ pub struct Policy {
     fs: HostFs,
     declared: DeclaredDirs,
     agent_own: Vec<HostPath>,
+    revocations: Revocations,
 }
 
 /// Logs a refusal (who tried what is worth an operator's look) and makes it the RPC's error.
@@ -457,13 +465,19 @@ fn hp(s: &str) -> HostPath {
 }
 
 impl Policy {
-    pub fn new(fs: HostFs, state_dir: &HostPath) -> Self {
+    pub fn new(fs: HostFs, state_dir: &HostPath, revocations: Revocations) -> Self {
         let declared = DeclaredDirs::new(&fs, state_dir);
         Policy {
             fs,
             declared,
             agent_own: vec![state_dir.clone(), hp(AGENT_CONFIG)],
+            revocations,
         }
+    }
+
+    /// The revocation list this policy enforces.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Who the caller is, and whether the request is allowed whole: the RPC for its role, then
@@ -474,6 +488,16 @@ impl Policy {
         let caller = auth::authenticate(req, rpc.name()).inspect_err(|e: &AuthError| {
             debug!(rpc = rpc.name(), error = %e, "caller not authenticated");
         })?;
+        if let Some(generation) = self.revocations.revoked_by(&caller.serial) {
+            let e = AuthError::Revoked {
+                rpc: rpc.name(),
+                common_name: caller.common_name.clone(),
+                serial: caller.serial_hex(),
+                generation,
+            };
+            warn!(caller = %caller.common_name, error = %e, "revoked certificate refused");
+            return Err(e.into());
+        }
         if !callers(rpc).contains(&caller.role) {
             return Err(refuse(
                 &caller,
@@ -599,13 +623,15 @@ mod tests {
         Caller {
             common_name: "test".into(),
             role,
+            serial: vec![1],
         }
     }
 
     fn policy() -> (tempfile::TempDir, Policy) {
         let dir = tempfile::tempdir().unwrap();
         let fs = HostFs::new(dir.path(), crate::paths::default_managed_roots());
-        let policy = Policy::new(fs, &hp("/var/lib/haop-agent"));
+        let revocations = Revocations::load(&dir.path().join("var/lib/haop-agent/pki"));
+        let policy = Policy::new(fs, &hp("/var/lib/haop-agent"), revocations);
         (dir, policy)
     }
 

@@ -143,6 +143,12 @@ async fn serve_modes(
         };
         if let Some(tls) = agent.identity.load()? {
             info!(addr = ?addr, backend = agent.service.units().backend(), "agent serving mTLS");
+            if agent.enroll.token.is_some() {
+                info!(
+                    "the bootstrap token under [enroll] is spent (this agent is enrolled and \
+                     haop accepts a token once); it can be removed from the config"
+                );
+            }
             let tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
                 .client_ca_root(Certificate::from_pem(&tls.ca_pem));

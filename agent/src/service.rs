@@ -73,7 +73,8 @@ impl AgentService {
     ) -> Self {
         let fs = HostFs::new(&config.root, config.managed_roots.clone());
         let declared = DeclaredDirs::new(&fs, &config.state_dir);
-        let policy = Policy::new(fs.clone(), &config.state_dir);
+        let revocations = crate::revocation::Revocations::load(&identity.dir);
+        let policy = Policy::new(fs.clone(), &config.state_dir, revocations);
         AgentService {
             inner: Arc::new(Inner {
                 fs,
@@ -150,7 +151,10 @@ impl Agent for AgentService {
         })
         .await
         .map_err(|e| Status::internal(format!("collecting facts: {e}")))?;
-        Ok(Response::new(facts))
+        Ok(Response::new(pb::Facts {
+            revocation_generation: self.inner.policy.revocations().generation(),
+            ..facts
+        }))
     }
 
     async fn write_file(
@@ -828,12 +832,33 @@ impl Agent for AgentService {
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> AgentResult<pb::WhoAmIResponse> {
         let caller = self.inner.policy.admit(&req)?;
         Ok(Response::new(pb::WhoAmIResponse {
-            common_name: caller.common_name,
-            role: caller.role.as_str().to_string(),
             hostname: crate::facts::hostname(self.fs()),
             enrolled: self.inner.identity.is_enrolled(),
             serving_cert_pem: std::fs::read_to_string(self.inner.identity.cert_path())
                 .unwrap_or_default(),
+            serial: caller.serial_hex(),
+            common_name: caller.common_name,
+            role: caller.role.as_str().to_string(),
+        }))
+    }
+
+    async fn install_revocations(
+        &self,
+        req: Request<pb::InstallRevocationsRequest>,
+    ) -> AgentResult<pb::InstallRevocationsResponse> {
+        let caller = self.inner.policy.admit(&req)?;
+        let crl_pem = req.into_inner().crl_pem;
+        let (generation, changed, revoked) = self
+            .inner
+            .policy
+            .revocations()
+            .install(&crl_pem)
+            .map_err(AgentError::from)?;
+        info!(caller = %caller.common_name, generation, changed, revoked, "InstallRevocations");
+        Ok(Response::new(pb::InstallRevocationsResponse {
+            generation,
+            changed,
+            revoked: revoked as u32,
         }))
     }
 }

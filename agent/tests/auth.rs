@@ -251,9 +251,19 @@ async fn enrollment_proves_both_sides_then_switches_to_mtls() {
         .into_inner();
     assert_eq!(ch.token_id, "abcdef");
     let token = Token::parse(TOKEN).unwrap();
-    assert!(token.verify(&nonce, &ch.agent_nonce, &ch.csr_pem, &ch.token_proof));
+    assert!(token
+        .verifier()
+        .verify(&nonce, &ch.agent_nonce, &ch.csr_pem, &ch.token_signature));
+    #[allow(deprecated)]
+    let legacy = &ch.token_proof;
+    assert!(legacy.is_empty(), "the HMAC proof of v1 is no longer sent");
     let wrong_token = Token::parse("abcdef.zzzzzzzzzzzzzzzz").unwrap();
-    assert!(!wrong_token.verify(&nonce, &ch.agent_nonce, &ch.csr_pem, &ch.token_proof));
+    assert!(!wrong_token.verifier().verify(
+        &nonce,
+        &ch.agent_nonce,
+        &ch.csr_pem,
+        &ch.token_signature
+    ));
 
     // A coordinator whose CA does not match the pin is refused, and nothing changes.
     let impostor = TestCa::new("impostor");

@@ -25,17 +25,13 @@ pub struct AgentArgs {
     #[arg(long, requires = "lab")]
     host: Option<String>,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = Format::Text, global = true)]
+    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
     #[command(subcommand)]
     command: AgentCommand,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-}
+pub use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {

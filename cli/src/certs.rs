@@ -4,14 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use haop_coordinator::inventory::Inventory;
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
-}
+pub use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {

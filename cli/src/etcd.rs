@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::etcd::maintenance;
 use haop_coordinator::etcd::recover::{Progress, Recovery};
@@ -13,11 +13,7 @@ use haop_coordinator::etcd::recover::{Progress, Recovery};
 use crate::certs::load_inventory;
 use crate::progress::View;
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
-}
+pub use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum EtcdCommand {

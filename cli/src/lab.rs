@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use haop_coordinator::lab::{AgentStop, HostReport, Lab, LabSpec};
 
 #[derive(Debug, Subcommand)]
@@ -131,12 +131,7 @@ pub enum LabCommand {
     },
 }
 
-/// How `haop lab hosts` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
+pub use crate::output::Format as Output;
 
 pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> {
     let text = match cmd {

@@ -5,6 +5,7 @@ mod certs;
 mod docs;
 mod etcd;
 mod lab;
+mod output;
 mod progress;
 mod runbook;
 mod status;

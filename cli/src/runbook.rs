@@ -6,18 +6,14 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use haop_coordinator::runbook::plan::Phase;
 use haop_coordinator::runbook::{self, Change, Event, Outcome, Runbook};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::certs::load_inventory;
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-}
+pub use crate::output::Format;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -28,7 +24,7 @@ pub struct PlanArgs {
     /// `terraform plan -detailed-exitcode`), so scripts can check convergence.
     #[arg(long)]
     exit_code: bool,
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
     output: Format,
     /// Seconds to wait for each agent.
     #[arg(long, default_value_t = 5)]

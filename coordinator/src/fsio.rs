@@ -73,6 +73,31 @@ pub fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), FsioError
     sync_dir(path)
 }
 
+/// An exclusive `flock` on a lock file beside a store, held until dropped: read-modify-write of
+/// a state-dir file (tokens, identities) by two haop processes, or two tasks of one, happens one
+/// at a time. Hold it only across synchronous work: it blocks the thread that waits for it.
+#[derive(Debug)]
+pub struct FileLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl FileLock {
+    /// Locks `path` (created 0600 when missing), waiting for the holder.
+    pub fn exclusive(path: &Path) -> Result<FileLock, FsioError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(PRIVATE_MODE)
+            .open(path)
+            .map_err(io_err("open the lock file", path))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err("lock", path)(std::io::Error::from(errno)))?;
+        Ok(FileLock { _lock: lock })
+    }
+}
+
 /// Creates `dir` and its parents (mode 0700) when missing: directories that hold keys.
 pub fn create_private_dir(dir: &Path) -> Result<(), FsioError> {
     use std::os::unix::fs::DirBuilderExt;

@@ -11,7 +11,7 @@ use haop_agent::kernel::LabKernel;
 use haop_agent::units::supervisor::Supervisor;
 use haop_coordinator::agent;
 use haop_coordinator::agent::{Enrolled, ExpectedAgent};
-use haop_coordinator::trust::{self, InitOptions, Trust, TrustError};
+use haop_coordinator::trust::{self, InitOptions, TokenUses, Trust, TrustError};
 use haop_proto::enroll::Token;
 use haop_proto::v1 as pb;
 
@@ -79,7 +79,10 @@ async fn enrolls_then_speaks_mtls_with_the_admin_certificate() {
             .created
     );
     let trust = Trust::load(state.path()).unwrap();
-    let (token, _) = trust.tokens().create(Duration::from_secs(600)).unwrap();
+    let (token, _) = trust
+        .tokens()
+        .create(Duration::from_secs(600), TokenUses::Once)
+        .unwrap();
     let agent = agent_with(&token.expose(), &report.agent_ca_pin).await;
 
     let done = agent::enroll(&trust, &agent.endpoint, &expected(), T)
@@ -123,7 +126,10 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
     let trust = Trust::load(state.path()).unwrap();
 
     // Expired.
-    let (expired, _) = trust.tokens().create(Duration::from_secs(0)).unwrap();
+    let (expired, _) = trust
+        .tokens()
+        .create(Duration::from_secs(0), TokenUses::Once)
+        .unwrap();
     let agent = agent_with(&expired.expose(), &report.agent_ca_pin).await;
     let err = agent::enroll(&trust, &agent.endpoint, &expected(), T)
         .await
@@ -139,7 +145,10 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
     assert!(matches!(err, TrustError::UnknownToken { .. }), "{err}");
 
     // The right id with another secret.
-    let (good, _) = trust.tokens().create(Duration::from_secs(600)).unwrap();
+    let (good, _) = trust
+        .tokens()
+        .create(Duration::from_secs(600), TokenUses::Once)
+        .unwrap();
     let forged = format!("{}.zzzzzzzzzzzzzzzz", good.id);
     let impostor = agent_with(&forged, &report.agent_ca_pin).await;
     let err = agent::enroll(&trust, &impostor.endpoint, &expected(), T)
@@ -171,11 +180,102 @@ async fn expired_unknown_and_wrong_tokens_are_refused() {
 }
 
 #[tokio::test]
+async fn a_token_enrolls_one_host_and_the_state_dir_keeps_no_secret() {
+    let state = tempfile::tempdir().unwrap();
+    let report = trust::init(state.path(), InitOptions::default()).unwrap();
+    let trust = Trust::load(state.path()).unwrap();
+    let (token, _) = trust
+        .tokens()
+        .create(Duration::from_secs(600), TokenUses::Once)
+        .unwrap();
+    let secret = token.expose().split_once('.').unwrap().1.to_string();
+    let first = agent_with(&token.expose(), &report.agent_ca_pin).await;
+    agent::enroll(&trust, &first.endpoint, &expected(), T)
+        .await
+        .unwrap();
+
+    // A second machine configured with the same token is refused, saying who used it.
+    let second = agent_with(&token.expose(), &report.agent_ca_pin).await;
+    let etcd2 = ExpectedAgent {
+        hostname: "etcd2".into(),
+        ..expected()
+    };
+    let err = agent::enroll(&trust, &second.endpoint, &etcd2, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TrustError::TokenUsed { done: true, .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&token.id) && text.contains("was used by host etcd1"),
+        "{text}"
+    );
+    // ... and stays unenrolled.
+    assert!(
+        agent::connect(&trust, &second.endpoint, T)
+            .await
+            .map(|_| ())
+            .is_err()
+            || agent::connect(&trust, &second.endpoint, T)
+                .await
+                .unwrap()
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+                .is_err()
+    );
+
+    // Nothing in the state dir holds the secret, in clear or as a MAC key.
+    for entry in walk(state.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&secret),
+            "{} holds the token's secret",
+            entry.display()
+        );
+    }
+    let listed = trust.tokens().list().unwrap();
+    assert_eq!(listed[0].state(), "used");
+    assert_eq!(listed[0].used_by[0].host, "etcd1");
+
+    // A reusable token, made on purpose, enrolls both.
+    let (many, _) = trust
+        .tokens()
+        .create(Duration::from_secs(600), TokenUses::Many)
+        .unwrap();
+    for host in ["etcd3", "etcd4"] {
+        let a = agent_with(&many.expose(), &report.agent_ca_pin).await;
+        let e = ExpectedAgent {
+            hostname: host.into(),
+            ..expected()
+        };
+        agent::enroll(&trust, &a.endpoint, &e, T).await.unwrap();
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
 async fn names_outside_what_is_expected_are_not_signed() {
     let state = tempfile::tempdir().unwrap();
     let report = trust::init(state.path(), InitOptions::default()).unwrap();
     let trust = Trust::load(state.path()).unwrap();
-    let (token, _) = trust.tokens().create(Duration::from_secs(600)).unwrap();
+    let (token, _) = trust
+        .tokens()
+        .create(Duration::from_secs(600), TokenUses::Once)
+        .unwrap();
     let agent = agent_with(&token.expose(), &report.agent_ca_pin).await;
     // The coordinator expects etcd1 at 127.0.0.1 but the agent is asked (by a confused or
     // hostile coordinator config) for another name: the CSR carries it and signing refuses.

@@ -136,7 +136,10 @@ impl World {
         let (token, _) = self
             .trust
             .tokens()
-            .create(Duration::from_secs(600))
+            .create(
+                Duration::from_secs(600),
+                haop_coordinator::trust::TokenUses::Once,
+            )
             .unwrap();
         let pin = self.pin.clone();
         let host = self.host_mut(name);

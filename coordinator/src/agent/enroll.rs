@@ -1,7 +1,8 @@
 //! Enrollment: how an agent that was installed with a bootstrap token gets its identity.
 //!
-//! Both sides prove themselves (the agent answers a challenge with an HMAC of the token over
-//! both nonces and its CSR; the coordinator answers with a certificate from the CA the agent has
+//! Both sides prove themselves (the agent answers a challenge with a signature, by the key its
+//! token derives, over both nonces and its CSR, which the coordinator checks with the token's
+//! verifier; the token is then spent on that host; the coordinator answers with a certificate from the CA the agent has
 //! pinned), and the agent's key never leaves the host. It lives with the connections because it
 //! is the first conversation with an agent; the CA material comes from [`Trust`].
 
@@ -102,18 +103,30 @@ pub async fn enroll(
         }
         Err(s) => return Err(rpc("challenge")(s)),
     };
-    let token = trust.tokens().get(&challenge.token_id)?;
-    if !token.verify(
+    let tokens = trust.tokens();
+    let host = expected.hostname.as_str();
+    let verifier = tokens.verifier_for(&challenge.token_id, host)?;
+    #[allow(deprecated)]
+    let old_agent = challenge.token_signature.is_empty() && !challenge.token_proof.is_empty();
+    if old_agent {
+        return Err(TrustError::OldAgent {
+            endpoint: endpoint.to_string(),
+        });
+    }
+    if !verifier.verify(
         &nonce,
         &challenge.agent_nonce,
         &challenge.csr_pem,
-        &challenge.token_proof,
+        &challenge.token_signature,
     ) {
         return Err(TrustError::WrongToken {
             endpoint: endpoint.to_string(),
             id: challenge.token_id,
         });
     }
+    // Claimed before the certificate goes out: a second host presenting the same token is
+    // refused from here on, even if this enrollment is interrupted.
+    tokens.claim(&verifier.id, host)?;
     let cert_pem = trust.agent_ca.sign_csr(
         &challenge.csr_pem,
         &SigningRequest {
@@ -132,6 +145,9 @@ pub async fn enroll(
         })
         .await
         .map_err(rpc("complete"))?;
-    info!(endpoint = %endpoint, host = %expected.hostname, token = %token.id, "agent enrolled");
-    Ok(Enrolled::Now { token_id: token.id })
+    tokens.mark_used(&verifier.id, host)?;
+    info!(endpoint = %endpoint, host, token = %verifier.id, "agent enrolled");
+    Ok(Enrolled::Now {
+        token_id: verifier.id,
+    })
 }

@@ -228,10 +228,12 @@ impl Lab {
         let state_dir = self.state_dir();
         let report = crate::trust::init(&state_dir, crate::trust::InitOptions::default())?;
         let trust = std::sync::Arc::new(crate::trust::Trust::load(&state_dir)?);
-        let (token, _) = trust
-            .tokens()
-            .create(std::time::Duration::from_secs(3600))?;
+        // One single-use token per host, as an operator would make them.
         for host in &self.record.hosts {
+            let (token, _) = trust.tokens().create(
+                std::time::Duration::from_secs(3600),
+                crate::trust::TokenUses::Once,
+            )?;
             agents::write_agent_config(host, &token, &report.agent_ca_pin)?;
         }
         let mut started = Vec::new();

@@ -5,20 +5,18 @@
 //! certificate. These are the only private keys in the state dir; every host key is born on its
 //! host (see [`crate::pki`]).
 //!
-//! Agents join with a bootstrap token: `haop token create` stores `ID.SECRET` with an expiry in
-//! `<state-dir>/tokens.json` (0600) and prints it with the agent CA's pin.
-//! [`crate::agent::enroll`] then runs the agent's two-step enrollment: it checks the agent's HMAC
-//! proof of the token (and that the token has not expired), checks the names of the agent's CSR
+//! Agents join with a bootstrap token: `haop token create` prints `ID.SECRET` with the agent CA's
+//! pin and keeps only the token's verifier, expiry and uses ([`tokens`]).
+//! [`crate::agent::enroll`] then runs the agent's two-step enrollment: it checks the agent's
+//! signature with the token's verifier (and that the token is neither expired nor spent on
+//! another host), checks the names of the agent's CSR
 //! against what it expects for that host, signs it with the agent CA and hands the certificate
 //! back; the agent checks it against its pin. After that every call goes over mTLS
 //! ([`Trust::client_tls`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use haop_proto::enroll::Token;
-use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing::info;
 
@@ -30,7 +28,9 @@ use crate::pki::{
 /// File names under `<state-dir>/pki/`.
 pub const ADMIN_CERT: &str = "haop-admin";
 pub const ETCD_CLIENT_CERT: &str = "etcd-client";
-const TOKENS_FILE: &str = "tokens.json";
+
+mod tokens;
+pub use tokens::{TokenInfo, TokenStore, TokenUse, TokenUses};
 
 /// Errors of trust operations; each says which file, token or host.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +60,25 @@ pub enum TrustError {
     UnknownToken { id: String },
     #[error("bootstrap token {id} expired at {expired}; create a new one with haop token create")]
     ExpiredToken { id: String, expired: String },
+    #[error(
+        "bootstrap token {id} {} host {host} at {at}; a token enrolls one host (create one per \
+         host with haop token create, or one for many with --reusable)",
+        if *done { "was used by" } else { "is being used to enroll" }
+    )]
+    TokenUsed {
+        id: String,
+        host: String,
+        at: String,
+        done: bool,
+    },
     #[error("agent at {endpoint} failed the token proof for {id}: it holds a different secret (wrong token)")]
     WrongToken { endpoint: String, id: String },
+    #[error(
+        "agent at {endpoint} proves its token the old way (an HMAC, which haop can only check by \
+         keeping the secret); upgrade haop-agent on that host to {} or later",
+        env!("CARGO_PKG_VERSION")
+    )]
+    OldAgent { endpoint: String },
     #[error("enrolling the agent at {endpoint}: {step}")]
     Rpc {
         endpoint: String,
@@ -215,105 +232,6 @@ impl Trust {
 
     pub fn tokens(&self) -> TokenStore {
         TokenStore::new(&self.state_dir)
-    }
-}
-
-/// A stored token: its secret and when it stops working.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredToken {
-    token: String,
-    expires_unix: i64,
-}
-
-/// Bootstrap tokens in `<state-dir>/tokens.json` (0600).
-#[derive(Debug, Clone)]
-pub struct TokenStore {
-    path: PathBuf,
-}
-
-/// A token as listed (without its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub expires_unix: i64,
-    pub expired: bool,
-}
-
-impl TokenStore {
-    pub fn new(state_dir: &Path) -> Self {
-        TokenStore {
-            path: state_dir.join(TOKENS_FILE),
-        }
-    }
-
-    fn load(&self) -> Result<BTreeMap<String, StoredToken>, TrustError> {
-        match std::fs::read(&self.path) {
-            Ok(d) => serde_json::from_slice(&d).map_err(|source| TrustError::Corrupt {
-                path: self.path.clone(),
-                source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(io("read", &self.path)(e)),
-        }
-    }
-
-    fn save(&self, all: &BTreeMap<String, StoredToken>) -> Result<(), TrustError> {
-        let data = serde_json::to_vec_pretty(all).expect("tokens serialize");
-        crate::fsio::write_private(&self.path, &data).map_err(TrustError::from)
-    }
-
-    /// Creates a token valid for `ttl`; drops tokens that expired long ago.
-    pub fn create(&self, ttl: Duration) -> Result<(Token, i64), TrustError> {
-        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        let mut raw = [0u8; 22];
-        getrandom::fill(&mut raw).map_err(|_| TrustError::Random)?;
-        let chars: String = raw
-            .iter()
-            .map(|b| alphabet[(*b as usize) % alphabet.len()] as char)
-            .collect();
-        let token = Token::parse(&format!("{}.{}", &chars[..6], &chars[6..]))
-            .expect("generated tokens have the right shape");
-        let now = now_unix();
-        let expires = now + ttl.as_secs() as i64;
-        let mut all = self.load()?;
-        all.retain(|_, t| t.expires_unix > now - 7 * 24 * 3600);
-        all.insert(
-            token.id.clone(),
-            StoredToken {
-                token: token.expose(),
-                expires_unix: expires,
-            },
-        );
-        self.save(&all)?;
-        Ok((token, expires))
-    }
-
-    /// The valid token `id`: unknown and expired tokens are refused with their reason.
-    pub fn get(&self, id: &str) -> Result<Token, TrustError> {
-        let all = self.load()?;
-        let stored = all
-            .get(id)
-            .ok_or_else(|| TrustError::UnknownToken { id: id.into() })?;
-        if stored.expires_unix <= now_unix() {
-            return Err(TrustError::ExpiredToken {
-                id: id.into(),
-                expired: format_unix(stored.expires_unix),
-            });
-        }
-        Token::parse(&stored.token).map_err(|_| TrustError::UnknownToken { id: id.into() })
-    }
-
-    pub fn list(&self) -> Result<Vec<TokenInfo>, TrustError> {
-        let now = now_unix();
-        Ok(self
-            .load()?
-            .into_iter()
-            .map(|(id, t)| TokenInfo {
-                id,
-                expires_unix: t.expires_unix,
-                expired: t.expires_unix <= now,
-            })
-            .collect())
     }
 }
 
