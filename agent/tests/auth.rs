@@ -68,6 +68,105 @@ async fn refuses_callers_without_a_valid_certificate_from_the_agent_ca() {
 }
 
 #[tokio::test]
+async fn a_revoked_certificate_is_refused_from_the_next_call_and_lists_only_move_forward() {
+    let mut a = TestAgent::start().await;
+    let reader = a.ca.client("monitoring", Some("haop:reader"));
+    let other_reader = a.ca.client("dashboards", Some("haop:reader"));
+    assert!(facts_with(&a, Some(&reader), &a.ca.cert_pem).await.is_ok());
+    let facts = a.client.get_facts(pb::GetFactsRequest {}).await.unwrap();
+    assert_eq!(facts.into_inner().revocation_generation, 0);
+
+    // Only an admin may install a list.
+    let mut as_reader = connect(a.addr, &a.ca.cert_pem, Some(&reader))
+        .await
+        .unwrap();
+    let err = as_reader
+        .install_revocations(pb::InstallRevocationsRequest {
+            crl_pem: a.ca.crl(&[&reader], 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+
+    // The admin installs list 2 revoking the reader: the reader's very next call, on the
+    // connection it already had, is refused; another reader is not.
+    let r = a
+        .client
+        .install_revocations(pb::InstallRevocationsRequest {
+            crl_pem: a.ca.crl(&[&reader], 2),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.generation, r.changed, r.revoked), (2, true, 1));
+    let err = as_reader
+        .get_facts(pb::GetFactsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert!(
+        err.message().contains("revoked") && err.message().contains("monitoring"),
+        "{}",
+        err.message()
+    );
+    assert!(facts_with(&a, Some(&other_reader), &a.ca.cert_pem)
+        .await
+        .is_ok());
+    let facts = a.client.get_facts(pb::GetFactsRequest {}).await.unwrap();
+    assert_eq!(facts.into_inner().revocation_generation, 2);
+
+    // The same list again changes nothing; an older one is refused and cannot un-revoke.
+    let same = a
+        .client
+        .install_revocations(pb::InstallRevocationsRequest {
+            crl_pem: a.ca.crl(&[&reader], 2),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!same.changed);
+    let err = a
+        .client
+        .install_revocations(pb::InstallRevocationsRequest {
+            crl_pem: a.ca.crl(&[], 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("older"), "{}", err.message());
+    // A list signed by another CA is refused.
+    let stranger = TestCa::new("someone else's CA");
+    let err = a
+        .client
+        .install_revocations(pb::InstallRevocationsRequest {
+            crl_pem: stranger.crl(&[], 9),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    // Garbage is refused as such.
+    let err = a
+        .client
+        .install_revocations(pb::InstallRevocationsRequest {
+            crl_pem: "not a crl".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(facts_with(&a, Some(&reader), &a.ca.cert_pem).await.is_err());
+
+    // What is enforced is on disk: an agent started again loads it.
+    let pki = a.real("/var/lib/haop-agent/pki");
+    let loaded = haop_agent::revocation::Revocations::load(&pki);
+    assert_eq!(loaded.generation(), 2);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(reader.cert_pem.as_bytes()).unwrap();
+    assert_eq!(
+        loaded.revoked_by(pem.parse_x509().unwrap().raw_serial()),
+        Some(2)
+    );
+}
+
+#[tokio::test]
 async fn reader_may_read_but_not_change() {
     let a = TestAgent::start().await;
     let reader = a.ca.client("monitoring", Some("haop:reader"));

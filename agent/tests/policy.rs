@@ -463,6 +463,14 @@ async fn call_every_rpc(c: &mut Client) -> Vec<(&'static str, Result<(), Status>
             .map(drop),
         ),
         ("WhoAmI", c.who_am_i(pb::WhoAmIRequest {}).await.map(drop)),
+        (
+            "InstallRevocations",
+            c.install_revocations(pb::InstallRevocationsRequest {
+                crl_pem: "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n".into(),
+            })
+            .await
+            .map(drop),
+        ),
     ]
 }
 

@@ -4,6 +4,7 @@ mod agent;
 mod certs;
 mod docs;
 mod etcd;
+mod identity;
 mod lab;
 mod output;
 mod progress;
@@ -57,6 +58,10 @@ enum Command {
     /// Bootstrap tokens that agents enroll with.
     #[command(subcommand)]
     Token(trust::TokenCommand),
+    /// Certificates for people and jobs (a reader for monitoring, a short-lived admin, an etcd
+    /// client for backups): issue, list, revoke.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
     /// Hosts on this machine, one network namespace each, to try haop and to rehearse repairs.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Init(args) => trust::init(&cli.state_dir, args),
             Command::Token(cmd) => trust::token(&cli.state_dir, cmd),
+            Command::Identity(cmd) => identity::run(&cli.state_dir, cmd).await,
             Command::Plan(args) => runbook::plan(&cli.state_dir, args).await,
             Command::Apply(args) => runbook::apply(&cli.state_dir, args).await,
             Command::Etcd(cmd) => etcd::run(&cli.state_dir, cmd).await,

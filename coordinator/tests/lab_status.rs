@@ -13,10 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use haop_coordinator::lab::{LabGuard, LabSpec};
-use haop_coordinator::pki::{
-    CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest, AGENT_CA,
-    ROLE_READER,
-};
 use serde_json::Value;
 
 fn member<'a>(json: &'a Value, name: &str) -> &'a Value {
@@ -152,28 +148,38 @@ async fn status_reports_health_vip_crashes_and_dead_agents() {
     );
     assert!(!text.contains('\x1b'), "no colour into a pipe");
 
-    // A haop:reader certificate is enough.
+    // A haop:reader certificate issued by `haop identity issue` is enough for the whole report.
     let reader_dir = st.join("reader");
-    std::fs::create_dir_all(&reader_dir).unwrap();
-    let ca = CertificateAuthority::load(&haop_coordinator::trust::pki_dir(st), AGENT_CA).unwrap();
-    ca.issue_local(
-        &reader_dir,
-        "reader",
-        KeyAlgorithm::EcdsaP256,
-        &SigningRequest {
-            profile: Profile::Client,
-            lifetime: Duration::from_secs(3600),
-            expected: ExpectedNames::none(),
-            organization: Some(ROLE_READER.to_string()),
-            common_name: "monitoring".to_string(),
-        },
-    )
-    .unwrap();
-    let cert = reader_dir.join("reader.crt").display().to_string();
-    let key = reader_dir.join("reader.key").display().to_string();
+    let issued = haop(
+        st,
+        &[
+            "identity",
+            "issue",
+            "monitoring",
+            "--role",
+            "reader",
+            "--out",
+            &reader_dir.display().to_string(),
+        ],
+    );
+    assert!(issued.status.success(), "{}", common::text(&issued));
+    let cert = reader_dir.join("monitoring.crt").display().to_string();
+    let key = reader_dir.join("monitoring.key").display().to_string();
     let r = status(st, &inv, &["--cert", &cert, "--key", &key]);
     assert_eq!(r.code, 0, "{:#}", r.json);
     assert_eq!(r.json["vip"]["holder"], "master1");
+    // The whole report: every host answered, every member and every certificate is in it.
+    assert!(
+        r.json["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["reachable"] == true),
+        "{:#}",
+        r.json
+    );
+    assert_eq!(r.json["etcd"]["healthy_members"], 3, "{:#}", r.json);
+    assert!(!r.json["certificates"].as_array().unwrap().is_empty());
 
     // keepalived stops on master1: the VIP is reported on master2; keepalived down degrades.
     keepalived(st, &name, "master1", "stop");

@@ -406,6 +406,7 @@ async fn file_steps_change_once_then_check_and_run_unchanged() {
         [
             "file /etc/hosts (haop's block)",
             "binary /usr/local/bin/etcd (uploaded)",
+            "file /etc/kubernetes/pki/etcd/client-crl.pem",
             "file /etc/etcd.env",
             "file /etc/etcd.bootstrap.env (when missing)",
             "file /etc/etcd.bootstrap.env (sealed)",
@@ -423,11 +424,11 @@ async fn file_steps_change_once_then_check_and_run_unchanged() {
 
     // First run: everything changes.
     let first = changed(run_in_order(&steps, &c, &rb.ctx).await, &steps);
-    assert_eq!(first, [true; 5]);
+    assert_eq!(first, [true; 6]);
     // Second run: nothing does, and the plan agrees.
     let second = changed(run_in_order(&steps, &c, &rb.ctx).await, &steps);
-    assert_eq!(second, [false; 5]);
-    assert_eq!(checks(&steps, &c, &rb.ctx).await, unchanged(5));
+    assert_eq!(second, [false; 6]);
+    assert_eq!(checks(&steps, &c, &rb.ctx).await, unchanged(6));
 
     // What is on the host: the block merged (other lines kept), the binary, the env file with
     // its mode, the bootstrap file sealed (the when-missing content never replaced it again).
@@ -443,9 +444,15 @@ async fn file_steps_change_once_then_check_and_run_unchanged() {
     let binary = world.real("etcd1", "/usr/local/bin/etcd");
     assert_eq!(std::fs::read(&binary).unwrap(), ETCD_BINARY);
     assert_eq!(mode(&binary), 0o755);
+    // The etcd CA's revocation list, world-readable (etcd reads it as its own user).
+    let crl = world.real("etcd1", "/etc/kubernetes/pki/etcd/client-crl.pem");
+    assert!(std::fs::read_to_string(&crl)
+        .unwrap()
+        .starts_with("-----BEGIN X509 CRL-----"));
+    assert_eq!(mode(&crl), 0o644);
     let env = world.real("etcd1", "/etc/etcd.env");
-    let Action::File(FileAction::Content { content, .. }) = &steps[2].action else {
-        panic!("{:?}", steps[2].action);
+    let Action::File(FileAction::Content { content, .. }) = &steps[3].action else {
+        panic!("{:?}", steps[3].action);
     };
     assert_eq!(&std::fs::read(&env).unwrap(), content);
     assert_eq!(mode(&env), 0o640);
@@ -458,12 +465,12 @@ async fn file_steps_change_once_then_check_and_run_unchanged() {
 
     // A file changed by hand on the host is a diff in the plan and is put back by a run.
     std::fs::write(&env, "ETCD_NAME=someone-else\n").unwrap();
-    let Change::Update { diff, .. } = exec::check(&steps[2], Some(&c), &rb.ctx).await.unwrap()
+    let Change::Update { diff, .. } = exec::check(&steps[3], Some(&c), &rb.ctx).await.unwrap()
     else {
         panic!("expected an update");
     };
     assert!(diff.contains("-ETCD_NAME=someone-else"), "{diff}");
-    assert!(run1(&steps[2], &c, &rb.ctx).await.unwrap());
+    assert!(run1(&steps[3], &c, &rb.ctx).await.unwrap());
     assert_eq!(&std::fs::read(&env).unwrap(), content);
     world.shutdown().await;
 }
@@ -479,9 +486,9 @@ async fn a_refused_file_write_stops_the_host_and_the_rerun_converges() {
     std::fs::create_dir_all(env.join("in-the-way")).unwrap();
 
     let results = run_in_order(&steps, &c, &rb.ctx).await;
-    assert_eq!(results.len(), 3, "the failure stops the host's later steps");
-    assert!(matches!(results[0], Ok(true)) && matches!(results[1], Ok(true)));
-    match &results[2] {
+    assert_eq!(results.len(), 4, "the failure stops the host's later steps");
+    assert!(results[..3].iter().all(|r| matches!(r, Ok(true))));
+    match &results[3] {
         Err(StepError::File(FileError::Agent(e))) if is_refusal(e) => {
             assert_eq!(e.host(), "etcd1");
         }
@@ -492,10 +499,10 @@ async fn a_refused_file_write_stops_the_host_and_the_rerun_converges() {
     // The cause fixed, the same steps run again: what was done is unchanged, the rest is done.
     std::fs::remove_dir_all(&env).unwrap();
     let rerun = changed(run_in_order(&steps, &c, &rb.ctx).await, &steps);
-    assert_eq!(rerun, [false, false, true, true, true]);
+    assert_eq!(rerun, [false, false, false, true, true, true]);
     let again = changed(run_in_order(&steps, &c, &rb.ctx).await, &steps);
-    assert_eq!(again, [false; 5]);
-    assert_eq!(checks(&steps, &c, &rb.ctx).await, unchanged(5));
+    assert_eq!(again, [false; 6]);
+    assert_eq!(checks(&steps, &c, &rb.ctx).await, unchanged(6));
     world.shutdown().await;
 }
 
@@ -527,8 +534,8 @@ async fn file_steps_resume_after_the_agent_went_away_between_two_steps() {
     world.start("etcd1").await;
     let c = world.agent("etcd1").await;
     let rerun = changed(run_in_order(&steps, &c, &rb.ctx).await, &steps);
-    assert_eq!(rerun, [false, false, true, true, true]);
-    assert_eq!(checks(&steps, &c, &rb.ctx).await, unchanged(5));
+    assert_eq!(rerun, [false, false, true, true, true, true]);
+    assert_eq!(checks(&steps, &c, &rb.ctx).await, unchanged(6));
     world.shutdown().await;
 }
 

@@ -250,6 +250,33 @@ impl TestCa {
         csr.signed_by(&self.issuer).unwrap().pem()
     }
 
+    /// A CRL numbered `number` revoking the given certificates, signed by this CA.
+    pub fn crl(&self, revoked: &[&Leaf], number: u64) -> String {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + Duration::days(1),
+            crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|leaf| {
+                    let (_, pem) =
+                        x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+                    let cert = pem.parse_x509().unwrap();
+                    rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                        revocation_time: now - Duration::minutes(1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    }
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+    }
+
     /// `sha256:<hex>` of the CA's public key, as `haop token create` prints it.
     pub fn pin(&self) -> String {
         let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes()).unwrap();

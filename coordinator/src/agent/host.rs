@@ -75,6 +75,20 @@ impl HostAgent {
         .await
     }
 
+    /// Installs the agent CA's revocation list; answers the generation the agent enforces and
+    /// whether it changed.
+    pub async fn install_revocations(
+        &self,
+        crl_pem: &str,
+    ) -> Result<pb::InstallRevocationsResponse, AgentError> {
+        let crl_pem = crl_pem.to_string();
+        self.call("InstallRevocations", |mut c| async move {
+            c.install_revocations(pb::InstallRevocationsRequest { crl_pem })
+                .await
+        })
+        .await
+    }
+
     /// The host's facts (OS, addresses, swap, free space, service manager...).
     pub async fn facts(&self) -> Result<pb::Facts, AgentError> {
         self.call("GetFacts", |mut c| async move {

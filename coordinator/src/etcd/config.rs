@@ -29,6 +29,11 @@ pub const SEALED_BOOTSTRAP_ENV: &str =
 ETCD_INITIAL_CLUSTER=haop-sealed=https://127.0.0.1:1\n\
 ETCD_INITIAL_CLUSTER_STATE=existing\n";
 pub const UNIT_NAME: &str = "etcd.service";
+/// The etcd CA's revocation list, in [`PKI_DIR`]: etcd checks every new client connection
+/// against it (`ETCD_CLIENT_CRL_FILE`, re-read at each handshake), so `haop identity revoke
+/// --etcd` takes effect without a restart. It must exist: etcd refuses every client when the
+/// file is missing, so apply writes it before etcd.env names it.
+pub const CLIENT_CRL: &str = "client-crl.pem";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/etcd";
 
 /// One member of the cluster.
@@ -109,6 +114,7 @@ impl MemberConfig {
             ("ETCD_KEY_FILE", self.cert("server.key")),
             ("ETCD_TRUSTED_CA_FILE", self.cert("ca.crt")),
             ("ETCD_CLIENT_CERT_AUTH", "true".into()),
+            ("ETCD_CLIENT_CRL_FILE", self.cert(CLIENT_CRL)),
             ("ETCD_PEER_CERT_FILE", self.cert("peer.crt")),
             ("ETCD_PEER_KEY_FILE", self.cert("peer.key")),
             ("ETCD_PEER_TRUSTED_CA_FILE", self.cert("ca.crt")),

@@ -285,6 +285,38 @@ impl CertificateAuthority {
         })
     }
 
+    /// A certificate revocation list numbered `number`, listing `revoked` (serial bytes and when
+    /// each was revoked), signed by this CA, in PEM. It is valid until the CA expires: haop
+    /// issues a new one whenever the list changes, and agents order lists by their number.
+    pub fn revocation_list(
+        &self,
+        revoked: &[(Vec<u8>, OffsetDateTime)],
+        number: u64,
+    ) -> Result<String, PkiError> {
+        let now = now();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: self.not_after.max(now + time::Duration::days(1)),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: at.replace_nanosecond(0).unwrap_or(*at),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|source| self.signing_error("the revocation list", source))?;
+        crl.pem()
+            .map_err(|source| self.signing_error("the revocation list", source))
+    }
+
     fn leaf_params(
         &self,
         req: &SigningRequest,

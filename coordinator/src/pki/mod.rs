@@ -410,7 +410,7 @@ pub fn parse_lifetime(s: &str) -> Result<Duration, PkiError> {
     Ok(lifetime)
 }
 
-pub(crate) fn check_lifetime(lifetime: Duration) -> Result<(), &'static str> {
+pub fn check_lifetime(lifetime: Duration) -> Result<(), &'static str> {
     if lifetime < Duration::from_secs(60) {
         return Err("shorter than a minute");
     }

@@ -63,6 +63,8 @@ pub enum RunbookError {
     },
     #[error(transparent)]
     Write(#[from] crate::fsio::FsioError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// The state dir's VRRP password for `cluster` (8 characters: keepalived uses no more),
@@ -109,6 +111,12 @@ impl Runbook {
         let etcd_ca = CertificateAuthority::load(&pki_dir(state_dir), ETCD_CA)?;
         let context = Context {
             vrrp_password: vrrp_password(state_dir, inventory.cluster.as_str())?,
+            etcd_client_crl: crate::identity::crl::current(
+                state_dir,
+                crate::identity::Channel::Etcd,
+                &etcd_ca,
+            )?
+            .1,
         };
         let steps = plan::desired(&inventory, &context)?;
         let lifetime = inventory.pki.lifetime.duration();
@@ -222,6 +230,22 @@ pub async fn apply(
     let start = Instant::now();
     let (clients, errors) = rb.connect_all(timeout).await;
     let mut problems: Vec<String> = errors.iter().map(|e| crate::error_chain(e)).collect();
+    // Agents that missed a revocation (cut off when it was made) get the list now, before
+    // anything else is asked of them.
+    if let Some((generation, pem)) = crate::identity::crl::agent_list(&rb.ctx.state_dir)? {
+        for (host, c) in &clients {
+            match c.install_revocations(&pem).await {
+                Ok(r) if r.changed => {
+                    tracing::info!(host = %host, generation, "revocation list installed")
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!(
+                    "{host}: the revocation list {generation}: {}",
+                    crate::error_chain(&e)
+                )),
+            }
+        }
+    }
     problems.extend(preflight::check(&rb.inventory, &rb.ctx.state_dir, &clients).await);
     if !problems.is_empty() {
         return Err(RunbookError::Preflight(problems));

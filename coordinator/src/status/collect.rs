@@ -49,6 +49,9 @@ struct HostProbe {
     sysctls: Option<MaybeFile>,
     /// Moved-aside etcd data dirs (count, bytes), on etcd hosts that answered.
     moved_aside: Option<(u32, u64)>,
+    /// The revocation list this run installed on the agent, when it lagged: the generation it
+    /// holds now, or why it did not take it.
+    pushed: Option<Result<u64, String>>,
 }
 
 /// What one etcd endpoint answered.
@@ -66,6 +69,18 @@ pub async fn collect(
     options: &StatusOptions,
 ) -> Result<StatusReport, StatusError> {
     let tls = client_tls(state_dir, options.identity.as_ref())?;
+    // The state dir's revocation list, pushed to agents that lag when status runs as haop's
+    // admin (a reader may not install it, and need not read it).
+    let revocations = crate::identity::IdentityStore::new(state_dir)
+        .generation(crate::identity::Channel::Agent)
+        .ok();
+    let crl = match (&options.identity, revocations) {
+        (None, Some(g)) if g > 0 => crate::identity::crl::agent_list(state_dir)
+            .ok()
+            .flatten()
+            .map(std::sync::Arc::new),
+        _ => None,
+    };
     let timeout = options.timeout;
     let started = Instant::now();
     let now = OffsetDateTime::now_utc();
@@ -81,8 +96,9 @@ pub async fn collect(
             cert_paths.extend(kubeadm_cert_paths());
         }
         let node = h.has_role(Role::Master) || h.has_role(Role::Worker);
+        let crl = crl.clone();
         hosts_set.spawn(async move {
-            let p = probe_host(tls, agent, units, cert_paths, node, timeout, deadline).await;
+            let p = probe_host(tls, agent, units, cert_paths, node, crl, timeout, deadline).await;
             (i, p)
         });
     }
@@ -108,6 +124,7 @@ pub async fn collect(
             .unwrap_or_default(),
         elapsed_ms: 0,
         timeout_ms: timeout.as_millis() as u64,
+        revocation_generation: revocations,
         verdict: super::Verdict {
             health: super::Health::Healthy,
             exit_code: 0,
@@ -177,12 +194,15 @@ fn unix_ms_now() -> i64 {
 }
 
 /// One host: facts, units, certificates and (on nodes) drift; `agent` is (host, endpoint).
+/// With `crl` (generation, PEM), an agent enforcing an older list is given this one.
+#[allow(clippy::too_many_arguments)]
 async fn probe_host(
     tls: ClientTlsConfig,
     (host, endpoint): (String, String),
     units: Vec<String>,
     cert_paths: Vec<String>,
     node: bool,
+    crl: Option<std::sync::Arc<(u64, String)>>,
     timeout: Duration,
     deadline: Instant,
 ) -> HostProbe {
@@ -193,6 +213,7 @@ async fn probe_host(
         modules: None,
         sysctls: None,
         moved_aside: None,
+        pushed: None,
     };
     let client = match connect_agent(tls, &host, &endpoint, timeout, deadline).await {
         Ok(c) => c,
@@ -265,7 +286,21 @@ async fn probe_host(
         tokio::time::timeout_at(deadline, moved_aside),
     );
     let moved_aside = moved_aside.ok().flatten();
-    let facts = facts.unwrap_or_else(|_| Err(format!("GetFacts: {LATE}")));
+    let mut facts = facts.unwrap_or_else(|_| Err(format!("GetFacts: {LATE}")));
+    let mut pushed = None;
+    if let (Ok((f, _, _)), Some(crl)) = (facts.as_mut(), crl) {
+        if f.revocation_generation < crl.0 {
+            let install = client.install_revocations(&crl.1);
+            pushed = Some(match tokio::time::timeout_at(deadline, install).await {
+                Ok(Ok(r)) => {
+                    f.revocation_generation = r.generation;
+                    Ok(r.generation)
+                }
+                Ok(Err(e)) => Err(rpc_error(&e)),
+                Err(_) => Err(format!("InstallRevocations: {LATE}")),
+            });
+        }
+    }
     let units = unit_states.unwrap_or_else(|_| {
         units
             .iter()
@@ -287,6 +322,7 @@ async fn probe_host(
         modules,
         sysctls,
         moved_aside,
+        pushed,
     }
 }
 
@@ -349,6 +385,9 @@ fn hosts_section(inventory: &Inventory, probes: &[HostProbe]) -> Vec<HostStatus>
                 moved_aside: p
                     .moved_aside
                     .map(|(count, bytes)| super::MovedAside { count, bytes }),
+                revocation_generation: None,
+                revocation_pushed: p.pushed.as_ref().is_some_and(|r| r.is_ok()),
+                revocation_error: p.pushed.as_ref().and_then(|r| r.clone().err()),
             };
             if let Ok((f, skew, latency)) = &p.facts {
                 s.agent_version = Some(f.agent_version.clone());
@@ -356,6 +395,7 @@ fn hosts_section(inventory: &Inventory, probes: &[HostProbe]) -> Vec<HostStatus>
                 s.service_manager = Some(f.service_manager.clone());
                 s.clock_skew_ms = Some(*skew);
                 s.latency_ms = Some(latency.as_millis() as u64);
+                s.revocation_generation = Some(f.revocation_generation);
             }
             s
         })

@@ -90,6 +90,10 @@ pub struct StatusReport {
     pub elapsed_ms: u64,
     /// The per-host timeout it ran with.
     pub timeout_ms: u64,
+    /// The state dir's revocation list for the agent channel (its CRL number; 0: nothing was
+    /// ever revoked), when the state dir could be read. Every agent should enforce it.
+    #[serde(default)]
+    pub revocation_generation: Option<u64>,
     pub verdict: Verdict,
     /// Every problem, worst first.
     pub problems: Vec<Problem>,
@@ -184,6 +188,15 @@ pub struct HostStatus {
     /// their bytes (`etcd.retention.wiped_data_dirs` says how many are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_aside: Option<MovedAside>,
+    /// The revocation list (CRL number) the agent enforces; 0 when none.
+    #[serde(default)]
+    pub revocation_generation: Option<u64>,
+    /// This run installed the state dir's list on the agent (it had missed a revocation).
+    #[serde(default)]
+    pub revocation_pushed: bool,
+    /// Why this run could not install the list.
+    #[serde(default)]
+    pub revocation_error: Option<String>,
 }
 
 /// Moved-aside data dirs on a host.
@@ -417,6 +430,23 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
                 Section::Hosts,
                 Some(&h.name),
                 format!("host {}'s clock is {skew} ms off the coordinator's", h.name),
+            );
+        }
+        let wanted = report.revocation_generation.unwrap_or(0);
+        if let Some(held) = h.revocation_generation.filter(|held| *held < wanted) {
+            push(
+                Degraded,
+                Section::Hosts,
+                Some(&h.name),
+                format!(
+                    "host {}'s agent enforces revocation list {held}, the state dir's is {wanted}: \
+                     an identity revoked since may still call it{}",
+                    h.name,
+                    match &h.revocation_error {
+                        Some(e) => format!(" (installing it failed: {e})"),
+                        None => "; run haop status or haop apply as haop's admin to push it".into(),
+                    }
+                ),
             );
         }
     }

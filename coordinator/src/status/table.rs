@@ -173,11 +173,20 @@ pub fn render(r: &StatusReport, color: bool) -> String {
         "SKEW",
         "ROLES",
         "MOVED ASIDE",
+        "CRL",
     ]);
+    let wanted_crl = r.revocation_generation.unwrap_or(0);
     for h in &r.hosts {
         let skew_bad = h
             .clock_skew_ms
             .is_some_and(|s| s.abs() > super::MAX_CLOCK_SKEW_MS);
+        let crl_behind = h.revocation_generation.is_some_and(|g| g < wanted_crl);
+        let crl = match h.revocation_generation {
+            None => plain("-".to_string()),
+            Some(g) if g < wanted_crl => (format!("{g} < {wanted_crl}"), Style::Warn),
+            Some(g) if h.revocation_pushed => plain(format!("{g} (pushed now)")),
+            Some(g) => plain(g.to_string()),
+        };
         let agent = if h.reachable {
             flag(true, "reachable", "")
         } else {
@@ -187,7 +196,7 @@ pub fn render(r: &StatusReport, color: bool) -> String {
             )
         };
         t.row(
-            !h.reachable || skew_bad,
+            !h.reachable || skew_bad || crl_behind,
             vec![
                 plain(&h.name),
                 agent,
@@ -208,6 +217,7 @@ pub fn render(r: &StatusReport, color: bool) -> String {
                     Some(_) => "none".into(),
                     None => "-".into(),
                 }),
+                crl,
             ],
         );
     }

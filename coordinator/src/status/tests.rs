@@ -49,6 +49,9 @@ fn host(name: &str) -> HostStatus {
             count: 1,
             bytes: 3 * 1024 * 1024,
         }),
+        revocation_generation: Some(2),
+        revocation_pushed: false,
+        revocation_error: None,
     }
 }
 
@@ -59,6 +62,7 @@ fn healthy() -> StatusReport {
         generated_at: "2025-01-01T00:00:00Z".into(),
         elapsed_ms: 5,
         timeout_ms: 2000,
+        revocation_generation: Some(2),
         verdict: Verdict {
             health: Health::Healthy,
             exit_code: 0,
@@ -232,6 +236,38 @@ fn unreachable_host_expiring_cert_skew_and_drift_degrade() {
         detail: "swap active on /dev/sda2".into(),
     });
     assert_eq!(assess(&r).1.exit_code, 1);
+}
+
+#[test]
+fn an_agent_behind_the_state_dirs_revocation_list_degrades_and_is_named() {
+    let mut r = healthy();
+    r.revocation_generation = Some(3);
+    for h in &mut r.hosts {
+        h.revocation_generation = Some(3);
+    }
+    r.hosts[1].revocation_generation = Some(1);
+    r.hosts[2].revocation_error = Some("Unavailable: connection reset".into());
+    r.hosts[2].revocation_generation = Some(2);
+    let r = assessed(r);
+    assert_eq!(r.verdict.health, Health::Degraded);
+    let named: Vec<&str> = r
+        .problems
+        .iter()
+        .filter_map(|p| p.host.as_deref())
+        .collect();
+    assert_eq!(named, ["etcd2", "etcd3"]);
+    assert!(
+        r.problems[0].message.contains("revocation list 1"),
+        "{}",
+        r.problems[0].message
+    );
+    assert!(
+        r.problems[1].message.contains("connection reset"),
+        "{}",
+        r.problems[1].message
+    );
+    let table = crate::status::table::render(&r, false);
+    assert!(table.contains("1 < 3"), "{table}");
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! look like.
 
 use crate::etcd::config::{
-    ClusterState, Member, MemberConfig, BOOTSTRAP_ENV_FILE, ENV_FILE, PKI_DIR, UNIT_NAME,
+    ClusterState, Member, MemberConfig, BOOTSTRAP_ENV_FILE, CLIENT_CRL, ENV_FILE, PKI_DIR,
+    UNIT_NAME,
 };
 use crate::inventory::{EtcdBinary, Host, Inventory, Role};
 use crate::pki::{ExpectedNames, Profile};
@@ -42,6 +43,9 @@ pub enum PlanError {
 pub struct Context {
     /// keepalived's `auth_pass`, generated once per cluster (see `runbook::vrrp_password`).
     pub vrrp_password: String,
+    /// The etcd CA's revocation list (PEM), for every member's `client-crl.pem`
+    /// (see [`crate::identity::crl`]).
+    pub etcd_client_crl: String,
 }
 
 fn member(h: &Host) -> Member {
@@ -158,6 +162,17 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, PlanError> {
     }
     for (index, h) in etcd.iter().enumerate() {
         let cfg = member_config(inv, h);
+        push(
+            &mut steps,
+            Phase::EtcdConfig,
+            h.name.as_str(),
+            format!("file {PKI_DIR}/{CLIENT_CRL}"),
+            Action::File(FileAction::Content {
+                path: format!("{PKI_DIR}/{CLIENT_CRL}"),
+                content: ctx.etcd_client_crl.clone().into_bytes(),
+                mode: 0o644,
+            }),
+        );
         push(
             &mut steps,
             Phase::EtcdConfig,
@@ -379,6 +394,7 @@ mod tests {
     fn context() -> Context {
         Context {
             vrrp_password: "abcd1234".into(),
+            etcd_client_crl: "-----BEGIN X509 CRL-----\n-----END X509 CRL-----\n".into(),
         }
     }
 
@@ -389,7 +405,15 @@ mod tests {
         let count = |p: Phase| steps.iter().filter(|s| s.phase == p).count();
         assert_eq!(count(Phase::Hosts), 5);
         assert_eq!(count(Phase::Certificates), 3 * 2 + 2);
-        assert_eq!(count(Phase::EtcdConfig), 3 * 3);
+        // client-crl.pem, etcd.env, the bootstrap file, the unit; the CRL before etcd.env names it.
+        assert_eq!(count(Phase::EtcdConfig), 3 * 4);
+        let etcd1: Vec<&str> = steps
+            .iter()
+            .filter(|s| s.phase == Phase::EtcdConfig && s.target.is_host("etcd1"))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(etcd1[0].ends_with("client-crl.pem"), "{etcd1:?}");
+        assert!(etcd1[1].ends_with("/etc/etcd.env"), "{etcd1:?}");
         assert_eq!(count(Phase::EtcdStart), 3);
         assert_eq!(count(Phase::EtcdSeal), 3);
         assert_eq!(count(Phase::KubeadmInit), 0, "kubernetes is off");
@@ -427,6 +451,7 @@ mod tests {
     fn a_bad_vrrp_password_is_a_typed_error() {
         let ctx = Context {
             vrrp_password: "far too long for keepalived".into(),
+            ..context()
         };
         let e = desired(&inventory(), &ctx).unwrap_err();
         assert!(matches!(e, PlanError::VrrpPassword(_)), "{e}");
