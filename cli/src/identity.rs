@@ -207,7 +207,8 @@ pub async fn run(state_dir: &Path, cmd: IdentityCommand) -> anyhow::Result<ExitC
                 Channel::Agent => push::to_agents(agents, &host_names(&inv, None), &pem).await,
                 Channel::Etcd => {
                     let hosts = host_names(&inv, Some(Role::Etcd));
-                    push::to_etcd_hosts(agents, &hosts, generation, &pem).await
+                    let path = haop_coordinator::etcd::config::client_crl_path();
+                    push::to_etcd_hosts(agents, &hosts, &path, generation, &pem).await
                 }
             };
             let missed: Vec<&push::Pushed> = pushed.iter().filter(|p| p.error.is_some()).collect();

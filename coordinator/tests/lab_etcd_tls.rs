@@ -136,6 +136,12 @@ async fn tls_etcd_cluster_through_agents() {
         .expect("lab up");
     let trust = Trust::load(state.path()).unwrap();
     let etcd_ca = CertificateAuthority::load(&pki_dir(state.path()), ETCD_CA).unwrap();
+    let (_, crl) = haop_coordinator::identity::crl::current(
+        state.path(),
+        haop_coordinator::identity::Channel::Etcd,
+        &etcd_ca,
+    )
+    .unwrap();
     let members: Vec<Member> = lab
         .hosts()
         .iter()
@@ -194,6 +200,16 @@ async fn tls_etcd_cluster_through_agents() {
             binary: "/usr/bin/etcd".into(),
             extra_flags: vec![],
         };
+        // etcd.env names the etcd CA's revocation list, which must be there (apply writes it
+        // first too): without it etcd refuses every client.
+        c.write_file(pb::WriteFileRequest {
+            path: haop_coordinator::etcd::config::client_crl_path(),
+            content: crl.clone().into_bytes(),
+            mode: 0o644,
+            ..Default::default()
+        })
+        .await
+        .expect("client-crl.pem");
         c.write_file(pb::WriteFileRequest {
             path: "/etc/etcd.env".into(),
             content: cfg.env_file().into_bytes(),

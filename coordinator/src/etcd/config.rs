@@ -34,6 +34,11 @@ pub const UNIT_NAME: &str = "etcd.service";
 /// --etcd` takes effect without a restart. It must exist: etcd refuses every client when the
 /// file is missing, so apply writes it before etcd.env names it.
 pub const CLIENT_CRL: &str = "client-crl.pem";
+
+/// `/etc/kubernetes/pki/etcd/client-crl.pem`.
+pub fn client_crl_path() -> String {
+    format!("{PKI_DIR}/{CLIENT_CRL}")
+}
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/etcd";
 
 /// One member of the cluster.

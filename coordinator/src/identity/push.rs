@@ -9,12 +9,6 @@ use std::sync::Arc;
 
 use crate::agent::Agents;
 use crate::error::short_error;
-use crate::etcd::config::{CLIENT_CRL, PKI_DIR};
-
-/// Where etcd members read the etcd CA's revocation list (`ETCD_CLIENT_CRL_FILE`).
-pub fn etcd_crl_path() -> String {
-    format!("{PKI_DIR}/{CLIENT_CRL}")
-}
 
 /// What one host did with a list.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -60,22 +54,24 @@ pub async fn to_agents(agents: Arc<Agents>, hosts: &[String], crl_pem: &str) -> 
     out.into_iter().map(|(_, p)| p).collect()
 }
 
-/// Writes the etcd CA's list (numbered `generation`) where every etcd member in `hosts` reads
-/// it; etcd checks new client connections against it from then on, without a restart.
+/// Writes the etcd CA's list (numbered `generation`) to `path` on every etcd member in `hosts`
+/// (where `ETCD_CLIENT_CRL_FILE` points: [`crate::etcd::config::client_crl_path`]); etcd checks
+/// new client connections against it from then on, without a restart.
 pub async fn to_etcd_hosts(
     agents: Arc<Agents>,
     hosts: &[String],
+    path: &str,
     generation: u64,
     crl_pem: &str,
 ) -> Vec<Pushed> {
     let mut set = tokio::task::JoinSet::new();
     for (i, host) in hosts.iter().enumerate() {
         let (agents, host, pem) = (agents.clone(), host.clone(), crl_pem.to_string());
+        let path = path.to_string();
         set.spawn(async move {
             let result = async {
                 let a = agents.get(&host).await?;
-                a.write_file(&etcd_crl_path(), pem.into_bytes(), 0o644)
-                    .await
+                a.write_file(&path, pem.into_bytes(), 0o644).await
             }
             .await;
             let pushed = match result {

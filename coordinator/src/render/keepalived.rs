@@ -191,7 +191,8 @@ pub fn keepalived_conf(
         password = password.as_str(),
         vip = vip.address,
     );
-    Ok(RenderedFile::new(CONF_PATH, content, 0o644))
+    // It holds the VRRP password: root (keepalived) only.
+    Ok(RenderedFile::new(CONF_PATH, content, 0o600))
 }
 
 /// `check_apiserver.sh` (mode 0755) for the cluster's VIP: the same on every master.
@@ -325,7 +326,7 @@ vrrp_instance haop_prod {
         let i = inv(3);
         let f = keepalived_conf(&i, i.masters()[0], &pw()).unwrap();
         assert_eq!(f.path, "/etc/keepalived/keepalived.conf");
-        assert_eq!(f.mode, 0o644);
+        assert_eq!(f.mode, 0o600, "it holds the VRRP password");
         assert_eq!(f.content, FIRST);
     }
 

@@ -8,7 +8,7 @@
 //! look like.
 
 use crate::etcd::config::{
-    ClusterState, Member, MemberConfig, BOOTSTRAP_ENV_FILE, CLIENT_CRL, ENV_FILE, PKI_DIR,
+    client_crl_path, ClusterState, Member, MemberConfig, BOOTSTRAP_ENV_FILE, ENV_FILE, PKI_DIR,
     UNIT_NAME,
 };
 use crate::inventory::{EtcdBinary, Host, Inventory, Role};
@@ -166,9 +166,9 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, PlanError> {
             &mut steps,
             Phase::EtcdConfig,
             h.name.as_str(),
-            format!("file {PKI_DIR}/{CLIENT_CRL}"),
+            format!("file {}", client_crl_path()),
             Action::File(FileAction::Content {
-                path: format!("{PKI_DIR}/{CLIENT_CRL}"),
+                path: client_crl_path(),
                 content: ctx.etcd_client_crl.clone().into_bytes(),
                 mode: 0o644,
             }),
