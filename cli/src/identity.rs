@@ -82,7 +82,7 @@ pub enum IdentityCommand {
         /// The identity's name, or its serial (hex, as `haop identity list` shows it).
         identity: String,
         /// The inventory whose hosts get the list.
-        #[arg(short = 'f', long = "inventory")]
+        #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
         /// Only an etcd identity of that name.
         #[arg(long, conflicts_with = "agent")]

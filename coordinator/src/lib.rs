@@ -21,6 +21,7 @@ pub mod error;
 pub mod etcd;
 pub mod failpoint;
 pub mod fsio;
+pub mod https;
 pub mod identity;
 pub mod inventory;
 pub mod lab;

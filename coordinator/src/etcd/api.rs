@@ -756,6 +756,43 @@ impl EtcdClient {
         })
     }
 
+    /// Asks the leader at `leader_endpoint` to hand leadership to member `to` (etcd's
+    /// MoveLeader: the leader campaigns for `to` and steps down); answers when etcd did.
+    pub async fn move_leader(&self, leader_endpoint: &str, to: u64) -> Result<(), EtcdApiError> {
+        self.on(
+            leader_endpoint,
+            "move leader",
+            self.timeout,
+            |mut c| async move { c.move_leader(to).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Whether etcd auth is on, as told by a read of [`HEALTH_KEY`] on `endpoint`: haop's
+    /// client certificate (CN `haop`) is no etcd user, so with auth on etcd answers "permission
+    /// denied". (AuthStatus is not in 3.4; haop creates no etcd users, so a read that passes
+    /// means auth is off.)
+    pub async fn auth_enabled(&self, endpoint: &str) -> Result<bool, EtcdApiError> {
+        match self
+            .on(endpoint, "auth check", self.timeout, |mut c| async move {
+                c.get(HEALTH_KEY, None).await
+            })
+            .await
+        {
+            Ok(_) => Ok(false),
+            Err(EtcdApiError::Rpc {
+                source: etcd_client::Error::GRpcStatus(s),
+                ..
+            }) if s.message().contains("permission denied")
+                || s.message().contains("user name") =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes member `id` (a voter or a learner).
     pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, EtcdApiError> {
         let (endpoint, r) = self

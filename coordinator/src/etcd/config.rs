@@ -35,6 +35,16 @@ pub const UNIT_NAME: &str = "etcd.service";
 /// file is missing, so apply writes it before etcd.env names it.
 pub const CLIENT_CRL: &str = "client-crl.pem";
 
+/// Where an uploaded etcd binary is installed: `/usr/local/bin/etcd-VERSION` when the
+/// inventory says the version, so that an upgrade puts the new binary beside the old one (kept
+/// for a rollback) and the unit names the one it runs; `/usr/local/bin/etcd` otherwise.
+pub fn uploaded_binary_path(version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("/usr/local/bin/etcd-{v}"),
+        None => "/usr/local/bin/etcd".to_string(),
+    }
+}
+
 /// `/etc/kubernetes/pki/etcd/client-crl.pem`.
 pub fn client_crl_path() -> String {
     format!("{PKI_DIR}/{CLIENT_CRL}")

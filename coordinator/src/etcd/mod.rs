@@ -21,6 +21,8 @@
 //! * [`snapshots`]: where snapshots live in the state dir, how many are kept, `snapshot save`.
 //! * [`kube_endpoints`]: the masters' view of the members (kubeadm's etcd endpoints), kept in
 //!   step by add, remove and replace.
+//! * [`versions`]: the releases haop knows and their problems; [`upgrade`]: rolling upgrades
+//!   (and rollbacks) between them, gated.
 
 pub mod api;
 pub mod catchup;
@@ -34,3 +36,5 @@ pub mod recover;
 pub mod restore;
 pub mod scale;
 pub mod snapshots;
+pub mod upgrade;
+pub mod versions;

@@ -1,4 +1,5 @@
-//! Changing one host's roles in the operator's inventory file, keeping everything else.
+//! Changing one host's roles, or the etcd release, in the operator's inventory file, keeping
+//! everything else.
 //!
 //! `haop etcd add|remove|replace` change the cluster's membership, and the inventory must say
 //! so afterwards: otherwise `haop apply` would try to form the removed member again and `haop
@@ -7,7 +8,8 @@
 //! (or removes the host's entry when no role is left), and [`rewrite_roles`] checks the edit by
 //! parsing the new text and comparing it with the old inventory changed in memory. Anything
 //! it cannot edit with certainty is an error naming the file and the host, and the file is not
-//! touched; the write itself is atomic.
+//! touched; the write itself is atomic. `haop etcd upgrade` records the version and binary the
+//! members run the same way ([`rewrite_etcd_release`]), so that apply and plan render what runs.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,15 @@ pub enum EditError {
         host: String,
         why: &'static str,
         roles: String,
+    },
+    #[error(
+        "{path}: {why}; record the etcd release by hand: under `etcd:` set `version: \"{version}\"` \
+         and the `binary:` haop now runs"
+    )]
+    UnsupportedEtcd {
+        path: String,
+        why: &'static str,
+        version: String,
     },
     #[error(transparent)]
     Inventory(#[from] InventoryError),
@@ -386,5 +397,196 @@ etcd:
         let e = rewrite_roles(&path, "nobody", &[]).unwrap_err();
         assert!(e.to_string().contains("nobody"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+}
+
+/// `binary:` as the inventory writes it, indented by `pad`.
+fn binary_lines(binary: &super::EtcdBinary, pad: &str) -> Vec<String> {
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    match binary {
+        super::EtcdBinary::Path(p) => vec![
+            format!("{pad}binary:"),
+            format!("{pad}{pad}path: {}", quote(&p.display().to_string())),
+        ],
+        super::EtcdBinary::Upload { file, sha256 } => vec![
+            format!("{pad}binary:"),
+            format!("{pad}{pad}upload:"),
+            format!(
+                "{pad}{pad}{pad}file: {}",
+                quote(&file.display().to_string())
+            ),
+            format!("{pad}{pad}{pad}sha256: {}", sha256.as_str()),
+        ],
+    }
+}
+
+/// Sets `etcd.version` and `etcd.binary` in the inventory's text, keeping everything else: the
+/// two keys' old lines (and a key's nested lines) are replaced at the top of the `etcd:` block,
+/// which is created at the end when there is none. A flow-style `etcd: {...}` is not edited.
+pub fn set_etcd_release(
+    text: &str,
+    path: &str,
+    version: &str,
+    binary: &super::EtcdBinary,
+) -> Result<String, EditError> {
+    let unsupported = |why| EditError::UnsupportedEtcd {
+        path: path.to_string(),
+        why,
+        version: version.to_string(),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let join = |lines: Vec<String>| {
+        let mut s = lines.join("\n");
+        if text.ends_with('\n') {
+            s.push('\n');
+        }
+        s
+    };
+    let top = |l: &str| !is_blank_or_comment(l) && indent(l) == 0;
+    let Some(start) = lines.iter().position(|l| top(l) && l.starts_with("etcd:")) else {
+        let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        out.push("etcd:".into());
+        out.push(format!("  version: \"{version}\""));
+        out.extend(binary_lines(binary, "  "));
+        return Ok(join(out));
+    };
+    let rest = lines[start]["etcd:".len()..].trim();
+    if !rest.is_empty() && !rest.starts_with('#') {
+        return Err(unsupported("`etcd:` is written in flow style"));
+    }
+    let end = (start + 1..lines.len())
+        .find(|&i| top(lines[i]))
+        .unwrap_or(lines.len());
+    let child = (start + 1..end)
+        .find(|&i| !is_blank_or_comment(lines[i]))
+        .map(|i| indent(lines[i]))
+        .unwrap_or(2);
+    let pad = " ".repeat(child);
+    let mut kept: Vec<String> = Vec::new();
+    let mut skipping = false;
+    for line in &lines[start + 1..end] {
+        if !is_blank_or_comment(line) && indent(line) == child {
+            let key = line.trim_start();
+            skipping = key.starts_with("version:") || key.starts_with("binary:");
+            if skipping {
+                continue;
+            }
+        } else if skipping && (is_blank_or_comment(line) || indent(line) > child) {
+            if is_blank_or_comment(line) {
+                skipping = false;
+                kept.push(line.to_string());
+            }
+            continue;
+        } else if indent(line) < child && !is_blank_or_comment(line) {
+            return Err(unsupported("the `etcd:` block's indentation is irregular"));
+        }
+        kept.push(line.to_string());
+    }
+    let mut out: Vec<String> = lines[..=start].iter().map(|l| l.to_string()).collect();
+    out.push(format!("{pad}version: \"{version}\""));
+    out.extend(binary_lines(binary, &pad));
+    out.extend(kept);
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    Ok(join(out))
+}
+
+/// Records the etcd version and binary a cluster runs in the inventory file at `path`, checked
+/// by parsing the result (nothing else may change); atomic, or not at all.
+pub fn rewrite_etcd_release(
+    path: &Path,
+    version: &str,
+    binary: &super::EtcdBinary,
+) -> Result<(), EditError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (mut expected, _) = Inventory::from_yaml(&text, &shown)?;
+    let parsed_version: super::Version =
+        version.parse().map_err(|_| EditError::UnsupportedEtcd {
+            path: shown.clone(),
+            why: "the version does not parse",
+            version: version.to_string(),
+        })?;
+    expected.etcd.version = Some(parsed_version);
+    expected.etcd.binary = binary.clone();
+    let edited = set_etcd_release(&text, &shown, version, binary)?;
+    match Inventory::from_yaml(&edited, &shown) {
+        Ok((got, _)) if got == expected => {}
+        _ => {
+            return Err(EditError::UnsupportedEtcd {
+                path: shown,
+                why: "the edit did not give the expected inventory",
+                version: version.to_string(),
+            })
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    crate::fsio::write_atomic(path, edited.as_bytes(), mode).map_err(|source| EditError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod etcd_release_tests {
+    use super::*;
+    use crate::inventory::{EtcdBinary, Sha256Hex};
+
+    const HOSTS: &str =
+        "cluster: c\nkubernetes: {enabled: false}\nhosts:\n  - {name: etcd1, address: 10.0.0.11, roles: [etcd]}\n  - {name: etcd2, address: 10.0.0.12, roles: [etcd]}\n  - {name: etcd3, address: 10.0.0.13, roles: [etcd]}\n";
+
+    fn upload() -> EtcdBinary {
+        EtcdBinary::Upload {
+            file: "/srv/etcd-3.5.16/etcd".into(),
+            sha256: Sha256Hex::try_from("ab".repeat(32).as_str()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn replaces_version_and_binary_and_keeps_the_rest() {
+        let text = format!(
+            "{HOSTS}etcd:\n  # the data\n  data_dir: /var/lib/etcd\n  binary:\n    path: /usr/bin/etcd\n  version: \"3.4\"\n  extra_flags: [--quota-backend-bytes=8589934592]\npki: {{lifetime: 8760h}}\n"
+        );
+        let out = set_etcd_release(&text, "inv.yaml", "3.5.16", &upload()).unwrap();
+        let (inv, _) = Inventory::from_yaml(&out, "inv.yaml").unwrap();
+        assert_eq!(inv.etcd.version.unwrap().to_string(), "3.5.16");
+        assert_eq!(inv.etcd.binary, upload());
+        assert!(
+            out.contains("  # the data\n  data_dir: /var/lib/etcd\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("extra_flags: [--quota-backend-bytes=8589934592]"),
+            "{out}"
+        );
+        assert!(out.ends_with("pki: {lifetime: 8760h}\n"), "{out}");
+        assert!(!out.contains("/usr/bin/etcd"), "{out}");
+        // Again: the same text.
+        assert_eq!(
+            set_etcd_release(&out, "inv.yaml", "3.5.16", &upload()).unwrap(),
+            out
+        );
+    }
+
+    #[test]
+    fn adds_the_block_when_there_is_none_and_refuses_flow_style() {
+        let out = set_etcd_release(
+            HOSTS,
+            "inv.yaml",
+            "3.4.23",
+            &EtcdBinary::Path("/usr/bin/etcd".into()),
+        )
+        .unwrap();
+        let (inv, _) = Inventory::from_yaml(&out, "inv.yaml").unwrap();
+        assert_eq!(inv.etcd.version.unwrap().to_string(), "3.4.23");
+        let flow = format!("{HOSTS}etcd: {{data_dir: /var/lib/etcd}}\n");
+        let e = set_etcd_release(&flow, "inv.yaml", "3.5.16", &upload()).unwrap_err();
+        assert!(e.to_string().contains("flow style"), "{e}");
+        assert!(e.to_string().contains("version: \"3.5.16\""), "{e}");
     }
 }

@@ -26,22 +26,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
 use tonic::transport::ClientTlsConfig;
 
 use super::agent_io::{connect_agent, read_file};
 use super::LATE;
 use super::{ApiEndpoint, ApiVia, KubernetesSection};
-use crate::error::short_error;
 use crate::inventory::Inventory;
 
 /// Where kubeadm writes the cluster CA's certificate on every master.
@@ -202,23 +194,7 @@ async fn fetch_ca(
 
 /// A TLS client that trusts the certificates of `pem` and nothing else.
 pub(super) fn client_config(pem: &str) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let der = der.map_err(|e| format!("not a PEM file: {e}"))?;
-        roots
-            .add(der)
-            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("holds no certificate".to_string());
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::https::client_config(pem)
 }
 
 /// `GET https://ADDR/readyz`, the server verified by `config` under the name `ADDR`'s IP,
@@ -229,56 +205,16 @@ pub(super) async fn readyz(
     deadline: Instant,
 ) -> Answer {
     let started = Instant::now();
-    let result = match tokio::time::timeout_at(deadline, get(config, addr)).await {
+    let result = match tokio::time::timeout_at(
+        deadline,
+        crate::https::get(config, addr, "/readyz", MAX_BODY),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(LATE.to_string()),
     };
     (result, started.elapsed())
-}
-
-async fn get(config: Arc<ClientConfig>, addr: SocketAddr) -> Result<(u16, String), String> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let tls = TlsConnector::from(config)
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("HTTP: {}", short_error(&e)))?;
-    let request = hyper::Request::get("/readyz")
-        .header(hyper::header::HOST, addr.to_string())
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("haop/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("HTTP request: {e}"))?;
-    let exchange = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP: {}", short_error(&e)))?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    let mut exchange = std::pin::pin!(exchange);
-    // The connection future does the IO; it ends early only when the connection fails.
-    tokio::select! {
-        biased;
-        r = &mut exchange => r,
-        c = conn => match c {
-            Ok(()) => exchange.await,
-            Err(e) => Err(format!("HTTP: {}", short_error(&e))),
-        },
-    }
 }
 
 /// What a `/readyz` body says in one line: its failed checks (`[-]etcd failed: reason

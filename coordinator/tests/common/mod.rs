@@ -58,7 +58,7 @@ pub fn require_root() -> bool {
 /// A client that keeps putting keys and remembers every write etcd acknowledged.
 pub struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<String>>,
+    task: tokio::task::JoinHandle<(Vec<String>, std::time::Duration)>,
 }
 
 impl Writer {
@@ -81,21 +81,44 @@ impl Writer {
             .unwrap();
             let mut acked = Vec::new();
             let mut i = 0u64;
+            let mut last_ok = std::time::Instant::now();
+            let mut longest_gap = std::time::Duration::ZERO;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("{prefix}/{i:08}");
-                if c.put(&key, b"v").await.is_ok() {
-                    acked.push(key);
+                match c.put(&key, b"v").await {
+                    Ok(_) => {
+                        let gap = last_ok.elapsed();
+                        if gap > std::time::Duration::from_secs(1) {
+                            eprintln!(
+                                "writer: {key} acknowledged {:.2} s after the previous one",
+                                gap.as_secs_f64()
+                            );
+                        }
+                        acked.push(key);
+                        longest_gap = longest_gap.max(gap);
+                        last_ok = std::time::Instant::now();
+                    }
+                    Err(e) if std::env::var_os("HAOP_WRITER_DEBUG").is_some() => {
+                        eprintln!("writer: {key}: {e}");
+                    }
+                    Err(_) => {}
                 }
                 i += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            acked
+            (acked, longest_gap)
         });
         Writer { stop, task }
     }
 
     /// Stops and answers the acknowledged keys.
     pub async fn finish(self) -> Vec<String> {
+        self.finish_with_gap().await.0
+    }
+
+    /// Stops and answers the acknowledged keys and the longest time between two acknowledged
+    /// writes (how long writes stalled at worst).
+    pub async fn finish_with_gap(self) -> (Vec<String>, std::time::Duration) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.unwrap()
     }
@@ -197,4 +220,19 @@ pub async fn assert_all_present(
             "acknowledged write {key} was lost: {got:?}"
         );
     }
+}
+
+/// An etcd binary fetched by scripts/fetch-etcd (`target/etcd-VERSION/etcd`) and its sha256.
+pub fn etcd_release(version: &str) -> (PathBuf, String) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/etcd-{version}/etcd"));
+    assert!(
+        p.is_file(),
+        "etcd {version} is not at {} (run scripts/setup, which runs scripts/fetch-etcd)",
+        p.display()
+    );
+    let p = std::fs::canonicalize(&p).unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(&p).unwrap(),
+    ));
+    (p, sha)
 }

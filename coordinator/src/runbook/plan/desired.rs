@@ -67,7 +67,9 @@ fn names_of(h: &Host) -> ExpectedNames {
 pub fn member_config(inv: &Inventory, h: &Host) -> MemberConfig {
     let binary = match &inv.etcd.binary {
         EtcdBinary::Path(p) => p.display().to_string(),
-        EtcdBinary::Upload { .. } => "/usr/local/bin/etcd".to_string(),
+        EtcdBinary::Upload { .. } => crate::etcd::config::uploaded_binary_path(
+            inv.etcd.version.map(|v| v.to_string()).as_deref(),
+        ),
     };
     MemberConfig {
         member: member(h),
@@ -145,14 +147,17 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, PlanError> {
         );
     }
     if let EtcdBinary::Upload { file, sha256 } = &inv.etcd.binary {
+        let path = crate::etcd::config::uploaded_binary_path(
+            inv.etcd.version.map(|v| v.to_string()).as_deref(),
+        );
         for h in &etcd {
             push(
                 &mut steps,
                 Phase::EtcdBinary,
                 h.name.as_str(),
-                "binary /usr/local/bin/etcd (uploaded)".into(),
+                format!("binary {path} (uploaded)"),
                 Action::File(FileAction::Upload {
-                    path: "/usr/local/bin/etcd".into(),
+                    path: path.clone(),
                     local: file.clone(),
                     sha256: sha256.as_str().to_string(),
                     mode: 0o755,
