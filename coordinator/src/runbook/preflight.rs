@@ -33,6 +33,7 @@ pub async fn check(
             )),
         }
     }
+    problems.extend(release_problems(inv));
     if inv.kubernetes.enabled {
         if let Some(m) = &inv.kubernetes.cni_manifest {
             if let Err(e) = std::fs::metadata(m) {
@@ -153,4 +154,71 @@ async fn not_yet_members(inv: &Inventory, state_dir: &Path) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The etcd release the inventory records: the uploaded binary must be that version, and
+/// Kubernetes must accept it as its external etcd (kubeadm's `MinExternalEtcdVersion`).
+fn release_problems(inv: &Inventory) -> Vec<String> {
+    use crate::etcd::versions::{min_external_etcd_for_kubernetes, EtcdVersion};
+    let mut problems = Vec::new();
+    let recorded = inv
+        .etcd
+        .version
+        .and_then(|v| v.patch().map(|p| EtcdVersion::new(v.major(), v.minor(), p)));
+    if let (Some(want), EtcdBinary::Upload { file, .. }) = (recorded, &inv.etcd.binary) {
+        match crate::etcd::upgrade::binary_version(file) {
+            Some(got) if got == want => {}
+            Some(got) => problems.push(format!(
+                "etcd.version is {want}, but etcd.binary.upload {} is etcd {got}: make them agree \
+                 (haop etcd upgrade records both)",
+                file.display()
+            )),
+            None => problems.push(format!(
+                "etcd.binary.upload: {} does not say its version (`--version`); is it etcd?",
+                file.display()
+            )),
+        }
+    }
+    if let (true, Some(k), Some(etcd)) = (inv.kubernetes.enabled, inv.kubernetes.version, recorded)
+    {
+        if let Some(min) = (k.major() == 1)
+            .then(|| min_external_etcd_for_kubernetes(k.minor()))
+            .flatten()
+        {
+            if etcd < min {
+                problems.push(format!(
+                    "kubernetes.version {k} needs an external etcd of {min} or later (kubeadm's \
+                     MinExternalEtcdVersion), and etcd.version is {etcd}: upgrade etcd first \
+                     (haop etcd upgrade --to 3.5.30)"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(extra: &str) -> Inventory {
+        let text = format!(
+            "cluster: c\nhosts:\n  - {{name: etcd1, address: 10.0.0.11, roles: [etcd]}}\n  \
+             - {{name: etcd2, address: 10.0.0.12, roles: [etcd]}}\n  - {{name: etcd3, address: \
+             10.0.0.13, roles: [etcd]}}\n  - {{name: m1, address: 10.0.0.21, roles: [master]}}\n{extra}"
+        );
+        Inventory::from_yaml(&text, "t.yaml").unwrap().0
+    }
+
+    #[test]
+    fn kubernetes_refuses_an_external_etcd_older_than_kubeadm_accepts() {
+        let old = inventory("etcd: {version: \"3.4.23\"}\nkubernetes: {version: \"1.33.0\"}\n");
+        let p = release_problems(&old);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("3.5.24") && p[0].contains("3.4.23"), "{p:?}");
+        let new = inventory("etcd: {version: \"3.5.30\"}\nkubernetes: {version: \"1.33.0\"}\n");
+        assert!(release_problems(&new).is_empty());
+        // Unknown etcd version or a Kubernetes haop has no rule for: nothing said.
+        assert!(release_problems(&inventory("kubernetes: {version: \"1.33.0\"}\n")).is_empty());
+    }
 }

@@ -36,6 +36,7 @@ pub(crate) const LATE: &str = "no answer within the timeout";
 /// A small file read from a host: its text, `None` when it does not exist, or why not.
 pub(crate) type MaybeFile = Result<Option<String>, String>;
 
+use crate::etcd::versions::EtcdVersion;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -471,6 +472,33 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
             Section::Etcd,
             None,
             format!("etcd's member list could not be read: {e}"),
+        );
+    }
+    // Oldest first, as versions order (3.5.9 before 3.5.16).
+    let mut by_version: std::collections::BTreeMap<(Option<EtcdVersion>, &str), Vec<&str>> =
+        Default::default();
+    for m in etcd.members.iter().filter(|m| m.in_inventory) {
+        if let Some(v) = m.version.as_deref() {
+            by_version
+                .entry((EtcdVersion::parse(v), v))
+                .or_default()
+                .push(m.name.as_str());
+        }
+    }
+    if by_version.len() > 1 {
+        let said: Vec<String> = by_version
+            .iter()
+            .map(|((_, v), names)| format!("{} on {v}", names.join(", ")))
+            .collect();
+        push(
+            Degraded,
+            Section::Etcd,
+            None,
+            format!(
+                "etcd members run mixed versions ({}): an upgrade is half done; `haop etcd \
+                 upgrade` continues it, `haop etcd upgrade --rollback` undoes it",
+                said.join("; ")
+            ),
         );
     }
     for m in &etcd.members {

@@ -239,6 +239,22 @@ fn unreachable_host_expiring_cert_skew_and_drift_degrade() {
 }
 
 #[test]
+fn members_on_mixed_versions_degrade_and_say_what_to_run() {
+    let mut r = healthy();
+    r.etcd.members[0].version = Some("3.5.30".into());
+    let r = assessed(r);
+    assert_eq!(r.verdict.health, Health::Degraded);
+    let p = &r.problems[0];
+    assert!(
+        p.message
+            .contains("etcd2, etcd3 on 3.5.16; etcd1 on 3.5.30"),
+        "{}",
+        p.message
+    );
+    assert!(p.message.contains("--rollback"), "{}", p.message);
+}
+
+#[test]
 fn an_agent_behind_the_state_dirs_revocation_list_degrades_and_is_named() {
     let mut r = healthy();
     r.revocation_generation = Some(3);

@@ -152,6 +152,19 @@ pub enum UpgradeError {
     },
 }
 
+/// The etcd version a local binary prints (`etcd --version`), if it runs and says one.
+pub fn binary_version(file: &Path) -> Option<EtcdVersion> {
+    let out = std::process::Command::new(file)
+        .arg("--version")
+        .env_clear()
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .and_then(EtcdVersion::parse)
+}
+
 /// Checks a local binary: its sha256 and the version it prints.
 pub fn check_binary(file: &Path, sha256: &str, target: EtcdVersion) -> Result<(), UpgradeError> {
     let bad = |reason: String| UpgradeError::Binary {
@@ -163,16 +176,7 @@ pub fn check_binary(file: &Path, sha256: &str, target: EtcdVersion) -> Result<()
     if actual != sha256 {
         return Err(bad(format!("its sha256 is {actual}, not {sha256}")));
     }
-    let out = std::process::Command::new(file)
-        .arg("--version")
-        .env_clear()
-        .output()
-        .map_err(|e| bad(format!("cannot run it for its version: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let said = text
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd Version:"))
-        .and_then(EtcdVersion::parse);
+    let said = binary_version(file);
     match said {
         Some(v) if v == target => Ok(()),
         Some(v) => Err(bad(format!("it is etcd {v}, not {target}"))),
@@ -227,7 +231,7 @@ pub async fn upgrade(
         inventory_path,
         inv,
         req,
-        Mode::Upgrade(journal),
+        Mode::Upgrade(journal.map(Box::new)),
         progress,
     )
     .await
@@ -235,7 +239,7 @@ pub async fn upgrade(
 
 /// An upgrade (with the cluster's last journal, if any) or a rollback.
 enum Mode {
-    Upgrade(Option<UpgradeJournal>),
+    Upgrade(Option<Box<UpgradeJournal>>),
     Rollback,
 }
 
@@ -331,7 +335,7 @@ async fn run(
         ));
         // The journal: what this upgrade started from, and its one snapshot.
         let mut j = match journal {
-            Some(j) if j.target == req.target.to_string() && j.finished_unix.is_none() => j,
+            Some(j) if j.target == req.target.to_string() && j.finished_unix.is_none() => *j,
             _ => UpgradeJournal {
                 target: req.target.to_string(),
                 from: from.to_string(),

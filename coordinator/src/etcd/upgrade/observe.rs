@@ -66,7 +66,10 @@ pub async fn observe(
     }
     // A member the cluster has that the inventory does not (a learner being added, say).
     for m in &list {
-        if !members.iter().any(|v| v.id == m.id || (!m.name.is_empty() && v.name == m.name)) {
+        if !members
+            .iter()
+            .any(|v| v.id == m.id || (!m.name.is_empty() && v.name == m.name))
+        {
             members.push(MemberView {
                 name: if m.name.is_empty() {
                     format!("{:x}", m.id)
