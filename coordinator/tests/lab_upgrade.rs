@@ -148,6 +148,11 @@ async fn upgrade_34_to_3516_to_3530_under_a_writer_killed_rolled_back_and_gated(
             "the cluster version moves only after the last member"
         );
         assert_eq!(snapshots(), 1);
+        // The inventory names the target from the start: plan shows the members left to move.
+        let (recorded, _) = Inventory::load(Path::new(&inv)).unwrap();
+        assert_eq!(recorded.etcd.version.unwrap().to_string(), "3.5.16");
+        let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
+        assert!(!plan.status.success(), "{}", text(&plan));
     }
     let out = upgrade(st, &inv, "3.5.16", None);
     assert!(out.status.success(), "{}", text(&out));

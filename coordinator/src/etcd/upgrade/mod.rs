@@ -9,7 +9,9 @@
 //!
 //! 1. Check the binary on this machine: its sha256, and that it says it is the target version.
 //! 2. Observe the members ([`observe`]) and ask [`gates::plan`]: the members to move, followers
-//!    first and the leader last, or a refusal that changes nothing.
+//!    first and the leader last, or a refusal that changes nothing. Then record the target
+//!    release (version and binary) in the inventory, before anything else changes: an apply
+//!    run in the middle continues the move rather than undoing it.
 //! 3. Snapshot once, before the first member changes (kept in the [`journal`], so a rerun does
 //!    not take another).
 //! 4. Put the new binary beside the old on every member (`/usr/local/bin/etcd-VERSION`, the old
@@ -18,8 +20,7 @@
 //!    binary, restart it, and wait until it answers, runs the target and has applied every
 //!    entry the leader had when it came back; progress-aware: it may take as long as it keeps
 //!    applying, and fails only when its applied index stalls for `etcd.catch_up_stall`.
-//! 6. After the last member: wait for etcd to raise the cluster version (a new minor), and
-//!    record the version and binary in the inventory, so plan and apply render what runs.
+//! 6. After the last member: wait for etcd to raise the cluster version (a new minor).
 //!
 //! Killed anywhere, a rerun converges: the members tell which are done (their version), the
 //! journal keeps the snapshot, and every step is an ensure. `--rollback` runs the same steps
@@ -226,12 +227,14 @@ pub async fn upgrade(
         check_binary(file, sha256.as_str(), req.target)?;
     }
     let journal = journal::load(state_dir, inv.cluster.as_str());
+    let record = (req.target.to_string(), req.binary.clone());
     run(
         state_dir,
         inventory_path,
         inv,
         req,
         Mode::Upgrade(journal.map(Box::new)),
+        record,
         progress,
     )
     .await
@@ -273,18 +276,18 @@ pub async fn rollback(
         force: true,
         stall,
     };
+    // The inventory says the release before the upgrade again.
+    let version = j.from_inventory_version.clone().unwrap_or(j.from.clone());
     let mut report = run(
         state_dir,
         inventory_path,
         inv,
         &req,
         Mode::Rollback,
+        (version, binary),
         progress,
     )
     .await?;
-    // The inventory says what runs: the release before the upgrade.
-    let version = j.from_inventory_version.clone().unwrap_or(j.from.clone());
-    crate::inventory::edit::rewrite_etcd_release(inventory_path, &version, &binary)?;
     report.forced.clear();
     Ok(report)
 }
@@ -295,6 +298,7 @@ async fn run(
     inv: Inventory,
     req: &UpgradeRequest,
     mode: Mode,
+    record: (String, EtcdBinary),
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<UpgradeReport, UpgradeError> {
     let started = Instant::now();
@@ -306,6 +310,10 @@ async fn run(
     for f in &plan.forced {
         progress(format!("forced past: {f}"));
     }
+    // From the first change on, the inventory names the release the members move to: a `haop
+    // apply` in between then continues the move (one member at a time, as apply restarts etcd)
+    // instead of undoing it, and `haop plan` shows the members still to move.
+    crate::inventory::edit::rewrite_etcd_release(inventory_path, &record.0, &record.1)?;
     let mut report = UpgradeReport {
         target: req.target.to_string(),
         from: plan.from.map(|v| v.to_string()),
@@ -412,13 +420,6 @@ async fn run(
         }
     } else {
         progress(format!("every member runs {} already", req.target));
-    }
-    if !is_rollback {
-        crate::inventory::edit::rewrite_etcd_release(
-            inventory_path,
-            &req.target.to_string(),
-            &req.binary,
-        )?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
