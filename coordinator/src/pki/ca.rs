@@ -362,16 +362,21 @@ fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-/// A name becomes a file name in the state dir: lowercase letters, digits and inner dashes.
-fn check_name(name: &str) -> Result<(), PkiError> {
-    let ok = !name.is_empty()
+/// Whether `name` can be a file name in the state dir: 1 to 64 lowercase letters, digits and
+/// inner dashes.
+pub fn is_file_stem(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('-')
         && !name.ends_with('-')
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A name becomes a file name in the state dir: see [`is_file_stem`].
+fn check_name(name: &str) -> Result<(), PkiError> {
+    if is_file_stem(name) {
         Ok(())
     } else {
         Err(PkiError::InvalidCaName {

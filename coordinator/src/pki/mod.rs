@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-pub use ca::{CertificateAuthority, LocalCert};
+pub use ca::{is_file_stem, CertificateAuthority, LocalCert};
 
 pub use inspect::{inspect, CertInfo};
 
