@@ -16,6 +16,9 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+    /// Prometheus' text format, for node_exporter's textfile collector (alert rules:
+    /// monitoring/haop-alerts.yaml).
+    Prometheus,
 }
 
 #[derive(Debug, Args)]
@@ -23,7 +26,8 @@ pub struct StatusArgs {
     /// The inventory file.
     #[arg(short = 'f', long = "file")]
     inventory: PathBuf,
-    /// table for people; json and yaml follow docs/status-schema.json.
+    /// table for people; json and yaml follow docs/status-schema.json; prometheus writes
+    /// metrics (for example to /var/lib/prometheus/node-exporter/haop.prom from a timer).
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     output: Format,
     /// Refresh every 2 s in place until Ctrl-C; exits with the last verdict.
@@ -62,6 +66,7 @@ fn format(report: &StatusReport, output: Format) -> anyhow::Result<String> {
         Format::Table => status::table::render(report, color_wanted()),
         Format::Json => serde_json::to_string_pretty(report)? + "\n",
         Format::Yaml => serde_yaml_ng::to_string(report)?,
+        Format::Prometheus => status::prometheus::render(report),
     })
 }
 

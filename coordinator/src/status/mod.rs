@@ -28,6 +28,7 @@
 mod agent_io;
 mod collect;
 mod kube;
+pub mod prometheus;
 pub mod table;
 
 /// What a probe says when the collection's deadline passed before an answer.

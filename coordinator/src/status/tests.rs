@@ -501,3 +501,77 @@ fn reports_follow_the_documented_schema() {
     value["surprise"] = serde_json::json!(1);
     assert!(!validator.is_valid(&value));
 }
+
+#[test]
+fn the_report_as_prometheus_metrics_follows_the_format_and_carries_every_member() {
+    let mut r = assessed(healthy());
+    r.etcd.members[2].healthy = false;
+    r.etcd.members[2].raft_lag = None;
+    r.etcd.members[1].alarms = vec!["NOSPACE".into()];
+    r.etcd.members[0].db_size_bytes = Some(1_000);
+    let text = crate::status::prometheus::render(&r);
+    assert!(
+        text.contains("haop_etcd_member_healthy{cluster=\"c\",member=\"etcd3\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("haop_etcd_member_healthy{cluster=\"c\",member=\"etcd1\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "haop_etcd_member_alarm{cluster=\"c\",member=\"etcd2\",alarm=\"NOSPACE\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("haop_etcd_member_db_size_bytes{cluster=\"c\",member=\"etcd1\"} 1000\n"),
+        "{text}"
+    );
+    // A member that did not answer has no lag sample, rather than a made-up zero.
+    assert!(
+        !text.contains("haop_etcd_member_raft_lag{cluster=\"c\",member=\"etcd3\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("haop_vip_holders{cluster=\"c\",address=\"10.0.0.10\"} 1\n"),
+        "{text}"
+    );
+    // HELP and TYPE once per family.
+    let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let mut unique = types.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(types.len(), unique.len(), "{text}");
+    // The reference parser and linter agrees (promtool from Debian's prometheus, which
+    // scripts/setup installs).
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus; scripts/setup does)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let mut r = healthy();
+    r.cluster = "a\"b\\c".into();
+    let text = crate::status::prometheus::render(&r);
+    assert!(text.contains("cluster=\"a\\\"b\\\\c\""), "{text}");
+}
