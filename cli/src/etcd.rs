@@ -143,14 +143,26 @@ pub enum EtcdCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Save a snapshot from the first member that answers (checksummed, atomically written).
+    /// Save a snapshot from the first member that answers: its revision, key count and hashkv
+    /// recorded first, then streamed, checked against etcd's checksum and encrypted as it
+    /// arrives; then the retention (etcd.retention) runs.
     Save {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
-        /// Where to write it; default: the state dir's snapshots/CLUSTER/.
+        /// Where to write it (encrypted, its record beside it as FILE.json); default: the
+        /// state dir's snapshots/CLUSTER/.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Every snapshot of the state dir: when, from which member, revision, keys, size,
+    /// sha256, its copies on hosts, and whether it was verified (and if it failed, why).
+    List {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
 }
 
@@ -312,8 +324,10 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         } => {
             use std::io::{BufRead, IsTerminal, Write};
             let inv = load_inventory(&inventory)?;
-            let snapshot =
+            let choice =
                 haop_coordinator::etcd::restore::choose_snapshot(state_dir, &inv, from).await?;
+            show_choice(&choice);
+            let snapshot = choice.path.clone();
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     anyhow::bail!(
@@ -345,31 +359,137 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        EtcdCommand::Snapshot(SnapshotCommand::Save { inventory, out }) => {
+        EtcdCommand::Snapshot(cmd) => snapshot(state_dir, cmd).await,
+    }
+}
+
+/// `haop etcd snapshot ...`.
+async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    use haop_coordinator::etcd::snapshots;
+    match cmd {
+        SnapshotCommand::Save { inventory, out } => {
             let inv = load_inventory(&inventory)?;
             let view = View::new("saved");
-            let (info, removed) =
-                haop_coordinator::etcd::snapshots::save(state_dir, &inv, out, &|bytes, total| {
-                    view.show(Progress::Transfer {
-                        what: "snapshot".into(),
-                        bytes,
-                        total,
-                    })
+            let saved = snapshots::save(state_dir, &inv, out, &|bytes, total| {
+                view.show(Progress::Transfer {
+                    what: "snapshot".into(),
+                    bytes,
+                    total,
                 })
-                .await?;
+            })
+            .await?;
             view.finish();
+            let m = &saved.meta;
             println!(
-                "{} ({} bytes, sha256 {}, from {})",
-                info.path.display(),
-                info.size,
-                info.sha256,
-                info.endpoint
+                "{} ({} bytes, sha256 {}, from {} at revision {}, {} keys, hashkv {:08x}; encrypted, not verified yet)",
+                saved.path.display(),
+                m.size,
+                m.sha256,
+                m.member,
+                m.revision,
+                m.key_count,
+                m.hash_kv
             );
-            for r in removed {
+            for r in saved.removed {
                 eprintln!("deleted snapshot {} (etcd.retention)", r.display());
             }
             Ok(ExitCode::SUCCESS)
         }
+        SnapshotCommand::List { inventory, output } => {
+            let inv = load_inventory(&inventory)?;
+            let entries = snapshots::entries(state_dir, inv.cluster.as_str());
+            if output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print_snapshots(&entries);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// What restore chose, the candidates it looked at and what it would lose (on stderr: stdout
+/// stays for scripts).
+fn show_choice(choice: &haop_coordinator::etcd::restore::Choice) {
+    if !choice.candidates.is_empty() {
+        eprintln!("snapshots, newest first:");
+        for c in &choice.candidates {
+            let m = c.meta.as_ref();
+            eprintln!(
+                "  {} {:<38} {:<20} revision {:<9} {}{}",
+                if c.path == choice.path { "*" } else { " " },
+                c.name,
+                m.map(|m| m.taken_at.as_str()).unwrap_or("-"),
+                m.map(|m| m.revision.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                c.state.as_str(),
+                c.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    eprintln!("chosen: {} ({})", choice.path.display(), choice.reason);
+    match (&choice.meta, choice.revision_gap()) {
+        (Some(m), Some(gap)) => {
+            let furthest = choice
+                .survivors
+                .iter()
+                .max_by_key(|(_, r)| *r)
+                .map(|(n, r)| format!("{n} is at revision {r}"))
+                .unwrap_or_default();
+            eprintln!(
+                "it holds revision {} ({} keys, taken {} from {}); {furthest}: {gap} revisions written since would be lost",
+                m.revision, m.key_count, m.taken_at, m.member
+            );
+        }
+        (Some(m), None) => eprintln!(
+            "it holds revision {} ({} keys, taken {} from {}); no member answers, so what was written since cannot be told",
+            m.revision, m.key_count, m.taken_at, m.member
+        ),
+        (None, _) => eprintln!("it has no record: what it holds cannot be told before restoring it"),
+    }
+}
+
+/// The snapshot table: newest last, as the names sort.
+fn print_snapshots(entries: &[haop_coordinator::etcd::snapshots::Entry]) {
+    if entries.is_empty() {
+        println!("no snapshots");
+        return;
+    }
+    println!(
+        "{:<38} {:<20} {:<10} {:>9} {:>7} {:>10} {:<12} {:<16} STATE",
+        "NAME", "TAKEN", "MEMBER", "REVISION", "KEYS", "SIZE", "SHA256", "COPIES"
+    );
+    for e in entries {
+        let m = e.meta.as_ref();
+        let dash = || "-".to_string();
+        let state = match (&e.why, m.and_then(|m| m.verification.as_ref())) {
+            (Some(why), _) => format!("{}: {why}", e.state.as_str()),
+            (None, Some(v)) => format!("{} {}", e.state.as_str(), v.at),
+            (None, None) => e.state.as_str().to_string(),
+        };
+        println!(
+            "{:<38} {:<20} {:<10} {:>9} {:>7} {:>10} {:<12} {:<16} {}",
+            e.name,
+            m.map(|m| m.taken_at.clone()).unwrap_or_else(dash),
+            m.map(|m| m.member.clone()).unwrap_or_else(dash),
+            m.map(|m| m.revision.to_string()).unwrap_or_else(dash),
+            m.map(|m| m.key_count.to_string()).unwrap_or_else(dash),
+            haop_coordinator::etcd::catchup::human_bytes(e.file_size),
+            m.map(|m| m.sha256[..12.min(m.sha256.len())].to_string())
+                .unwrap_or_else(dash),
+            m.filter(|m| !m.copies.is_empty())
+                .map(|m| m
+                    .copies
+                    .iter()
+                    .map(|c| c.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_else(dash),
+            state
+        );
     }
 }
 
