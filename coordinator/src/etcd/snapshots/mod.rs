@@ -24,6 +24,7 @@
 
 pub mod crypt;
 pub mod meta;
+pub mod verify;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
