@@ -104,10 +104,18 @@ pub enum EtcdCommand {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
-        /// The snapshot; default: the newest in the state dir, else a fresh one from the
-        /// surviving member with the highest raft index.
-        #[arg(long)]
+        /// The snapshot file; default: the newest verified one in the state dir (else, when
+        /// the state dir has none at all, a fresh one from the surviving member with the
+        /// highest raft index).
+        #[arg(long, conflicts_with = "from_host")]
         from: Option<PathBuf>,
+        /// Take the snapshot from HOST's copy (etcd.snapshots.copies): its newest verified
+        /// one, or --snapshot NAME. Works with a state dir that kept only pki/ and secrets/.
+        #[arg(long, value_name = "HOST")]
+        from_host: Option<String>,
+        /// With --from-host: the copy to take, by name.
+        #[arg(long, value_name = "NAME", requires = "from_host")]
+        snapshot: Option<String>,
         /// Do not ask.
         #[arg(long)]
         yes: bool,
@@ -170,6 +178,27 @@ pub enum SnapshotCommand {
         unverified: bool,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+    /// Apply the retention (etcd.retention: count and age) to the state dir's snapshots and
+    /// to every host's copies; never the newest snapshot, never the newest verified one.
+    Prune {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
+    /// Keep saving, verifying, copying and pruning every etcd.snapshots.interval (the haop
+    /// .deb's haop-snapshots.service runs it). Logs a line per step; exits cleanly on SIGTERM
+    /// or Ctrl-C, also in the middle of a round.
+    Schedule {
+        /// The inventory file (read again before each round).
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// Override etcd.snapshots.interval, such as 30m or 10s.
+        #[arg(long)]
+        interval: Option<haop_coordinator::inventory::Span>,
+        /// Stop after this many rounds (default: run until stopped).
+        #[arg(long)]
+        rounds: Option<u64>,
     },
     /// Every snapshot of the state dir: when, from which member, revision, keys, size,
     /// sha256, its copies on hosts, and whether it was verified (and if it failed, why).
@@ -336,10 +365,35 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         EtcdCommand::Restore {
             inventory,
             from,
+            from_host,
+            snapshot,
             yes,
         } => {
             use std::io::{BufRead, IsTerminal, Write};
             let inv = load_inventory(&inventory)?;
+            let from = match from_host {
+                Some(host) => {
+                    let view = View::new(format!("copy from {host} fetched"));
+                    let path = haop_coordinator::etcd::snapshots::copies::fetch(
+                        state_dir,
+                        &inv,
+                        &host,
+                        snapshot.as_deref(),
+                        &|bytes, total| {
+                            view.show(Progress::Transfer {
+                                what: format!("copy from {host}"),
+                                bytes,
+                                total: Some(total),
+                            })
+                        },
+                    )
+                    .await?;
+                    view.finish();
+                    eprintln!("fetched {host}'s copy into {}", path.display());
+                    Some(path)
+                }
+                None => from,
+            };
             let choice =
                 haop_coordinator::etcd::restore::choose_snapshot(state_dir, &inv, from).await?;
             show_choice(&choice);
@@ -385,6 +439,7 @@ async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<Exit
     match cmd {
         SnapshotCommand::Save { inventory, out } => {
             let inv = load_inventory(&inventory)?;
+            let saved_in_state_dir = out.is_none();
             let view = View::new("saved");
             let saved = snapshots::save(state_dir, &inv, out, &|bytes, total| {
                 view.show(Progress::Transfer {
@@ -406,9 +461,69 @@ async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<Exit
                 m.key_count,
                 m.hash_kv
             );
-            for r in saved.removed {
+            for r in &saved.removed {
                 eprintln!("deleted snapshot {} (etcd.retention)", r.display());
             }
+            if saved_in_state_dir && inv.etcd.snapshots.copies > 0 {
+                let copied =
+                    snapshots::copy_to_hosts(state_dir, &inv, &saved.path, &|l| eprintln!("{l}"))
+                        .await?;
+                if copied.total < inv.etcd.snapshots.copies as usize {
+                    eprintln!(
+                        "{} copies of the {} etcd.snapshots.copies asks for",
+                        copied.total, inv.etcd.snapshots.copies
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Prune { inventory } => {
+            let inv = load_inventory(&inventory)?;
+            let (removed, on_hosts) =
+                snapshots::prune_everywhere(state_dir, &inv, &|l| eprintln!("{l}")).await?;
+            for r in &removed {
+                println!("deleted snapshot {} (etcd.retention)", r.display());
+            }
+            for (host, name) in &on_hosts {
+                println!("deleted {host}'s copy {name} (etcd.retention)");
+            }
+            if removed.is_empty() && on_hosts.is_empty() {
+                println!("nothing to prune");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Schedule {
+            inventory,
+            interval,
+            rounds,
+        } => {
+            let shutdown = async {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return std::future::pending().await,
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            let say = |line: String| {
+                let now = haop_coordinator::etcd::snapshots::meta::now().0;
+                eprintln!("{now} {line}");
+            };
+            let done = snapshots::schedule::run(
+                state_dir,
+                &inventory,
+                interval.map(|s| s.duration()),
+                rounds,
+                shutdown,
+                &say,
+            )
+            .await?;
+            say(format!("stopped after {done} rounds"));
             Ok(ExitCode::SUCCESS)
         }
         SnapshotCommand::Verify {
@@ -449,6 +564,7 @@ async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<Exit
                     eprintln!("verifying {} ...", path.display());
                 }
                 let r = snapshots::verify::verify(state_dir, &tools, path).await?;
+                snapshots::refresh_copies(state_dir, &inv, path, &|l| eprintln!("{l}")).await?;
                 if output == Format::Table {
                     let v = &r.verification;
                     println!(

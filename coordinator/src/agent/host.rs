@@ -341,6 +341,58 @@ impl HostAgent {
         Ok(answer?.changed)
     }
 
+    /// Streams the file at `path` back from the host (DownloadFile: an encrypted snapshot copy;
+    /// the agent refuses anything else), giving each piece to `sink` as it arrives. The
+    /// agent's closing sha256 and size must match what arrived, or the call fails: a caller
+    /// keeps the bytes only on `Ok`. Answers the sha256 (hex) and size.
+    pub async fn download(
+        &self,
+        path: &str,
+        sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+    ) -> Result<(String, u64), AgentError> {
+        let req = pb::DownloadFileRequest {
+            path: path.to_string(),
+        };
+        let mut stream = self
+            .call(
+                "DownloadFile",
+                |mut c| async move { c.download_file(req).await },
+            )
+            .await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let local = |detail: String| AgentError::Local {
+            host: self.host.clone(),
+            path: std::path::PathBuf::from(path),
+            detail,
+        };
+        loop {
+            let chunk = stream
+                .message()
+                .await
+                .map_err(|s| AgentError::from_status(&self.host, "DownloadFile", s))?;
+            let Some(chunk) = chunk else {
+                return Err(local(
+                    "the agent's stream ended before its last message".into(),
+                ));
+            };
+            if chunk.last {
+                let sha = hex::encode(hasher.finalize());
+                if chunk.sha256 != sha || chunk.size != size {
+                    return Err(local(format!(
+                        "received {size} bytes with sha256 {sha}, the agent sent {} bytes with \
+                         sha256 {}",
+                        chunk.size, chunk.sha256
+                    )));
+                }
+                return Ok((sha, size));
+            }
+            hasher.update(&chunk.data);
+            size += chunk.data.len() as u64;
+            sink(&chunk.data).map_err(|e| local(format!("cannot keep what arrived: {e}")))?;
+        }
+    }
+
     /// Ensures the unit file of `name` (and its declared data dirs); answers `changed`.
     pub async fn ensure_unit(
         &self,

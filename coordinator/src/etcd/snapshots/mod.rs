@@ -22,8 +22,10 @@
 //! Files written before haop kept records (`*.db`, plaintext) are listed as unrecorded, pruned
 //! like the others, and never chosen by restore unless named with `--from`.
 
+pub mod copies;
 pub mod crypt;
 pub mod meta;
+pub mod schedule;
 pub mod verify;
 
 use std::io::Write;
@@ -166,6 +168,75 @@ pub async fn save(
         meta,
         removed,
     })
+}
+
+/// Copies the recorded snapshot at `path` to `etcd.snapshots.copies` hosts (see
+/// [`copies::replicate`]), with haop's admin identity from the state dir.
+pub async fn copy_to_hosts(
+    state_dir: &Path,
+    inventory: &Inventory,
+    path: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<copies::Replicated, copies::CopyError> {
+    let key = SnapshotKey::load(state_dir)?;
+    let agents = agents(state_dir, inventory)?;
+    copies::replicate(
+        inventory,
+        &agents,
+        &key,
+        path,
+        inventory.etcd.snapshots.copies,
+        progress,
+    )
+    .await
+}
+
+/// After a verification: the records of the snapshot's copies on hosts brought up to date
+/// ([`copies::refresh_indexes`]); nothing to do for a snapshot without copies.
+pub async fn refresh_copies(
+    state_dir: &Path,
+    inventory: &Inventory,
+    path: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<(), copies::CopyError> {
+    if meta::read(path)?.is_none_or(|m| m.copies.is_empty()) {
+        return Ok(());
+    }
+    let key = SnapshotKey::load(state_dir)?;
+    let agents = agents(state_dir, inventory)?;
+    copies::refresh_indexes(inventory, &agents, &key, path, progress).await
+}
+
+/// `haop etcd snapshot prune`: the retention in the state dir, then on every host's copies.
+/// Answers the snapshots removed here and the copies removed on hosts.
+pub async fn prune_everywhere(
+    state_dir: &Path,
+    inventory: &Inventory,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<(Vec<PathBuf>, Vec<(String, String)>), copies::CopyError> {
+    let retention = &inventory.etcd.retention;
+    let removed = prune(state_dir, inventory.cluster.as_str(), retention);
+    let key = match SnapshotKey::load(state_dir) {
+        Ok(k) => k,
+        // Never encrypted anything: no host holds a copy.
+        Err(CryptError::KeyMissing { .. }) => return Ok((removed, Vec::new())),
+        Err(e) => return Err(e.into()),
+    };
+    let agents = agents(state_dir, inventory)?;
+    let on_hosts = copies::prune_hosts(inventory, &agents, &key, retention, progress).await;
+    Ok((removed, on_hosts))
+}
+
+/// The agents of `inventory` with haop's admin identity.
+fn agents(
+    state_dir: &Path,
+    inventory: &Inventory,
+) -> Result<crate::agent::Agents, copies::CopyError> {
+    let trust = crate::trust::Trust::load(state_dir)?;
+    Ok(crate::agent::Agents::new(
+        std::sync::Arc::new(trust),
+        inventory,
+    ))
 }
 
 /// Refuses before anything is written when the filesystem of `path` cannot hold a snapshot of
@@ -483,15 +554,24 @@ pub fn newest_verified(state_dir: &Path, cluster: &str) -> Option<Entry> {
 /// Which of `entries` (oldest first) the retention removes: beyond the newest `snapshots`, and
 /// older than `snapshot_max_age`; never the newest, never the newest verified. Pure.
 pub fn to_prune(entries: &[Entry], retention: &Retention, now_unix: i64) -> Vec<usize> {
+    let items: Vec<(i64, bool)> = entries
+        .iter()
+        .map(|e| (e.taken_unix(), e.state == State::Verified))
+        .collect();
+    to_prune_by(&items, retention, now_unix)
+}
+
+/// [`to_prune`] over `(taken_unix, verified)` items, oldest first (also a host's copies).
+pub fn to_prune_by(items: &[(i64, bool)], retention: &Retention, now_unix: i64) -> Vec<usize> {
     let keep = retention.snapshots.max(1) as usize;
     let max_age = retention.snapshot_max_age.duration().as_secs() as i64;
-    let newest_verified = entries.iter().rposition(|e| e.state == State::Verified);
-    let n = entries.len();
+    let newest_verified = items.iter().rposition(|(_, verified)| *verified);
+    let n = items.len();
     (0..n)
         .filter(|&i| {
             let rank = n - 1 - i;
             let too_many = rank >= keep;
-            let too_old = rank > 0 && now_unix - entries[i].taken_unix() > max_age;
+            let too_old = rank > 0 && now_unix - items[i].0 > max_age;
             (too_many || too_old) && Some(i) != newest_verified
         })
         .collect()
