@@ -88,7 +88,13 @@ pub async fn round(
         saved.meta.key_count,
         saved.meta.size
     ));
-    out.removed.extend(saved.removed.iter().cloned());
+    for gone in &saved.removed {
+        say(format!(
+            "deleted snapshot {} (etcd.retention)",
+            gone.display()
+        ));
+        out.removed.push(gone.clone());
+    }
     let path = saved.path.clone();
     out.saved = Some(path.clone());
     let report = verify::verify(state_dir, tools, &path).await?;
