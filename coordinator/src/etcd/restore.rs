@@ -2,10 +2,19 @@
 //!
 //! When a majority of members is gone, no membership change is possible: the cluster is
 //! rebuilt from one snapshot. Every member is stopped, its data dir moved aside (fenced by the
-//! agent as for recovery), the snapshot uploaded with its sha256 checked and restored on every
-//! host with `etcdctl snapshot restore` (a new cluster token, the inventory's members), and all
-//! members started together; haop then waits for the quorum through the API. Everything written
-//! after the snapshot is lost, which is why the CLI asks for explicit confirmation.
+//! agent as for recovery), the snapshot uploaded (decrypted on the way, its sha256 checked by
+//! the agent) and restored on every host with `etcdctl snapshot restore` (a new cluster token,
+//! the inventory's members), and all members started together; haop then waits for the quorum
+//! through the API. Everything written after the snapshot is lost, which is why the CLI asks
+//! for explicit confirmation.
+//!
+//! Which snapshot ([`choose_snapshot`]): the one named, else the newest *verified* one of the
+//! state dir (see [`crate::etcd::snapshots`]) that still decrypts whole to what its record
+//! says, else, for a state dir with no snapshot at all, a fresh one from the surviving member
+//! furthest ahead. A failed or unverified snapshot is never taken without being named. The
+//! [`Choice`] carries the candidates and the revisions the survivors hold beyond the snapshot,
+//! so the operator sees what would be lost before confirming. `--from-host` first brings a
+//! host's copy into the state dir ([`crate::etcd::snapshots::copies::fetch`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
