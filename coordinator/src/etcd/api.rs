@@ -304,6 +304,22 @@ pub async fn keyspace(
     client: &mut etcd_client::Client,
     revision: Option<i64>,
 ) -> Result<Keyspace, etcd_client::Error> {
+    let (revision, key_count) = count_keys(client, revision).await?;
+    let (hash_kv, compact_revision) = hash_kv(client, revision).await?;
+    Ok(Keyspace {
+        revision,
+        key_count,
+        hash_kv,
+        compact_revision,
+    })
+}
+
+/// How many keys the member has at `revision` (or now, when `None`), and at which revision:
+/// one count-only range over every key.
+pub async fn count_keys(
+    client: &mut etcd_client::Client,
+    revision: Option<i64>,
+) -> Result<(i64, i64), etcd_client::Error> {
     let mut count = etcd_client::GetOptions::new()
         .with_all_keys()
         .with_count_only();
@@ -313,13 +329,17 @@ pub async fn keyspace(
     let counted = client.get("", Some(count)).await?;
     let revision =
         revision.unwrap_or_else(|| counted.header().map(|h| h.revision()).unwrap_or_default());
+    Ok((revision, counted.count()))
+}
+
+/// etcd's `hashkv` of the member's history up to `revision`, with the revision it was compacted
+/// to.
+pub async fn hash_kv(
+    client: &mut etcd_client::Client,
+    revision: i64,
+) -> Result<(u32, i64), etcd_client::Error> {
     let hash = client.hash_kv(revision).await?;
-    Ok(Keyspace {
-        revision,
-        key_count: counted.count(),
-        hash_kv: hash.hash(),
-        compact_revision: hash.compact_version(),
-    })
+    Ok((hash.hash(), hash.compact_version()))
 }
 
 /// What [`EtcdClient::snapshot_into`] streamed: etcd's whole snapshot, checked.
@@ -895,18 +915,27 @@ impl EtcdClient {
         Ok(r.header().map(|h| h.revision()).unwrap_or_default())
     }
 
-    /// [`Keyspace`] of the member at `endpoint`, at its current revision. Hashing reads the
-    /// whole key bucket, so the bound grows with the member's database (`db_size`).
-    pub async fn keyspace_of(
+    /// The current revision of the member at `endpoint` and its key count there.
+    pub async fn count_keys_of(&self, endpoint: &str) -> Result<(i64, i64), EtcdApiError> {
+        self.on(endpoint, "count keys", self.timeout, |mut c| async move {
+            count_keys(&mut c, None).await
+        })
+        .await
+    }
+
+    /// `hashkv` of the member at `endpoint` up to `revision`, with its compact revision. It
+    /// reads the whole key bucket, so the bound grows with the member's database (`db_size`).
+    pub async fn hash_kv_of(
         &self,
         endpoint: &str,
+        revision: i64,
         db_size: i64,
-    ) -> Result<Keyspace, EtcdApiError> {
+    ) -> Result<(u32, i64), EtcdApiError> {
         self.on(
             endpoint,
             "hash kv",
             scaled_timeout(self.timeout, db_size),
-            |mut c| async move { keyspace(&mut c, None).await },
+            |mut c| async move { hash_kv(&mut c, revision).await },
         )
         .await
     }

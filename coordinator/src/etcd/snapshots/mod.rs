@@ -7,10 +7,10 @@
 //! (`20261207T161900.123Z-etcd1.snap`), each with its record beside it (`.json`, [`meta`]).
 //!
 //! What makes one worth restoring, in order:
-//! * [`take`]: the member's revision, key count and `hashkv` at one revision are recorded, then
-//!   the snapshot streams from the same member, is checked against etcd's own trailing
-//!   checksum and is encrypted as it arrives ([`crypt`]): no plaintext snapshot ever touches
-//!   the state dir's disk.
+//! * [`take`]: the member's revision and key count are read, then the snapshot streams from
+//!   the same member while it computes `hashkv` up to that revision; the snapshot is checked
+//!   against etcd's own trailing checksum and encrypted as it arrives ([`crypt`]): no
+//!   plaintext snapshot ever touches the state dir's disk. All three are recorded with it.
 //! * [`verify`]: it is restored into a scratch directory and served by a throwaway etcd on
 //!   loopback, whose revision, key count and `hashkv` must equal the record's. Only then is it
 //!   *verified*; `restore` chooses only verified snapshots by default.
@@ -264,10 +264,12 @@ pub fn check_room(path: &Path, source: &Source) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Takes a snapshot of `source` into `path`: its keyspace recorded first (revision, key count,
-/// `hashkv`, at one revision), then etcd's snapshot streamed, checked against its trailing
-/// SHA-256 and encrypted under `key` as it arrives, into a temp file put in place only once
-/// whole; then the record beside it. `progress` hears the bytes received.
+/// Takes a snapshot of `source` into `path`: its revision and key count recorded first, then
+/// etcd's snapshot streamed (checked against its trailing SHA-256 and encrypted under `key` as
+/// it arrives, into a temp file put in place only once whole) while the same member computes
+/// `hashkv` up to that revision; then the record beside it. The snapshot holds that revision
+/// or a later one, so a restore of it answers the same count and hash there. `progress` hears
+/// the bytes received.
 pub async fn take(
     client: &EtcdClient,
     source: &Source,
@@ -276,13 +278,14 @@ pub async fn take(
     path: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Meta, SnapshotError> {
-    let keyspace = client
-        .keyspace_of(&source.endpoint, source.db_size)
+    let keyspace_err = |e| SnapshotError::Keyspace {
+        endpoint: source.endpoint.clone(),
+        source: e,
+    };
+    let (revision, key_count) = client
+        .count_keys_of(&source.endpoint)
         .await
-        .map_err(|e| SnapshotError::Keyspace {
-            endpoint: source.endpoint.clone(),
-            source: e,
-        })?;
+        .map_err(keyspace_err)?;
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
             dir: dir.to_path_buf(),
@@ -300,16 +303,18 @@ pub async fn take(
             source: std::io::Error::other(crate::error_chain(&e)),
         }
     };
-    let (streamed, file_sha256, file_size) = {
+    let (streamed, file_sha256, file_size, (hash_kv, compact_revision)) = {
         let file = HashingWriter::new(std::io::BufWriter::new(tmp.file_mut()));
         let mut enc = Encryptor::new(key, file, &what)?;
-        let streamed = client
-            .snapshot_into(
-                &source.endpoint,
-                &mut |bytes| enc.write(bytes).map_err(io_err("encrypt into")),
-                progress,
-            )
-            .await?;
+        // The hash reads the member's whole key bucket, as the snapshot does: both at once, so
+        // an operation waits for the longer of the two, not their sum.
+        let mut sink = |bytes: &[u8]| enc.write(bytes).map_err(io_err("encrypt into"));
+        let (streamed, hash) = tokio::join!(
+            client.snapshot_into(&source.endpoint, &mut sink, progress),
+            client.hash_kv_of(&source.endpoint, revision, source.db_size)
+        );
+        let streamed = streamed?;
+        let hash = hash.map_err(keyspace_err)?;
         let hashed = enc.finish()?;
         let (buffered, sha, size) = hashed.finish();
         buffered.into_inner().map_err(|e| {
@@ -319,7 +324,7 @@ pub async fn take(
                 source: e.into_error(),
             })
         })?;
-        (streamed, sha, size)
+        (streamed, sha, size, hash)
     };
     tmp.persist(path)?;
     let (taken_at, taken_unix) = meta::now();
@@ -331,10 +336,10 @@ pub async fn take(
         member: source.member.clone(),
         endpoint: source.endpoint.clone(),
         etcd_version: Some(source.version.clone()).filter(|v| !v.is_empty()),
-        revision: keyspace.revision,
-        key_count: keyspace.key_count,
-        hash_kv: keyspace.hash_kv,
-        compact_revision: keyspace.compact_revision,
+        revision,
+        key_count,
+        hash_kv,
+        compact_revision,
         size: streamed.size,
         sha256: streamed.sha256,
         encrypted: true,
