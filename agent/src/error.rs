@@ -48,6 +48,11 @@ pub enum AgentError {
     Invalid(String),
     #[error("{0} holds a private key; private keys never leave their host")]
     Secret(String),
+    #[error(
+        "{0} is not in haop's encrypted snapshot format; DownloadFile streams back encrypted \
+         snapshot copies only"
+    )]
+    NotEncrypted(String),
 }
 
 /// The error and its sources, once: "write /etc/x: Permission denied (os error 13)".
@@ -109,6 +114,7 @@ impl From<AgentError> for Status {
             },
             AgentError::Name(_) | AgentError::Invalid(_) => Code::InvalidArgument,
             AgentError::Secret(_) => Code::PermissionDenied,
+            AgentError::NotEncrypted(_) => Code::PermissionDenied,
             AgentError::Csr(e) => match e {
                 CsrError::File(f) => file_code(f),
                 CsrError::NoKey { .. } => Code::FailedPrecondition,

@@ -348,6 +348,86 @@ impl Upload {
     }
 }
 
+/// Opens `path` for reading when it is a regular file (not a directory, not a device).
+pub fn open_regular(path: &Path) -> Result<File, FileError> {
+    let file = File::open(path).map_err(io("open", path))?;
+    let meta = file.metadata().map_err(io("inspect", path))?;
+    if meta.is_dir() {
+        return Err(FileError::IsDirectory {
+            path: path.display().to_string(),
+        });
+    }
+    if !meta.is_file() {
+        return Err(FileError::Io {
+            op: "stream",
+            path: path.display().to_string(),
+            source: std::io::Error::other("not a regular file"),
+        });
+    }
+    Ok(file)
+}
+
+/// Fills `buf` from `r` unless it ends first; answers how much was read.
+pub fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// DownloadFile's sender, on a blocking thread: `head` (already read from `file`), then the
+/// rest of `file` in 1 MiB messages, then a last message with the sha256 and size of it all.
+/// A read error ends the stream with that error; a caller that hung up ends it quietly.
+pub fn stream_back(
+    mut file: File,
+    head: &[u8],
+    path: &Path,
+    tx: &tokio::sync::mpsc::Sender<Result<haop_proto::v1::DownloadChunk, tonic::Status>>,
+) {
+    use haop_proto::v1::DownloadChunk;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut next = head.to_vec();
+    loop {
+        if !next.is_empty() {
+            hasher.update(&next);
+            size += next.len() as u64;
+            let chunk = DownloadChunk {
+                data: std::mem::take(&mut next),
+                ..Default::default()
+            };
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return;
+            }
+        }
+        let mut buf = vec![0u8; 1024 * 1024];
+        match read_full(&mut file, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.truncate(n);
+                next = buf;
+            }
+            Err(e) => {
+                let err = crate::error::AgentError::from(io("read", path)(e));
+                let _ = tx.blocking_send(Err(err.into()));
+                return;
+            }
+        }
+    }
+    let _ = tx.blocking_send(Ok(DownloadChunk {
+        data: Vec::new(),
+        sha256: hex::encode(hasher.finalize()),
+        size,
+        last: true,
+    }));
+}
+
 /// Reads a whole file of at most `limit` bytes; larger files are refused, never cut.
 pub fn read_capped(path: &Path, limit: u64) -> Result<(Vec<u8>, u32), FileError> {
     let meta = fs::metadata(path).map_err(io("read", path))?;

@@ -59,10 +59,11 @@ pub enum Rpc {
     InstallCertificate,
     WhoAmI,
     InstallRevocations,
+    DownloadFile,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 20] = [
+    pub const ALL: [Rpc; 21] = [
         Rpc::GetFacts,
         Rpc::WriteFile,
         Rpc::ReadFile,
@@ -83,6 +84,7 @@ impl Rpc {
         Rpc::InstallCertificate,
         Rpc::WhoAmI,
         Rpc::InstallRevocations,
+        Rpc::DownloadFile,
     ];
 
     /// The method's name, as in the proto.
@@ -108,6 +110,7 @@ impl Rpc {
             Rpc::InstallCertificate => "InstallCertificate",
             Rpc::WhoAmI => "WhoAmI",
             Rpc::InstallRevocations => "InstallRevocations",
+            Rpc::DownloadFile => "DownloadFile",
         }
     }
 }
@@ -143,6 +146,8 @@ pub fn callers(rpc: Rpc) -> &'static [Role] {
         Rpc::Exec => ADMIN,
         Rpc::CreateCsr => ADMIN,
         Rpc::InstallCertificate => ADMIN,
+        // Streams a snapshot copy back for a restore: per path (only encrypted copies).
+        Rpc::DownloadFile => ADMIN,
     }
 }
 
@@ -163,6 +168,9 @@ pub enum Use {
     Key,
     /// EnsureUnit's data_dirs and WipeDataDir's path: a directory declared, then moved aside.
     DataDir,
+    /// DownloadFile: the whole content, streamed back, of a file that the agent also checks
+    /// is haop's encrypted snapshot format.
+    Download,
 }
 
 impl Use {
@@ -174,6 +182,7 @@ impl Use {
             Use::Write => "write or remove",
             Use::Key => "use as a key",
             Use::DataDir => "declare or wipe as a data dir",
+            Use::Download => "stream back",
         }
     }
 }
@@ -189,6 +198,9 @@ pub enum PathClass {
     /// etcd's data: every declared data dir, `/var/lib/etcd`, and anything moved aside
     /// (`*.wiped-*`). Only etcd, and WipeDataDir, touch it.
     EtcdData,
+    /// Copies of snapshots that haop keeps on the host, `/var/lib/haop/snapshot-copies`:
+    /// the whole keyspace, encrypted under a key the host never holds.
+    SnapshotCopy,
     /// etcd snapshots: `/var/lib/haop/restore` and `*.db` files. The whole keyspace.
     Snapshot,
     /// Private keys: `*.key`.
@@ -207,9 +219,10 @@ pub enum PathClass {
 }
 
 impl PathClass {
-    pub const ALL: [PathClass; 8] = [
+    pub const ALL: [PathClass; 9] = [
         PathClass::AgentOwn,
         PathClass::EtcdData,
+        PathClass::SnapshotCopy,
         PathClass::Snapshot,
         PathClass::Key,
         PathClass::Password,
@@ -228,6 +241,9 @@ impl PathClass {
                 "etcd's data, which leaves the host only through etcd's API (haop etcd \
                  snapshot save)"
             }
+            PathClass::SnapshotCopy => {
+                "an encrypted snapshot copy, which only an admin writes and streams back"
+            }
             PathClass::Snapshot => "an etcd snapshot (the whole keyspace), which is only uploaded",
             PathClass::Key => "a private key, which is used where it is and never leaves the host",
             PathClass::Password => "a file holding a password (keepalived's VRRP auth_pass)",
@@ -243,7 +259,7 @@ impl PathClass {
 
 /// The second table: the uses each role may make of a path of each class.
 pub fn rights(class: PathClass, role: Role) -> &'static [Use] {
-    use Use::{Certificates, Content, DataDir, Key, Metadata, Write};
+    use Use::{Certificates, Content, DataDir, Download, Key, Metadata, Write};
     match (class, role) {
         (PathClass::AgentOwn, Role::Admin) => &[],
         (PathClass::AgentOwn, Role::Reader) => &[],
@@ -253,6 +269,15 @@ pub fn rights(class: PathClass, role: Role) -> &'static [Use] {
         // receiving the database and checks a host has room for it.
         (PathClass::EtcdData, Role::Admin) => &[Metadata, DataDir],
         (PathClass::EtcdData, Role::Reader) => &[],
+        // `haop etcd snapshot save` and the schedule put encrypted copies here, prune removes
+        // them, and `haop etcd restore --from-host` streams one back when the coordinator's
+        // state dir lost its own. An admin may stream a copy back because it is ciphertext
+        // under the coordinator's snapshot key, which never reaches a host: DownloadFile serves
+        // only files in haop's encrypted format (the agent checks the magic), so the etcd data
+        // an admin cannot read elsewhere does not leave the host readable this way. Never
+        // ReadFile's content, nor Stat's digest.
+        (PathClass::SnapshotCopy, Role::Admin) => &[Metadata, Write, Download],
+        (PathClass::SnapshotCopy, Role::Reader) => &[],
         // `haop etcd restore` uploads one for etcdctl to restore from.
         (PathClass::Snapshot, Role::Admin) => &[Write],
         (PathClass::Snapshot, Role::Reader) => &[],
@@ -369,6 +394,13 @@ impl Guarded for pb::ReadFileRequest {
     }
 }
 
+impl Guarded for pb::DownloadFileRequest {
+    const RPC: Rpc = Rpc::DownloadFile;
+    fn paths(&self) -> Vec<(Use, String)> {
+        vec![(Use::Download, self.path.clone())]
+    }
+}
+
 impl Guarded for pb::StatRequest {
     const RPC: Rpc = Rpc::Stat;
     fn paths(&self) -> Vec<(Use, String)> {
@@ -434,6 +466,8 @@ impl Guarded for pb::InstallCertificateRequest {
 const DEFAULT_DATA_DIR: &str = "/var/lib/etcd";
 /// Where `haop etcd restore` uploads its snapshot.
 const SNAPSHOT_DIR: &str = "/var/lib/haop/restore";
+/// Where haop keeps encrypted copies of its snapshots.
+const SNAPSHOT_COPY_DIR: &str = haop_proto::SNAPSHOT_COPY_DIR;
 /// The agent's config on a host (the .deb's conffile) and on a lab host.
 const AGENT_CONFIG: &str = "/etc/haop/agent.toml";
 const KEEPALIVED_CONF: &str = "/etc/keepalived/keepalived.conf";
@@ -580,6 +614,9 @@ impl Policy {
         {
             return PathClass::EtcdData;
         }
+        if under(SNAPSHOT_COPY_DIR) {
+            return PathClass::SnapshotCopy;
+        }
         if under(SNAPSHOT_DIR) || name.ends_with(".db") {
             return PathClass::Snapshot;
         }
@@ -677,6 +714,7 @@ mod tests {
         for class in [
             PathClass::AgentOwn,
             PathClass::EtcdData,
+            PathClass::SnapshotCopy,
             PathClass::Snapshot,
             PathClass::Key,
             PathClass::Kubeconfig,
@@ -685,6 +723,16 @@ mod tests {
                 !rights(class, Role::Admin).contains(&Use::Content),
                 "{class:?}"
             );
+        }
+        // Streaming back is for encrypted snapshot copies alone, and admins alone.
+        for class in PathClass::ALL {
+            for role in [Role::Admin, Role::Reader] {
+                assert_eq!(
+                    rights(class, role).contains(&Use::Download),
+                    (class, role) == (PathClass::SnapshotCopy, Role::Admin),
+                    "{class:?} {role:?}"
+                );
+            }
         }
     }
 
@@ -701,6 +749,14 @@ mod tests {
                 PathClass::EtcdData,
             ),
             ("/var/lib/haop/restore/snapshot.db", PathClass::Snapshot),
+            (
+                "/var/lib/haop/snapshot-copies/c/20260101T000000.000Z-etcd1.snap",
+                PathClass::SnapshotCopy,
+            ),
+            (
+                "/var/lib/haop/snapshot-copies/c/x.db",
+                PathClass::SnapshotCopy,
+            ),
             ("/var/lib/haop/backup.db", PathClass::Snapshot),
             ("/etc/kubernetes/pki/etcd/server.key", PathClass::Key),
             ("/etc/keepalived/keepalived.conf", PathClass::Password),

@@ -385,6 +385,36 @@ impl Agent for AgentService {
         }))
     }
 
+    type DownloadFileStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::DownloadChunk, Status>>;
+
+    async fn download_file(
+        &self,
+        req: Request<pb::DownloadFileRequest>,
+    ) -> AgentResult<Self::DownloadFileStream> {
+        let caller = self.inner.policy.admit(&req)?;
+        let req = req.into_inner();
+        let path = host_path(&req.path).map_err(Status::from)?;
+        let (_, real) = self
+            .fs()
+            .resolve(&path)
+            .map_err(|e| Status::from(AgentError::from(e)))?;
+        let mut file = files::open_regular(&real).map_err(|e| Status::from(AgentError::from(e)))?;
+        // The policy let an admin ask for this path; the content must be ciphertext as well.
+        let mut magic = [0u8; 8];
+        let n = files::read_full(&mut file, &mut magic)
+            .map_err(|e| Status::from(AgentError::from(files::io("read", &real)(e))))?;
+        if n != magic.len() || &magic != haop_proto::ENCRYPTED_SNAPSHOT_MAGIC {
+            return Err(AgentError::NotEncrypted(path.to_string()).into());
+        }
+        info!(caller = %caller.common_name, path = %path, "streaming a snapshot copy back");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || files::stream_back(file, &magic, &real, &tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn ensure_unit(
         &self,
         req: Request<pb::EnsureUnitRequest>,

@@ -464,6 +464,14 @@ async fn call_every_rpc(c: &mut Client) -> Vec<(&'static str, Result<(), Status>
         ),
         ("WhoAmI", c.who_am_i(pb::WhoAmIRequest {}).await.map(drop)),
         (
+            "DownloadFile",
+            c.download_file(pb::DownloadFileRequest {
+                path: "/var/lib/haop/snapshot-copies/c/x.snap".into(),
+            })
+            .await
+            .map(drop),
+        ),
+        (
             "InstallRevocations",
             c.install_revocations(pb::InstallRevocationsRequest {
                 crl_pem: "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n".into(),
@@ -838,5 +846,76 @@ async fn what_the_coordinator_asks_is_still_allowed() {
             "{path}: {got}"
         );
     }
+    a.shutdown().await;
+}
+
+/// Collects a DownloadFile stream: the bytes, and the last message's sha256 and size.
+async fn download(c: &mut Client, path: &str) -> Result<(Vec<u8>, String, u64), Status> {
+    let mut stream = c
+        .download_file(pb::DownloadFileRequest { path: path.into() })
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        if chunk.last {
+            return Ok((data, chunk.sha256, chunk.size));
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    panic!("the stream of {path} ended without its last message");
+}
+
+#[tokio::test]
+async fn only_an_admin_streams_back_and_only_encrypted_snapshot_copies() {
+    let a = TestAgent::start().await;
+    let (mut reader, mut admin) = clients(&a).await;
+    declare_data_dir(&mut admin).await;
+    plant_secrets(&a);
+    // An encrypted copy: the format's magic, then ciphertext (2.5 MiB: several messages).
+    let mut copy = haop_proto::ENCRYPTED_SNAPSHOT_MAGIC.to_vec();
+    copy.extend((0..(5 << 19)).map(|i: u32| (i % 253) as u8));
+    let path = "/var/lib/haop/snapshot-copies/c/20260101T000000.000Z-etcd1.snap";
+    plant(&a, path, &copy);
+    let (data, sha, size) = download(&mut admin, path).await.unwrap();
+    assert_eq!(data, copy);
+    assert_eq!(sha, haop_agent::files::sha256_hex(&copy));
+    assert_eq!(size, copy.len() as u64);
+    // Not to a reader, and never as ReadFile content or a digest, even to an admin.
+    assert_refused("reader DownloadFile", download(&mut reader, path).await);
+    assert_refused(
+        "admin ReadFile of a copy",
+        read(&mut admin, path, false).await,
+    );
+    let stat = admin
+        .stat(pb::StatRequest {
+            path: path.into(),
+            tree: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stat.exists && stat.sha256.is_empty(), "{stat:?}");
+    // A plaintext file in the copies' directory is not streamed back.
+    let plain = "/var/lib/haop/snapshot-copies/c/plain.snap";
+    plant(&a, plain, format!("bolt db {}", marker(99)).as_bytes());
+    let err = download(&mut admin, plain).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().contains("encrypted"), "{}", err.message());
+    assert_refused("plaintext copy", download(&mut admin, plain).await);
+    // Nor anything outside it, whatever it begins with: etcd's data, a snapshot for restore,
+    // configuration, a key.
+    for p in [
+        "/var/lib/etcd/member/snap/db",
+        "/var/lib/haop/restore/snapshot.db",
+        "/etc/containerd/config.toml",
+        "/etc/kubernetes/pki/etcd/server.key",
+    ] {
+        assert_refused(&format!("DownloadFile {p}"), download(&mut admin, p).await);
+    }
+    plant(&a, "/etc/haop/looks-encrypted.conf", &copy);
+    assert_refused(
+        "DownloadFile of config that begins with the magic",
+        download(&mut admin, "/etc/haop/looks-encrypted.conf").await,
+    );
     a.shutdown().await;
 }

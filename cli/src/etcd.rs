@@ -105,10 +105,18 @@ pub enum EtcdCommand {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
-        /// The snapshot; default: the newest in the state dir, else a fresh one from the
-        /// surviving member with the highest raft index.
-        #[arg(long)]
+        /// The snapshot file; default: the newest verified one in the state dir (else, when
+        /// the state dir has none at all, a fresh one from the surviving member with the
+        /// highest raft index).
+        #[arg(long, conflicts_with = "from_host")]
         from: Option<PathBuf>,
+        /// Take the snapshot from HOST's copy (etcd.snapshots.copies): its newest verified
+        /// one, or --snapshot NAME. Works with a state dir that kept only pki/ and secrets/.
+        #[arg(long, value_name = "HOST")]
+        from_host: Option<String>,
+        /// With --from-host: the copy to take, by name.
+        #[arg(long, value_name = "NAME", requires = "from_host")]
+        snapshot: Option<String>,
         /// Do not ask.
         #[arg(long)]
         yes: bool,
@@ -155,14 +163,63 @@ pub enum EtcdCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Save a snapshot from the first member that answers (checksummed, atomically written).
+    /// Save a snapshot from the first member that answers: its revision, key count and hashkv
+    /// recorded first, then streamed, checked against etcd's checksum and encrypted as it
+    /// arrives; then the retention (etcd.retention) runs.
     Save {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
-        /// Where to write it; default: the state dir's snapshots/CLUSTER/.
+        /// Where to write it (encrypted, its record beside it as FILE.json); default: the
+        /// state dir's snapshots/CLUSTER/.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Verify snapshots by a real restore: decrypt into a scratch directory, restore with
+    /// etcdutl (3.5) or etcdctl (3.4), serve with a throwaway etcd on loopback, and compare
+    /// revision, key count and hashkv with what was recorded at save time. Only a verified
+    /// snapshot is chosen by restore. Exits 1 when one fails.
+    Verify {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// Snapshots by name (as list shows them) or path; default: the newest.
+        names: Vec<String>,
+        /// Every snapshot not verified yet.
+        #[arg(long, conflicts_with = "names")]
+        unverified: bool,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Apply the retention (etcd.retention: count and age) to the state dir's snapshots and
+    /// to every host's copies; never the newest snapshot, never the newest verified one.
+    Prune {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+    },
+    /// Keep saving, verifying, copying and pruning every etcd.snapshots.interval (the haop
+    /// .deb's haop-snapshots.service runs it). Logs a line per step; exits cleanly on SIGTERM
+    /// or Ctrl-C, also in the middle of a round.
+    Schedule {
+        /// The inventory file (read again before each round).
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// Override etcd.snapshots.interval, such as 30m or 10s.
+        #[arg(long)]
+        interval: Option<haop_coordinator::inventory::Span>,
+        /// Stop after this many rounds (default: run until stopped).
+        #[arg(long)]
+        rounds: Option<u64>,
+    },
+    /// Every snapshot of the state dir: when, from which member, revision, keys, size,
+    /// sha256, its copies on hosts, and whether it was verified (and if it failed, why).
+    List {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
 }
 
@@ -321,12 +378,39 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
         EtcdCommand::Restore {
             inventory,
             from,
+            from_host,
+            snapshot,
             yes,
         } => {
             use std::io::{BufRead, IsTerminal, Write};
             let inv = load_inventory(&inventory)?;
-            let snapshot =
+            let from = match from_host {
+                Some(host) => {
+                    let view = View::new(format!("copy from {host} fetched"));
+                    let path = haop_coordinator::etcd::snapshots::copies::fetch(
+                        state_dir,
+                        &inv,
+                        &host,
+                        snapshot.as_deref(),
+                        &|bytes, total| {
+                            view.show(Progress::Transfer {
+                                what: format!("copy from {host}"),
+                                bytes,
+                                total: Some(total),
+                            })
+                        },
+                    )
+                    .await?;
+                    view.finish();
+                    eprintln!("fetched {host}'s copy into {}", path.display());
+                    Some(path)
+                }
+                None => from,
+            };
+            let choice =
                 haop_coordinator::etcd::restore::choose_snapshot(state_dir, &inv, from).await?;
+            show_choice(&choice);
+            let snapshot = choice.path.clone();
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     anyhow::bail!(
@@ -358,31 +442,258 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        EtcdCommand::Snapshot(SnapshotCommand::Save { inventory, out }) => {
+        EtcdCommand::Snapshot(cmd) => snapshot(state_dir, cmd).await,
+    }
+}
+
+/// `haop etcd snapshot ...`.
+async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    use haop_coordinator::etcd::snapshots;
+    match cmd {
+        SnapshotCommand::Save { inventory, out } => {
             let inv = load_inventory(&inventory)?;
+            let saved_in_state_dir = out.is_none();
             let view = View::new("saved");
-            let (info, removed) =
-                haop_coordinator::etcd::snapshots::save(state_dir, &inv, out, &|bytes, total| {
-                    view.show(Progress::Transfer {
-                        what: "snapshot".into(),
-                        bytes,
-                        total,
-                    })
+            let saved = snapshots::save(state_dir, &inv, out, &|bytes, total| {
+                view.show(Progress::Transfer {
+                    what: "snapshot".into(),
+                    bytes,
+                    total,
                 })
-                .await?;
+            })
+            .await?;
             view.finish();
+            let m = &saved.meta;
             println!(
-                "{} ({} bytes, sha256 {}, from {})",
-                info.path.display(),
-                info.size,
-                info.sha256,
-                info.endpoint
+                "{} ({} bytes, sha256 {}, from {} at revision {}, {} keys, hashkv {:08x}; encrypted, not verified yet)",
+                saved.path.display(),
+                m.size,
+                m.sha256,
+                m.member,
+                m.revision,
+                m.key_count,
+                m.hash_kv
             );
-            for r in removed {
+            for r in &saved.removed {
                 eprintln!("deleted snapshot {} (etcd.retention)", r.display());
+            }
+            if saved_in_state_dir && inv.etcd.snapshots.copies > 0 {
+                let copied =
+                    snapshots::copy_to_hosts(state_dir, &inv, &saved.path, &|l| eprintln!("{l}"))
+                        .await?;
+                if copied.total < inv.etcd.snapshots.copies as usize {
+                    eprintln!(
+                        "{} copies of the {} etcd.snapshots.copies asks for",
+                        copied.total, inv.etcd.snapshots.copies
+                    );
+                    return Ok(ExitCode::from(1));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
+        SnapshotCommand::Prune { inventory } => {
+            let inv = load_inventory(&inventory)?;
+            let (removed, on_hosts) =
+                snapshots::prune_everywhere(state_dir, &inv, &|l| eprintln!("{l}")).await?;
+            for r in &removed {
+                println!("deleted snapshot {} (etcd.retention)", r.display());
+            }
+            for (host, name) in &on_hosts {
+                println!("deleted {host}'s copy {name} (etcd.retention)");
+            }
+            if removed.is_empty() && on_hosts.is_empty() {
+                println!("nothing to prune");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Schedule {
+            inventory,
+            interval,
+            rounds,
+        } => {
+            let shutdown = async {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return std::future::pending().await,
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            let say = |line: String| {
+                let now = haop_coordinator::etcd::snapshots::meta::now().0;
+                eprintln!("{now} {line}");
+            };
+            let done = snapshots::schedule::run(
+                state_dir,
+                &inventory,
+                interval.map(|s| s.duration()),
+                rounds,
+                shutdown,
+                &say,
+            )
+            .await?;
+            say(format!("stopped after {done} rounds"));
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Verify {
+            inventory,
+            names,
+            unverified,
+            output,
+        } => {
+            let inv = load_inventory(&inventory)?;
+            let cluster = inv.cluster.as_str();
+            let all = snapshots::entries(state_dir, cluster);
+            let chosen: Vec<PathBuf> = if unverified {
+                all.iter()
+                    .filter(|e| e.state == snapshots::State::Unverified)
+                    .map(|e| e.path.clone())
+                    .collect()
+            } else if names.is_empty() {
+                all.last().map(|e| e.path.clone()).into_iter().collect()
+            } else {
+                names
+                    .iter()
+                    .map(|n| {
+                        all.iter()
+                            .find(|e| &e.name == n)
+                            .map(|e| e.path.clone())
+                            .unwrap_or_else(|| PathBuf::from(n))
+                    })
+                    .collect()
+            };
+            if chosen.is_empty() {
+                eprintln!("nothing to verify");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let tools = snapshots::verify::Tools::find(&inv)?;
+            let mut reports = Vec::new();
+            for path in &chosen {
+                if output == Format::Table {
+                    eprintln!("verifying {} ...", path.display());
+                }
+                let r = snapshots::verify::verify(state_dir, &tools, path).await?;
+                snapshots::refresh_copies(state_dir, &inv, path, &|l| eprintln!("{l}")).await?;
+                if output == Format::Table {
+                    let v = &r.verification;
+                    println!(
+                        "{}: {} in {:.1} s: {}",
+                        path.display(),
+                        if v.ok { "verified" } else { "FAILED" },
+                        v.seconds,
+                        v.detail
+                    );
+                }
+                reports.push(r);
+            }
+            if output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            Ok(if reports.iter().all(|r| r.verification.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        SnapshotCommand::List { inventory, output } => {
+            let inv = load_inventory(&inventory)?;
+            let entries = snapshots::entries(state_dir, inv.cluster.as_str());
+            if output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print_snapshots(&entries);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// What restore chose, the candidates it looked at and what it would lose (on stderr: stdout
+/// stays for scripts).
+fn show_choice(choice: &haop_coordinator::etcd::restore::Choice) {
+    if !choice.candidates.is_empty() {
+        eprintln!("snapshots, newest first:");
+        for c in &choice.candidates {
+            let m = c.meta.as_ref();
+            eprintln!(
+                "  {} {:<38} {:<20} revision {:<9} {}{}",
+                if c.path == choice.path { "*" } else { " " },
+                c.name,
+                m.map(|m| m.taken_at.as_str()).unwrap_or("-"),
+                m.map(|m| m.revision.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                c.state.as_str(),
+                c.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    eprintln!("chosen: {} ({})", choice.path.display(), choice.reason);
+    match (&choice.meta, choice.revision_gap()) {
+        (Some(m), Some(gap)) => {
+            let furthest = choice
+                .survivors
+                .iter()
+                .max_by_key(|(_, r)| *r)
+                .map(|(n, r)| format!("{n} is at revision {r}"))
+                .unwrap_or_default();
+            eprintln!(
+                "it holds revision {} ({} keys, taken {} from {}); {furthest}: {gap} revisions written since would be lost",
+                m.revision, m.key_count, m.taken_at, m.member
+            );
+        }
+        (Some(m), None) => eprintln!(
+            "it holds revision {} ({} keys, taken {} from {}); no member answers, so what was written since cannot be told",
+            m.revision, m.key_count, m.taken_at, m.member
+        ),
+        (None, _) => eprintln!("it has no record: what it holds cannot be told before restoring it"),
+    }
+}
+
+/// The snapshot table: newest last, as the names sort.
+fn print_snapshots(entries: &[haop_coordinator::etcd::snapshots::Entry]) {
+    if entries.is_empty() {
+        println!("no snapshots");
+        return;
+    }
+    println!(
+        "{:<38} {:<20} {:<10} {:>9} {:>7} {:>10} {:<12} {:<16} STATE",
+        "NAME", "TAKEN", "MEMBER", "REVISION", "KEYS", "SIZE", "SHA256", "COPIES"
+    );
+    for e in entries {
+        let m = e.meta.as_ref();
+        let dash = || "-".to_string();
+        let state = match (&e.why, m.and_then(|m| m.verification.as_ref())) {
+            (Some(why), _) => format!("{}: {why}", e.state.as_str()),
+            (None, Some(v)) => format!("{} {}", e.state.as_str(), v.at),
+            (None, None) => e.state.as_str().to_string(),
+        };
+        println!(
+            "{:<38} {:<20} {:<10} {:>9} {:>7} {:>10} {:<12} {:<16} {}",
+            e.name,
+            m.map(|m| m.taken_at.clone()).unwrap_or_else(dash),
+            m.map(|m| m.member.clone()).unwrap_or_else(dash),
+            m.map(|m| m.revision.to_string()).unwrap_or_else(dash),
+            m.map(|m| m.key_count.to_string()).unwrap_or_else(dash),
+            haop_coordinator::etcd::catchup::human_bytes(e.file_size),
+            m.map(|m| m.sha256[..12.min(m.sha256.len())].to_string())
+                .unwrap_or_else(dash),
+            m.filter(|m| !m.copies.is_empty())
+                .map(|m| m
+                    .copies
+                    .iter()
+                    .map(|c| c.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_else(dash),
+            state
+        );
     }
 }
 

@@ -1004,3 +1004,61 @@ fn retention_and_catch_up_stall_have_defaults_and_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn snapshot_schedule_copies_and_staleness_have_defaults_and_are_checked() {
+    let (inv, _) = ok(BASE);
+    let s = &inv.etcd.snapshots;
+    assert_eq!(s.interval.duration().as_secs(), 3600);
+    assert_eq!(s.copies, 1);
+    assert_eq!(s.stale_after.duration().as_secs(), 25 * 3600);
+
+    let (inv, warnings) = ok(&format!(
+        "{BASE}etcd:\n  snapshots: {{interval: 30m, copies: 0, stale_after: 0s}}\n"
+    ));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let s = &inv.etcd.snapshots;
+    assert_eq!(
+        (
+            s.interval.duration().as_secs(),
+            s.copies,
+            s.stale_after.duration().as_secs()
+        ),
+        (1800, 0, 0)
+    );
+    let (again, _) = ok(&inv.to_yaml().unwrap());
+    assert_eq!(again.etcd.snapshots, inv.etcd.snapshots);
+
+    let (full, _) = Inventory::load(&fixture("full.yaml")).unwrap();
+    assert_eq!(full.etcd.snapshots.copies, 2);
+
+    let p = one_error(
+        &format!("{BASE}etcd: {{snapshots: {{interval: 0s}}}}\n"),
+        "etcd.snapshots.interval",
+    );
+    assert!(p.message.contains("zero"), "{}", p.message);
+    let p = one_error(
+        &format!("{BASE}etcd: {{snapshots: {{copies: -1}}}}\n"),
+        "etcd.snapshots.copies",
+    );
+    assert!(p.message.contains("out of range"), "{}", p.message);
+    let p = one_warning(
+        &format!("{BASE}etcd: {{snapshots: {{interval: 2h, stale_after: 1h}}}}\n"),
+        "etcd.snapshots.stale_after",
+    );
+    assert!(
+        p.message.contains("shorter than the interval"),
+        "{}",
+        p.message
+    );
+    let e = Inventory::from_yaml(
+        &format!("{BASE}etcd: {{snapshots: {{every: 1h}}}}\n"),
+        "bad.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("unknown field `every`") && e.contains("stale_after"),
+        "{e}"
+    );
+}

@@ -154,8 +154,10 @@ async fn recover_a_killed_and_wiped_member_under_a_writer(etcd: Etcd) {
         "one member of three must not have quorum: the wiped members rejoined by themselves"
     );
 
-    // Restore from the newest snapshot (taken by the recovery above) brings the cluster back
-    // with the data of the snapshot.
+    // Restore from the newest snapshot (taken by the recovery above, verified first: restore
+    // chooses only verified snapshots) brings the cluster back with the data of the snapshot.
+    let verified = haop(st, &["etcd", "snapshot", "verify", "-f", &inv]);
+    assert!(verified.status.success(), "{}", text(&verified));
     let no = haop(st, &["etcd", "restore", "-f", &inv]);
     assert!(!no.status.success(), "restore ran without confirmation");
     assert!(text(&no).contains("--yes"), "{}", text(&no));

@@ -127,9 +127,14 @@ async fn upgrade_34_to_3516_to_3530_under_a_writer_killed_rolled_back_and_gated(
 
     // 3.4.23 -> 3.5.16, killed after each member in turn: each run moves one more member, the
     // cluster version stays 3.4 until the last, and one snapshot serves the whole upgrade.
+    // Snapshot files, not their records (NAME.json beside each).
     let snapshots = || {
         std::fs::read_dir(st.join("snapshots").join(inventory.cluster.as_str()))
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
             .unwrap_or(0)
     };
     for done in 1..=2 {

@@ -1187,3 +1187,195 @@ async fn plan_shows_new_files_whole_with_secrets_masked() {
     }
     world.shutdown().await;
 }
+
+/// A recorded, encrypted snapshot in `state`'s snapshot dir of cluster `t`, as `take` leaves
+/// one (the bytes are not a real etcd database: copies never look inside).
+fn fake_snapshot(
+    state: &Path,
+    stamp: &str,
+    member: &str,
+    verified: bool,
+) -> (PathBuf, haop_coordinator::etcd::snapshots::meta::Meta) {
+    use haop_coordinator::etcd::snapshots::{self, crypt, meta};
+    use sha2::Digest;
+    let key = crypt::SnapshotKey::load_or_create(state).unwrap();
+    let dir = snapshots::snapshot_dir(state, "t");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{stamp}-{member}.snap"));
+    let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let mut enc = crypt::Encryptor::new(&key, Vec::new(), "test").unwrap();
+    enc.write(&plain).unwrap();
+    let file = enc.finish().unwrap();
+    std::fs::write(&path, &file).unwrap();
+    let (at, now) = meta::now();
+    let m = meta::Meta {
+        format: meta::META_FORMAT,
+        cluster: "t".into(),
+        taken_at: at.clone(),
+        taken_unix: now,
+        member: member.into(),
+        endpoint: String::new(),
+        etcd_version: None,
+        revision: 10,
+        key_count: 3,
+        hash_kv: 1,
+        compact_revision: 0,
+        size: plain.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(&plain)),
+        encrypted: true,
+        key_id: Some(key.id()),
+        file_size: file.len() as u64,
+        file_sha256: hex::encode(sha2::Sha256::digest(&file)),
+        copies: Vec::new(),
+        verification: verified.then(|| meta::Verification {
+            at,
+            at_unix: now,
+            ok: true,
+            detail: "as recorded".into(),
+            restored: None,
+            etcd_version: None,
+            seconds: 0.1,
+        }),
+    };
+    meta::write(&path, &m).unwrap();
+    (path, m)
+}
+
+#[tokio::test]
+async fn snapshot_copies_go_to_other_hosts_come_back_checked_and_are_pruned_by_each_host() {
+    use haop_coordinator::etcd::snapshots::{self, copies, meta};
+    let world = World::new(&[
+        ("etcd1", "[etcd]"),
+        ("etcd2", "[etcd]"),
+        ("etcd3", "[etcd]"),
+    ])
+    .await;
+    let st = world.state.path();
+    let inv = world.inventory("etcd: {snapshots: {copies: 2}, retention: {snapshots: 2}}\n");
+    let (first, m) = fake_snapshot(st, "20260101T000000.000Z", "etcd1", false);
+    let name = first.file_name().unwrap().to_str().unwrap().to_string();
+
+    // Two copies, not on the member it came from; as the file is, owner-only.
+    let r = snapshots::copy_to_hosts(st, &inv, &first, &|_| {})
+        .await
+        .unwrap();
+    let hosts: Vec<&str> = r.made.iter().map(|c| c.host.as_str()).collect();
+    assert_eq!(hosts, ["etcd2", "etcd3"]);
+    for h in ["etcd2", "etcd3"] {
+        let real = world.real(h, &copies::host_path("t", &name));
+        assert_eq!(
+            std::fs::read(&real).unwrap(),
+            std::fs::read(&first).unwrap()
+        );
+        assert_eq!(std::fs::metadata(&real).unwrap().mode() & 0o777, 0o600);
+    }
+    assert!(!world.real("etcd1", copies::COPY_DIR).exists());
+    assert_eq!(meta::read(&first).unwrap().unwrap().copies.len(), 2);
+    // Again: it has its copies, nothing is sent.
+    let again = snapshots::copy_to_hosts(st, &inv, &first, &|_| {})
+        .await
+        .unwrap();
+    assert!(again.made.is_empty() && again.total == 2, "{again:?}");
+
+    // The operator's machine lost everything but pki/ and secrets/.
+    let lost = tempfile::tempdir().unwrap();
+    for d in ["pki", "secrets"] {
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(st.join(d))
+            .arg(lost.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    // Unverified copies are not taken without a name...
+    let err = copies::fetch(lost.path(), &inv, "etcd2", None, &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, copies::CopyError::NoneVerified { .. }),
+        "{err}"
+    );
+    // ...once verified (and the hosts' records refreshed), the newest verified one comes back.
+    meta::update(&first, |m| {
+        m.verification = fake_snapshot(st, "20250101T000000.000Z", "x", true)
+            .1
+            .verification
+    })
+    .unwrap();
+    std::fs::remove_file(snapshots::snapshot_dir(st, "t").join("20250101T000000.000Z-x.snap"))
+        .unwrap();
+    std::fs::remove_file(snapshots::snapshot_dir(st, "t").join("20250101T000000.000Z-x.json"))
+        .unwrap();
+    snapshots::refresh_copies(st, &inv, &first, &|l| panic!("{l}"))
+        .await
+        .unwrap();
+    let fetched = copies::fetch(lost.path(), &inv, "etcd2", None, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&first).unwrap()
+    );
+    let e = snapshots::Entry::read(&fetched);
+    assert_eq!(e.state, snapshots::State::Verified, "{e:?}");
+    assert_eq!(e.meta.as_ref().unwrap().sha256, m.sha256);
+    // It decrypts with the kept key to what the record says.
+    let plain = snapshots::Plaintext::open(lost.path(), &fetched)
+        .await
+        .unwrap();
+    assert_eq!(plain.sha256, m.sha256);
+
+    // A copy changed on its host is refused, and nothing is kept.
+    let on3 = world.real("etcd3", &copies::host_path("t", &name));
+    let mut bytes = std::fs::read(&on3).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&on3, &bytes).unwrap();
+    let lost3 = tempfile::tempdir().unwrap();
+    for d in ["pki", "secrets"] {
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(lost.path().join(d))
+            .arg(lost3.path())
+            .output()
+            .unwrap();
+    }
+    let err = copies::fetch(lost3.path(), &inv, "etcd3", Some(&name), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, copies::CopyError::Mismatch { .. }), "{err}");
+    assert!(snapshots::list(lost3.path(), "t").is_empty());
+
+    // Three newer, unverified snapshots with their copies; the retention (2) on every host
+    // keeps the two newest and the newest verified one.
+    for (i, member) in ["etcd2", "etcd3", "etcd1"].iter().enumerate() {
+        let (p, _) = fake_snapshot(st, &format!("2026010{}T000000.000Z", i + 2), member, false);
+        snapshots::copy_to_hosts(st, &inv, &p, &|_| {})
+            .await
+            .unwrap();
+    }
+    let (removed, on_hosts) = snapshots::prune_everywhere(st, &inv, &|l| panic!("{l}"))
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(first.exists(), "the newest verified snapshot is kept");
+    for h in ["etcd1", "etcd2", "etcd3"] {
+        let index = copies::host_copies(st, &inv, h).await.unwrap();
+        let names: Vec<&str> = index.copies.iter().map(|c| c.name.as_str()).collect();
+        assert!(names.len() <= 3, "{h}: {names:?} after {on_hosts:?}");
+        let dir = world.real(h, &copies::host_dir("t"));
+        let files = std::fs::read_dir(&dir)
+            .map(|d| d.count())
+            .unwrap_or_default();
+        assert_eq!(
+            files,
+            names.len() + usize::from(!names.is_empty()),
+            "{h}: files beside the index: {names:?}"
+        );
+        if names.contains(&name.as_str()) {
+            assert!(names.len() <= 3);
+        } else {
+            assert!(names.len() <= 2, "{h}: {names:?}");
+        }
+    }
+}

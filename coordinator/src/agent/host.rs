@@ -281,6 +281,118 @@ impl HostAgent {
         Ok(answer?.changed)
     }
 
+    /// Streams chunks from `chunks` to `path` on the host, as [`upload_file`](Self::upload_file)
+    /// does a local file, when the bytes are produced on the way (a snapshot decrypted as it is
+    /// sent): `sha256` and `size` are the whole content's, known beforehand, and the agent
+    /// checks them before the file takes its place. A chunk that is an error ends the upload
+    /// with that error (naming `local`, where the bytes come from), and the agent keeps
+    /// nothing. `sent` hears the bytes sent so far.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_stream(
+        &self,
+        path: &str,
+        mode: u32,
+        sha256: &str,
+        size: u64,
+        local: &std::path::Path,
+        mut chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<bool, AgentError> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadChunk>(4);
+        let header = pb::UploadChunk {
+            header: Some(pb::UploadHeader {
+                path: path.to_string(),
+                mode,
+                sha256: sha256.to_string(),
+                size,
+                create_parents: true,
+            }),
+            data: Vec::new(),
+        };
+        let rpc = self.call("UploadFile", |mut c| async move {
+            c.upload_file(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        let feed = async move {
+            if tx.send(header).await.is_err() {
+                return Ok(());
+            }
+            let mut total = 0u64;
+            while let Some(chunk) = chunks.recv().await {
+                let data = chunk?;
+                total += data.len() as u64;
+                if tx
+                    .send(pb::UploadChunk { header: None, data })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                sent(total);
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let (answer, fed) = tokio::join!(rpc, feed);
+        fed.map_err(|e| AgentError::Local {
+            host: self.host.clone(),
+            path: local.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Ok(answer?.changed)
+    }
+
+    /// Streams the file at `path` back from the host (DownloadFile: an encrypted snapshot copy;
+    /// the agent refuses anything else), giving each piece to `sink` as it arrives. The
+    /// agent's closing sha256 and size must match what arrived, or the call fails: a caller
+    /// keeps the bytes only on `Ok`. Answers the sha256 (hex) and size.
+    pub async fn download(
+        &self,
+        path: &str,
+        sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+    ) -> Result<(String, u64), AgentError> {
+        let req = pb::DownloadFileRequest {
+            path: path.to_string(),
+        };
+        let mut stream = self
+            .call(
+                "DownloadFile",
+                |mut c| async move { c.download_file(req).await },
+            )
+            .await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let local = |detail: String| AgentError::Local {
+            host: self.host.clone(),
+            path: std::path::PathBuf::from(path),
+            detail,
+        };
+        loop {
+            let chunk = stream
+                .message()
+                .await
+                .map_err(|s| AgentError::from_status(&self.host, "DownloadFile", s))?;
+            let Some(chunk) = chunk else {
+                return Err(local(
+                    "the agent's stream ended before its last message".into(),
+                ));
+            };
+            if chunk.last {
+                let sha = hex::encode(hasher.finalize());
+                if chunk.sha256 != sha || chunk.size != size {
+                    return Err(local(format!(
+                        "received {size} bytes with sha256 {sha}, the agent sent {} bytes with \
+                         sha256 {}",
+                        chunk.size, chunk.sha256
+                    )));
+                }
+                return Ok((sha, size));
+            }
+            hasher.update(&chunk.data);
+            size += chunk.data.len() as u64;
+            sink(&chunk.data).map_err(|e| local(format!("cannot keep what arrived: {e}")))?;
+        }
+    }
+
     /// Ensures the unit file of `name` (and its declared data dirs); answers `changed`.
     pub async fn ensure_unit(
         &self,

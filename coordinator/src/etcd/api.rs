@@ -285,6 +285,75 @@ pub struct SnapshotInfo {
     pub revision: Option<i64>,
 }
 
+/// The keyspace at one revision, as a snapshot must reproduce it: the store's revision, how
+/// many keys it holds, and etcd's `hashkv` over the history up to it (all three answered by
+/// one member at that one revision). Snapshot verification compares the restored copy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyspace {
+    pub revision: i64,
+    pub key_count: i64,
+    pub hash_kv: u32,
+    /// The revision the history was compacted to when the hash was taken.
+    pub compact_revision: i64,
+}
+
+/// [`Keyspace`] of the member `client` talks to: at `revision`, or at its current revision
+/// when `None` (the count's own answer says which). The count and the hash are two calls, both
+/// pinned to the same revision, so writes in between change neither.
+pub async fn keyspace(
+    client: &mut etcd_client::Client,
+    revision: Option<i64>,
+) -> Result<Keyspace, etcd_client::Error> {
+    let (revision, key_count) = count_keys(client, revision).await?;
+    let (hash_kv, compact_revision) = hash_kv(client, revision).await?;
+    Ok(Keyspace {
+        revision,
+        key_count,
+        hash_kv,
+        compact_revision,
+    })
+}
+
+/// How many keys the member has at `revision` (or now, when `None`), and at which revision:
+/// one count-only range over every key.
+pub async fn count_keys(
+    client: &mut etcd_client::Client,
+    revision: Option<i64>,
+) -> Result<(i64, i64), etcd_client::Error> {
+    let mut count = etcd_client::GetOptions::new()
+        .with_all_keys()
+        .with_count_only();
+    if let Some(r) = revision {
+        count = count.with_revision(r);
+    }
+    let counted = client.get("", Some(count)).await?;
+    let revision =
+        revision.unwrap_or_else(|| counted.header().map(|h| h.revision()).unwrap_or_default());
+    Ok((revision, counted.count()))
+}
+
+/// etcd's `hashkv` of the member's history up to `revision`, with the revision it was compacted
+/// to.
+pub async fn hash_kv(
+    client: &mut etcd_client::Client,
+    revision: i64,
+) -> Result<(u32, i64), etcd_client::Error> {
+    let hash = client.hash_kv(revision).await?;
+    Ok((hash.hash(), hash.compact_version()))
+}
+
+/// What [`EtcdClient::snapshot_into`] streamed: etcd's whole snapshot, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamedSnapshot {
+    pub endpoint: String,
+    /// Bytes of etcd's snapshot (its trailing checksum included).
+    pub size: u64,
+    /// Hex SHA-256 of those bytes.
+    pub sha256: String,
+    /// The store revision in the stream's header, when etcd sends one (3.4 does not).
+    pub revision: Option<i64>,
+}
+
 /// What [`EtcdClient::compact`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Compaction {
@@ -869,6 +938,45 @@ impl EtcdClient {
         Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
+    /// The store revision the member at `endpoint` has applied, answered by that member alone
+    /// (a serializable read: a member that lost its quorum still answers it).
+    pub async fn local_revision(&self, endpoint: &str) -> Result<i64, EtcdApiError> {
+        let r = self
+            .on(endpoint, "revision", self.timeout, |mut c| async move {
+                let local = etcd_client::GetOptions::new()
+                    .with_count_only()
+                    .with_serializable();
+                c.get(HEALTH_KEY, Some(local)).await
+            })
+            .await?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    /// The current revision of the member at `endpoint` and its key count there.
+    pub async fn count_keys_of(&self, endpoint: &str) -> Result<(i64, i64), EtcdApiError> {
+        self.on(endpoint, "count keys", self.timeout, |mut c| async move {
+            count_keys(&mut c, None).await
+        })
+        .await
+    }
+
+    /// `hashkv` of the member at `endpoint` up to `revision`, with its compact revision. It
+    /// reads the whole key bucket, so the bound grows with the member's database (`db_size`).
+    pub async fn hash_kv_of(
+        &self,
+        endpoint: &str,
+        revision: i64,
+        db_size: i64,
+    ) -> Result<(u32, i64), EtcdApiError> {
+        self.on(
+            endpoint,
+            "hash kv",
+            scaled_timeout(self.timeout, db_size),
+            |mut c| async move { hash_kv(&mut c, revision).await },
+        )
+        .await
+    }
+
     /// Streams a maintenance snapshot into `to`, atomically: a temp file in the same directory,
     /// fsynced, renamed into place, directory fsynced. etcd's trailing SHA-256 is checked before
     /// the rename, so a truncated stream never becomes a snapshot file.
@@ -917,6 +1025,32 @@ impl EtcdClient {
         to: &Path,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<SnapshotInfo, EtcdApiError> {
+        let mut tmp = TempSnapshot::create(to)?;
+        let streamed = self
+            .snapshot_into(endpoint, &mut |bytes| tmp.write(bytes), progress)
+            .await?;
+        tmp.persist(to)?;
+        let info = SnapshotInfo {
+            path: to.to_path_buf(),
+            endpoint: streamed.endpoint,
+            size: streamed.size,
+            sha256: streamed.sha256,
+            revision: streamed.revision,
+        };
+        info!(endpoint = %endpoint, path = %to.display(), size = info.size, sha256 = %info.sha256, "etcd snapshot saved");
+        Ok(info)
+    }
+
+    /// Streams a maintenance snapshot of the member at `endpoint` into `sink`, message by
+    /// message, and checks etcd's trailing SHA-256 at the end: only an `Ok` answer means the
+    /// bytes given to `sink` are a whole snapshot (the caller keeps them only then). Each
+    /// message must arrive within the client's timeout; the whole stream has no time limit.
+    pub async fn snapshot_into(
+        &self,
+        endpoint: &str,
+        sink: &mut (dyn FnMut(&[u8]) -> Result<(), EtcdApiError> + Send),
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<StreamedSnapshot, EtcdApiError> {
         const OP: &str = "snapshot";
         const EVERY: u64 = 8 * 1024 * 1024;
         let mut told: u64 = 0;
@@ -925,7 +1059,6 @@ impl EtcdClient {
                 c.snapshot().await
             })
             .await?;
-        let mut tmp = TempSnapshot::create(to)?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut revision = None;
@@ -951,7 +1084,7 @@ impl EtcdClient {
                 revision = msg.header().map(|h| h.revision()).filter(|&r| r > 0);
             }
             let blob = msg.blob();
-            tmp.write(blob)?;
+            sink(blob)?;
             hasher.update(blob);
             size += blob.len() as u64;
             if size - told >= EVERY {
@@ -973,17 +1106,13 @@ impl EtcdClient {
                 "the database does not match etcd's trailing SHA-256 (truncated stream?)".into(),
             ));
         }
-        tmp.persist(to)?;
         progress(size);
-        let info = SnapshotInfo {
-            path: to.to_path_buf(),
+        Ok(StreamedSnapshot {
             endpoint: endpoint.to_string(),
             size,
             sha256: hex::encode(hasher.finalize()),
             revision,
-        };
-        info!(endpoint = %endpoint, path = %to.display(), size, sha256 = %info.sha256, "etcd snapshot saved");
-        Ok(info)
+        })
     }
 }
 
@@ -1198,14 +1327,15 @@ impl TrailingHash {
     }
 }
 
-struct TempSnapshot {
+pub(crate) struct TempSnapshot {
     path: PathBuf,
     file: std::fs::File,
     persisted: bool,
 }
 
 impl TempSnapshot {
-    fn create(target: &Path) -> Result<TempSnapshot, EtcdApiError> {
+    /// A temp file next to `target`, owner-only, removed on drop unless persisted.
+    pub(crate) fn create(target: &Path) -> Result<TempSnapshot, EtcdApiError> {
         let dir = parent_dir(target);
         let name = target
             .file_name()
@@ -1252,6 +1382,16 @@ impl TempSnapshot {
         }
     }
 
+    /// The open temp file, for a writer layered on it (encryption).
+    pub(crate) fn file_mut(&mut self) -> &mut std::fs::File {
+        &mut self.file
+    }
+
+    /// Where the temp file is, for errors.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn write(&mut self, bytes: &[u8]) -> Result<(), EtcdApiError> {
         self.file
             .write_all(bytes)
@@ -1262,7 +1402,8 @@ impl TempSnapshot {
             })
     }
 
-    fn persist(mut self, target: &Path) -> Result<(), EtcdApiError> {
+    /// fsync, rename over `target`, fsync the directory.
+    pub(crate) fn persist(mut self, target: &Path) -> Result<(), EtcdApiError> {
         self.file.sync_all().map_err(self.err("fsync"))?;
         std::fs::rename(&self.path, target).map_err(|source| EtcdApiError::SnapshotIo {
             action: "rename into place",

@@ -18,7 +18,8 @@
 //! * [`member_host`]: what recovery does to a member's host (stop, fenced wipe, start into the
 //!   existing cluster, seal), each step an ensure.
 //! * [`catchup`]: following a member that catches up by its progress, not a fixed timeout.
-//! * [`snapshots`]: where snapshots live in the state dir, how many are kept, `snapshot save`.
+//! * [`snapshots`]: snapshots a restore can count on: recorded, encrypted, verified by a real
+//!   restore, copied to hosts, kept by the retention, on a schedule.
 //! * [`kube_endpoints`]: the masters' view of the members (kubeadm's etcd endpoints), kept in
 //!   step by add, remove and replace.
 //! * [`versions`]: the releases haop knows and their problems; [`upgrade`]: rolling upgrades

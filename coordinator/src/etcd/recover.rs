@@ -50,6 +50,12 @@ pub enum RecoverError {
         #[source]
         source: EtcdApiError,
     },
+    #[error("a snapshot from {from}")]
+    Snapshot {
+        from: String,
+        #[source]
+        source: Box<crate::etcd::snapshots::SnapshotError>,
+    },
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error(transparent)]
@@ -761,23 +767,29 @@ impl Recovery {
         }
         let ep = self.endpoint_of(from).unwrap_or_default();
         let cluster = self.inventory.cluster.as_str();
-        let snapshot_err = |source| RecoverError::Etcd {
-            what: format!("a snapshot from {from}"),
-            source,
+        let snapshot_err = |source| RecoverError::Snapshot {
+            from: from.to_string(),
+            source: Box::new(source),
         };
         let path = crate::etcd::snapshots::new_snapshot_path(&self.state_dir, cluster, from)
-            .map_err(|e| {
-                snapshot_err(EtcdApiError::SnapshotIo {
-                    action: "create",
-                    path: crate::etcd::snapshots::snapshot_dir(&self.state_dir, cluster),
-                    source: e,
+            .map_err(|source| {
+                snapshot_err(crate::etcd::snapshots::SnapshotError::Io {
+                    dir: crate::etcd::snapshots::snapshot_dir(&self.state_dir, cluster),
+                    source,
                 })
             })?;
+        let key = crate::etcd::snapshots::crypt::SnapshotKey::load_or_create(&self.state_dir)
+            .map_err(|e| snapshot_err(e.into()))?;
         let total = *lock(&self.leader_db);
         let what = format!("snapshot from {from}");
-        let info = self
-            .etcd
-            .snapshot_from_with(&ep, &path, &|bytes| {
+        let source = crate::etcd::snapshots::Source {
+            endpoint: ep.clone(),
+            member: from.to_string(),
+            db_size: total.map(|t| t as i64).unwrap_or_default(),
+            version: String::new(),
+        };
+        let meta =
+            crate::etcd::snapshots::take(&self.etcd, &source, &key, cluster, &path, &|bytes| {
                 progress(Progress::Transfer {
                     what: what.clone(),
                     bytes,
@@ -786,6 +798,13 @@ impl Recovery {
             })
             .await
             .map_err(snapshot_err)?;
+        let info = SnapshotInfo {
+            path,
+            endpoint: ep,
+            size: meta.file_size,
+            sha256: meta.file_sha256,
+            revision: Some(meta.revision),
+        };
         progress(Progress::Action(format!(
             "snapshot from {from}: {} ({}, sha256 {})",
             info.path.display(),

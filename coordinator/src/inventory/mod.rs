@@ -31,10 +31,10 @@ use std::path::Path;
 
 pub use error::{InventoryError, Problem, Severity};
 pub use model::{
-    EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings, Retention, Vip,
-    DEFAULT_API_PORT, DEFAULT_CATCH_UP_STALL, DEFAULT_CLIENT_PORT, DEFAULT_DATA_DIR,
-    DEFAULT_ETCD_BINARY, DEFAULT_PEER_PORT, DEFAULT_POD_SUBNET, DEFAULT_ROUTER_ID,
-    DEFAULT_SNAPSHOTS_KEPT, DEFAULT_VIP_INTERFACE,
+    EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings, Retention,
+    SnapshotSettings, Vip, DEFAULT_API_PORT, DEFAULT_CATCH_UP_STALL, DEFAULT_CLIENT_PORT,
+    DEFAULT_DATA_DIR, DEFAULT_ETCD_BINARY, DEFAULT_PEER_PORT, DEFAULT_POD_SUBNET,
+    DEFAULT_ROUTER_ID, DEFAULT_SNAPSHOTS_KEPT, DEFAULT_VIP_INTERFACE,
 };
 pub use types::{
     AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime, Role, Sha256Hex,

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Serialize, Serializer};
 
 use super::raw::{
-    RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawRetention, RawUpload,
-    RawVip,
+    RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawRetention, RawSnapshots,
+    RawUpload, RawVip,
 };
 use super::types::{
     max_prefix, url, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime,
@@ -98,6 +98,39 @@ pub struct EtcdSettings {
     /// How long a member that is catching up (a learner receiving the database, a restarted
     /// member) may show no progress at all before haop stops waiting and says what stalled.
     pub catch_up_stall: Span,
+    /// Scheduled snapshots, their copies on hosts, and when status calls them stale.
+    pub snapshots: SnapshotSettings,
+}
+
+/// `etcd.snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    /// `haop etcd snapshot schedule` saves, verifies, copies and prunes this often.
+    pub interval: Span,
+    /// Hosts that keep an encrypted copy of each snapshot (0: none), the member it came from
+    /// last.
+    pub copies: u32,
+    /// `haop status` is degraded when the newest verified snapshot is older than this, or
+    /// there is none; `0s` turns the check off.
+    pub stale_after: Span,
+}
+
+/// Defaults of `etcd.snapshots`: hourly, one copy, stale after a day and an hour (a daily
+/// schedule's run may be late by that much before anyone is told).
+pub const DEFAULT_SNAPSHOT_INTERVAL: &str = "1h";
+pub const DEFAULT_SNAPSHOT_COPIES: u32 = 1;
+pub const DEFAULT_SNAPSHOT_STALE_AFTER: &str = "25h";
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings {
+            interval: DEFAULT_SNAPSHOT_INTERVAL.parse().expect("a valid duration"),
+            copies: DEFAULT_SNAPSHOT_COPIES,
+            stale_after: DEFAULT_SNAPSHOT_STALE_AFTER
+                .parse()
+                .expect("a valid duration"),
+        }
+    }
 }
 
 /// `etcd.retention`: snapshots in the state dir and moved-aside data dirs on the hosts.
@@ -143,6 +176,7 @@ impl Default for EtcdSettings {
             retention: Retention::default(),
             catch_up_stall: DEFAULT_CATCH_UP_STALL.parse().expect("a valid duration"),
             token: None,
+            snapshots: SnapshotSettings::default(),
         }
     }
 }
@@ -389,6 +423,11 @@ impl Inventory {
                     wiped_grace: Some(self.etcd.retention.wiped_grace.to_string()),
                 }),
                 catch_up_stall: Some(self.etcd.catch_up_stall.to_string()),
+                snapshots: Some(RawSnapshots {
+                    interval: Some(self.etcd.snapshots.interval.to_string()),
+                    copies: Some(i64::from(self.etcd.snapshots.copies)),
+                    stale_after: Some(self.etcd.snapshots.stale_after.to_string()),
+                }),
             },
             vip: self.vip.as_ref().map(|v| RawVip {
                 address: Some(v.address.to_string()),

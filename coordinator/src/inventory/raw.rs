@@ -79,6 +79,23 @@ pub(crate) struct RawEtcd {
     pub retention: Option<RawRetention>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up_stall: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<RawSnapshots>,
+}
+
+/// `etcd.snapshots`: the schedule, the copies on hosts, and when status calls them stale.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map of interval, copies, stale_after"
+)]
+pub(crate) struct RawSnapshots {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<String>,
 }
 
 /// `etcd.retention`: what the state dir and the hosts keep.

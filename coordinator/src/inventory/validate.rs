@@ -15,11 +15,12 @@ use std::str::FromStr;
 use super::error::{Problem, Severity};
 use super::model::{
     subnet_of, EtcdBinary, EtcdSettings, Host, Inventory, KubernetesSettings, PkiSettings,
-    Retention, Vip, DEFAULT_API_PORT, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT, DEFAULT_ROUTER_ID,
-    DEFAULT_VIP_INTERFACE,
+    Retention, SnapshotSettings, Vip, DEFAULT_API_PORT, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT,
+    DEFAULT_ROUTER_ID, DEFAULT_VIP_INTERFACE,
 };
 use super::raw::{
-    RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawRetention, RawVip,
+    RawBinary, RawEtcd, RawHost, RawInventory, RawKubernetes, RawPki, RawRetention, RawSnapshots,
+    RawVip,
 };
 use super::types::{
     max_prefix, AgentEndpoint, Cidr, ClusterName, Fqdn, HostName, InterfaceName, Lifetime, Role,
@@ -598,6 +599,7 @@ impl Checker<'_> {
             "how long a member catching up may show no progress, such as 2m or 10m",
             false,
         );
+        let snapshots = self.snapshots(raw.snapshots.as_ref());
         Some(EtcdSettings {
             binary: binary?,
             data_dir: data_dir?,
@@ -608,6 +610,60 @@ impl Checker<'_> {
             token: token?,
             retention: retention?,
             catch_up_stall: catch_up_stall?,
+            snapshots: snapshots?,
+        })
+    }
+
+    fn snapshots(&mut self, raw: Option<&RawSnapshots>) -> Option<SnapshotSettings> {
+        let d = SnapshotSettings::default();
+        let Some(raw) = raw else {
+            return Some(d);
+        };
+        let interval = self.duration(
+            "etcd.snapshots.interval",
+            raw.interval.as_deref(),
+            d.interval.as_str(),
+            "how often `haop etcd snapshot schedule` takes one, such as 1h or 30m",
+            false,
+        );
+        let copies = match raw.copies {
+            None => Some(d.copies),
+            Some(n) if (0..=100).contains(&n) => Some(n as u32),
+            Some(n) => {
+                self.error(
+                    "etcd.snapshots.copies",
+                    format!("{n} is out of range"),
+                    "hosts that keep a copy of each snapshot, from 0 (none) to 100",
+                );
+                None
+            }
+        };
+        let stale_after = self.duration(
+            "etcd.snapshots.stale_after",
+            raw.stale_after.as_deref(),
+            d.stale_after.as_str(),
+            "an age such as 25h after which status says the newest verified snapshot is stale \
+             (0s: never)",
+            true,
+        );
+        if let (Some(i), Some(s)) = (&interval, &stale_after) {
+            if !s.duration().is_zero() && s.duration() < i.duration() {
+                self.warning(
+                    "etcd.snapshots.stale_after",
+                    format!(
+                        "{} is shorter than the interval {}: status will call every snapshot \
+                         stale before the next one is taken",
+                        s.as_str(),
+                        i.as_str()
+                    ),
+                    "make stale_after longer than interval (about a day more)",
+                );
+            }
+        }
+        Some(SnapshotSettings {
+            interval: interval?,
+            copies: copies?,
+            stale_after: stale_after?,
         })
     }
 

@@ -138,6 +138,12 @@ pub async fn collect(
         certificates: certs_section(state_dir, inventory, &host_probes, now),
         drift: drift_section(inventory, &host_probes),
         kubernetes,
+        snapshots: Some(super::SnapshotsSection::read(
+            state_dir,
+            inventory.cluster.as_str(),
+            inventory.etcd.snapshots.stale_after.duration(),
+            now.unix_timestamp(),
+        )),
     };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     let (problems, verdict) = assess(&report);

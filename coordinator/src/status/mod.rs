@@ -108,6 +108,9 @@ pub struct StatusReport {
     pub drift: Vec<DriftRow>,
     /// Absent when the inventory has Kubernetes disabled (or no master).
     pub kubernetes: Option<KubernetesSection>,
+    /// The state dir's snapshots of this cluster: the newest verified one and its age.
+    #[serde(default)]
+    pub snapshots: Option<SnapshotsSection>,
 }
 
 /// How bad things are; the exit code follows.
@@ -157,6 +160,7 @@ pub enum Section {
     Certificates,
     Drift,
     Kubernetes,
+    Snapshots,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +341,85 @@ pub struct DriftRow {
     pub in_sync: Option<bool>,
     /// What differs, or why it could not be checked.
     pub detail: String,
+}
+
+/// The state dir's snapshots of the cluster (README "Snapshots"): how many, and the newest one
+/// that a restore would choose, the newest *verified*, with its age.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotsSection {
+    /// Snapshots in the state dir, of which verified and failed.
+    pub total: usize,
+    pub verified: usize,
+    pub failed: usize,
+    /// The newest verified snapshot's name, when it was taken (RFC 3339) and its age then.
+    pub newest_verified: Option<String>,
+    pub newest_verified_at: Option<String>,
+    pub newest_verified_age_seconds: Option<i64>,
+    /// Hosts that hold a copy of it.
+    pub newest_verified_copies: Vec<String>,
+    /// `etcd.snapshots.stale_after` in seconds; 0 when the check is off.
+    pub stale_after_seconds: u64,
+}
+
+impl SnapshotsSection {
+    /// What the state dir holds for `cluster`, judged at `now_unix` against `stale_after`.
+    pub fn read(
+        state_dir: &std::path::Path,
+        cluster: &str,
+        stale_after: Duration,
+        now_unix: i64,
+    ) -> SnapshotsSection {
+        use crate::etcd::snapshots::{entries, State};
+        let all = entries(state_dir, cluster);
+        let newest = all.iter().rev().find(|e| e.state == State::Verified);
+        let meta = newest.and_then(|e| e.meta.as_ref());
+        SnapshotsSection {
+            total: all.len(),
+            verified: all.iter().filter(|e| e.state == State::Verified).count(),
+            failed: all.iter().filter(|e| e.state == State::Failed).count(),
+            newest_verified: newest.map(|e| e.name.clone()),
+            newest_verified_at: meta.map(|m| m.taken_at.clone()),
+            newest_verified_age_seconds: newest.map(|e| (now_unix - e.taken_unix()).max(0)),
+            newest_verified_copies: meta
+                .map(|m| m.copies.iter().map(|c| c.host.clone()).collect())
+                .unwrap_or_default(),
+            stale_after_seconds: stale_after.as_secs(),
+        }
+    }
+
+    /// Why the snapshots degrade the cluster, when they do: none verified, or the newest
+    /// verified older than `stale_after`.
+    pub fn problem(&self) -> Option<String> {
+        if self.stale_after_seconds == 0 {
+            return None;
+        }
+        let limit = human_span(self.stale_after_seconds as i64);
+        match (&self.newest_verified, self.newest_verified_age_seconds) {
+            (Some(name), Some(age)) if age > self.stale_after_seconds as i64 => Some(format!(
+                "the newest verified etcd snapshot {name} is {} old, more than \
+                 etcd.snapshots.stale_after ({limit}); is haop-snapshots@ running?",
+                human_span(age)
+            )),
+            (Some(_), _) => None,
+            (None, _) => Some(format!(
+                "no verified etcd snapshot in the state dir ({} snapshots, {} failed): run \
+                 `haop etcd snapshot save` and `verify`, or haop-snapshots@ (stale after {limit})",
+                self.total, self.failed
+            )),
+        }
+    }
+}
+
+/// `1d 2h`, `3h 5m`, `4m 10s`, `12s`: an age for people.
+pub fn human_span(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (d, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
 }
 
 /// The Kubernetes API servers' `/readyz` (see `kube.rs` for how they are asked).
@@ -770,6 +853,14 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
                 }
             }
         }
+    }
+
+    if let Some(message) = report
+        .snapshots
+        .as_ref()
+        .and_then(SnapshotsSection::problem)
+    {
+        push(Degraded, Section::Snapshots, None, message);
     }
 
     problems.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.section.cmp(&b.section)));

@@ -432,6 +432,52 @@ pub fn render(r: &StatusReport, color: bool) -> String {
         t.render(&mut out, color);
     }
 
+    if let Some(snaps) = &r.snapshots {
+        let title = match (&snaps.newest_verified, snaps.newest_verified_age_seconds) {
+            (Some(name), Some(age)) => {
+                let text = format!(
+                    "newest verified {name}, {} old{}",
+                    super::human_span(age),
+                    if snaps.newest_verified_copies.is_empty() {
+                        ", no copy on a host".to_string()
+                    } else {
+                        format!(", copies on {}", snaps.newest_verified_copies.join(", "))
+                    }
+                );
+                let style = if snaps.problem().is_some() {
+                    Style::Bad
+                } else {
+                    Style::Good
+                };
+                paint(&text, style, color)
+            }
+            _ => paint(
+                "none verified",
+                if snaps.problem().is_some() {
+                    Style::Bad
+                } else {
+                    Style::Plain
+                },
+                color,
+            ),
+        };
+        section(
+            &mut out,
+            &format!(
+                "SNAPSHOTS  {title} ({} in the state dir, {} verified, {} failed; stale after {})",
+                snaps.total,
+                snaps.verified,
+                snaps.failed,
+                if snaps.stale_after_seconds == 0 {
+                    "never".to_string()
+                } else {
+                    super::human_span(snaps.stale_after_seconds as i64)
+                }
+            ),
+            color,
+        );
+    }
+
     section(&mut out, "CERTIFICATES (soonest expiry)", color);
     let mut t = Table::new(vec!["WHERE", "DAYS LEFT", "NOT AFTER", "PATH", "ERRORS"]);
     for c in &r.certificates {

@@ -108,6 +108,7 @@ fn healthy() -> StatusReport {
                 api(ApiVia::Master, Some("master1"), true),
             ],
         }),
+        snapshots: None,
     }
 }
 
@@ -485,7 +486,36 @@ fn reports_follow_the_documented_schema() {
     let mut one_not_ready = healthy();
     one_not_ready.kubernetes.as_mut().unwrap().endpoints[1] =
         api(ApiVia::Master, Some("master1"), false);
-    for mut r in [healthy(), down, disabled, one_not_ready] {
+    let mut with_snapshots = healthy();
+    with_snapshots.snapshots = Some(SnapshotsSection {
+        total: 2,
+        verified: 1,
+        failed: 1,
+        newest_verified: Some("20261207T000000.000Z-etcd1.snap".into()),
+        newest_verified_at: Some("2026-12-07T00:00:00Z".into()),
+        newest_verified_age_seconds: Some(90_000),
+        newest_verified_copies: vec!["etcd2".into()],
+        stale_after_seconds: 3600,
+    });
+    let mut none_verified = healthy();
+    none_verified.snapshots = Some(SnapshotsSection {
+        total: 0,
+        verified: 0,
+        failed: 0,
+        newest_verified: None,
+        newest_verified_at: None,
+        newest_verified_age_seconds: None,
+        newest_verified_copies: Vec::new(),
+        stale_after_seconds: 0,
+    });
+    for mut r in [
+        healthy(),
+        down,
+        disabled,
+        one_not_ready,
+        with_snapshots,
+        none_verified,
+    ] {
         let (problems, verdict) = assess(&r);
         r.problems = problems;
         r.verdict = verdict;
@@ -574,4 +604,84 @@ fn label_values_are_escaped() {
     r.cluster = "a\"b\\c".into();
     let text = crate::status::prometheus::render(&r);
     assert!(text.contains("cluster=\"a\\\"b\\\\c\""), "{text}");
+fn snapshots_degrade_when_none_is_verified_or_the_newest_verified_is_stale() {
+    let section = |age: Option<i64>, stale_after: u64| SnapshotsSection {
+        total: 3,
+        verified: u32::from(age.is_some()) as usize,
+        failed: 1,
+        newest_verified: age.map(|_| "20261207T000000.000Z-etcd1.snap".into()),
+        newest_verified_at: age.map(|_| "2026-12-07T00:00:00Z".into()),
+        newest_verified_age_seconds: age,
+        newest_verified_copies: vec!["etcd2".into()],
+        stale_after_seconds: stale_after,
+    };
+    let day: u64 = 86_400;
+    let mut r = healthy();
+    r.snapshots = Some(section(Some(3600), day));
+    assert_eq!(assessed(r.clone()).verdict.health, Health::Healthy);
+    r.snapshots = Some(section(Some(day as i64 + 1), day));
+    let a = assessed(r.clone());
+    assert_eq!(a.verdict.health, Health::Degraded);
+    assert_eq!(a.problems[0].section, Section::Snapshots);
+    assert!(
+        a.problems[0].message.contains("1d 0h old")
+            && a.problems[0].message.contains("stale_after"),
+        "{}",
+        a.problems[0].message
+    );
+    r.snapshots = Some(section(None, day));
+    let a = assessed(r.clone());
+    assert_eq!(a.verdict.health, Health::Degraded);
+    assert!(a.problems[0].message.contains("no verified etcd snapshot"));
+    // Off: no snapshot at all is no problem.
+    r.snapshots = Some(section(None, 0));
+    assert_eq!(assessed(r.clone()).verdict.health, Health::Healthy);
+    // The table says it either way.
+    r.snapshots = Some(section(Some(7300), day));
+    let text = crate::status::table::render(&assessed(r), false);
+    assert!(
+        text.contains(
+            "newest verified 20261207T000000.000Z-etcd1.snap, 2h 1m old, copies on etcd2"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_snapshots_section_reads_the_state_dir() {
+    use crate::etcd::snapshots::{meta, snapshot_dir};
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = snapshot_dir(dir.path(), "c");
+    std::fs::create_dir_all(&snaps).unwrap();
+    let now = 1_900_000_000;
+    for (name, age, ok) in [
+        ("a", 7200, Some(true)),
+        ("b", 3600, Some(false)),
+        ("c", 60, None),
+    ] {
+        let path = snaps.join(format!("2030010{}T000000.000Z-{name}.snap", 3 - age / 3600));
+        std::fs::write(&path, vec![0u8; 10]).unwrap();
+        let mut m = meta::sample("c", now - age);
+        m.file_size = 10;
+        m.copies = vec![meta::CopyRecord {
+            host: "etcd3".into(),
+            path: "/x".into(),
+            at: String::new(),
+        }];
+        m.verification = ok.map(|ok| meta::Verification {
+            at: String::new(),
+            at_unix: now,
+            ok,
+            detail: String::new(),
+            restored: None,
+            etcd_version: None,
+            seconds: 0.0,
+        });
+        meta::write(&path, &m).unwrap();
+    }
+    let s = SnapshotsSection::read(dir.path(), "c", std::time::Duration::from_secs(3600), now);
+    assert_eq!((s.total, s.verified, s.failed), (3, 1, 1));
+    assert_eq!(s.newest_verified_age_seconds, Some(7200));
+    assert!(s.newest_verified.unwrap().ends_with("-a.snap"));
+    assert_eq!(s.newest_verified_copies, ["etcd3"]);
 }

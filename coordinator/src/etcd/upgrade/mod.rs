@@ -370,10 +370,15 @@ async fn run(
                 "snapshot before the first member: {}",
                 path.display()
             ));
-            let (info, _) =
+            let saved =
                 crate::etcd::snapshots::save(state_dir, &inv, Some(path.clone()), &|_, _| {})
                     .await?;
-            info!(path = %path.display(), bytes = info.size, "upgrade snapshot taken");
+            info!(
+                path = %path.display(),
+                bytes = saved.meta.file_size,
+                revision = saved.meta.revision,
+                "upgrade snapshot taken"
+            );
             j.snapshot = Some(path);
         }
         report.snapshot = j.snapshot.clone();
