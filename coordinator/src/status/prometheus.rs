@@ -293,6 +293,29 @@ pub fn render(r: &StatusReport) -> String {
         );
     }
 
+    if let Some(snap) = &r.snapshots {
+        o.family(
+            "haop_snapshots_verified",
+            "gauge",
+            "Snapshots in the state dir that a restore was seen to work for.",
+        );
+        o.sample("haop_snapshots_verified", &[], snap.verified as f64);
+        o.family(
+            "haop_snapshots_failed",
+            "gauge",
+            "Snapshots in the state dir whose verification failed.",
+        );
+        o.sample("haop_snapshots_failed", &[], snap.failed as f64);
+        if let Some(age) = snap.newest_verified_age_seconds {
+            o.family(
+                "haop_snapshot_newest_verified_age_seconds",
+                "gauge",
+                "How old the newest verified snapshot is (no sample: none is verified).",
+            );
+            o.sample("haop_snapshot_newest_verified_age_seconds", &[], age as f64);
+        }
+    }
+
     o.family(
         "haop_drift_in_sync",
         "gauge",

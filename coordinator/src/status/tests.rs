@@ -604,6 +604,9 @@ fn label_values_are_escaped() {
     r.cluster = "a\"b\\c".into();
     let text = crate::status::prometheus::render(&r);
     assert!(text.contains("cluster=\"a\\\"b\\\\c\""), "{text}");
+}
+
+#[test]
 fn snapshots_degrade_when_none_is_verified_or_the_newest_verified_is_stale() {
     let section = |age: Option<i64>, stale_after: u64| SnapshotsSection {
         total: 3,
