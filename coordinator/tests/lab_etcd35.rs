@@ -70,7 +70,9 @@ async fn etcd_351_uploaded_formed_and_healed() {
     assert!(said.contains("promote etcd3"), "{said}");
     // Some writes after the heal too, to the healed cluster.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let acked = writer.finish().await;
+    let acked = writer
+        .finish_with_at_least(21, std::time::Duration::from_secs(30))
+        .await;
     assert!(acked.len() > 20, "{}", acked.len());
 
     assert_eq!(members(&client).await, voters_named(3));

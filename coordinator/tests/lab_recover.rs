@@ -93,7 +93,9 @@ async fn recover_a_killed_and_wiped_member_under_a_writer(etcd: Etcd) {
     assert!(said.contains("healthy voter"), "{said}");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let acked = writer.finish().await;
+    let acked = writer
+        .finish_with_at_least(21, std::time::Duration::from_secs(30))
+        .await;
     assert!(
         acked.len() > 20,
         "the writer wrote too little: {}",

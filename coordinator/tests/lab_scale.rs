@@ -152,7 +152,9 @@ async fn scale_three_to_five_to_three_under_a_writer(etcd: Etcd) {
     let plan = haop(st, &["plan", "-f", &i3, "--exit-code"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 
-    let acked = writer.finish().await;
+    let acked = writer
+        .finish_with_at_least(21, std::time::Duration::from_secs(30))
+        .await;
     assert!(acked.len() > 20, "{}", acked.len());
     for key in &acked {
         assert!(client.get(key).await.unwrap().is_some(), "{key} lost");

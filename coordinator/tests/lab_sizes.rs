@@ -227,7 +227,9 @@ async fn large_member_recovered(etcd: Etcd) {
     assert!(wiped_copies(&lab, "etcd2").len() <= 1);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let acked = writer.finish().await;
+    let acked = writer
+        .finish_with_at_least(21, std::time::Duration::from_secs(30))
+        .await;
     assert!(
         acked.len() > 20,
         "the writer wrote too little: {}",
@@ -380,7 +382,9 @@ async fn a_stalled_learner_is_reported_and_left_and_a_rerun_finishes() {
         now.iter().any(|m| m.1 == learner_id && !m.2),
         "the same member was not promoted: {now:?}"
     );
-    let acked = writer.finish().await;
+    let acked = writer
+        .finish_with_at_least(21, std::time::Duration::from_secs(30))
+        .await;
     assert_eq!(members(&client).await, voters_named(3));
     assert_all_present(&client, &acked).await;
     lab.down().expect("lab down");

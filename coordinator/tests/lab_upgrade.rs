@@ -206,6 +206,7 @@ async fn upgrade_34_to_3516_to_3530_under_a_writer_killed_rolled_back_and_gated(
     let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
     assert!(plan.status.success(), "{}", text(&plan));
 
+    writer.wait_for(101, Duration::from_secs(30)).await;
     let (acked, gap) = writer.finish_with_gap().await;
     eprintln!(
         "writer: {} acknowledged writes, longest gap between two {:.2} s",

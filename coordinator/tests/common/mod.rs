@@ -58,6 +58,7 @@ pub fn require_root() -> bool {
 /// A client that keeps putting keys and remembers every write etcd acknowledged.
 pub struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<(Vec<String>, std::time::Duration)>,
 }
 
@@ -65,6 +66,8 @@ impl Writer {
     /// Starts writing `PREFIX/00000000`, `PREFIX/00000001`, ... every 5 ms.
     pub fn start(state: &Path, endpoints: &[String], prefix: &str) -> Writer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = acked_count.clone();
         let (flag, state, endpoints, prefix) = (
             stop.clone(),
             state.to_path_buf(),
@@ -95,6 +98,7 @@ impl Writer {
                             );
                         }
                         acked.push(key);
+                        counter.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
                         longest_gap = longest_gap.max(gap);
                         last_ok = std::time::Instant::now();
                     }
@@ -108,7 +112,32 @@ impl Writer {
             }
             (acked, longest_gap)
         });
-        Writer { stop, task }
+        Writer {
+            stop,
+            acked: acked_count,
+            task,
+        }
+    }
+
+    /// Lets the writer go on until it has `at_least` acknowledged writes (a loaded machine
+    /// writes slowly: fsyncs wait behind other tests' disk traffic) or `limit` passed.
+    pub async fn wait_for(&self, at_least: usize, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.acked.load(std::sync::atomic::Ordering::Relaxed) < at_least
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// [`wait_for`](Self::wait_for), then [`finish`](Self::finish).
+    pub async fn finish_with_at_least(
+        self,
+        at_least: usize,
+        limit: std::time::Duration,
+    ) -> Vec<String> {
+        self.wait_for(at_least, limit).await;
+        self.finish().await
     }
 
     /// Stops and answers the acknowledged keys.
