@@ -11,8 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use haop_coordinator::agent::{connect_with, HostAgent};
-use haop_coordinator::inventory::Inventory;
-use haop_coordinator::lab::{LabGuard, LabSpec};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 fn lab_name(case: &str) -> String {
@@ -77,13 +75,7 @@ async fn identities_are_issued_and_revoked_on_every_host_even_one_cut_off() {
     }
     let state = tempfile::tempdir().unwrap();
     let st = state.path();
-    let lab = LabGuard::up(st, &lab_name("id"), LabSpec::default())
-        .await
-        .expect("lab up");
-    let inv = lab.inventory_path().display().to_string();
-    let applied = haop(st, &["apply", "-f", &inv]);
-    assert!(applied.status.success(), "{}", text(&applied));
-    let (inventory, _) = Inventory::load(Path::new(&inv)).unwrap();
+    let (lab, inv, inventory) = common::applied_lab(st, &lab_name("id")).await;
     let agents: Vec<(String, String)> = inventory
         .hosts
         .iter()

@@ -16,7 +16,6 @@ use std::time::Duration;
 use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::etcd::upgrade::observe::versions_of;
 use haop_coordinator::inventory::Inventory;
-use haop_coordinator::lab::{LabGuard, LabSpec};
 
 fn lab_name(case: &str) -> String {
     format!("t{}-{case}", std::process::id() % 100_000)
@@ -73,13 +72,7 @@ async fn upgrade_34_to_3516_to_3530_under_a_writer_killed_rolled_back_and_gated(
     }
     let state = tempfile::tempdir().unwrap();
     let st = state.path();
-    let lab = LabGuard::up(st, &lab_name("up"), LabSpec::default())
-        .await
-        .expect("lab up");
-    let inv = lab.inventory_path().display().to_string();
-    let applied = haop(st, &["apply", "-f", &inv]);
-    assert!(applied.status.success(), "{}", text(&applied));
-    let (inventory, _) = Inventory::load(Path::new(&inv)).unwrap();
+    let (lab, inv, inventory) = common::applied_lab(st, &lab_name("up")).await;
     let endpoints = inventory.etcd_client_urls();
     let client = EtcdClient::connect(st, &endpoints, Duration::from_secs(2))
         .await

@@ -233,52 +233,31 @@ impl HostAgent {
         };
         let (sha256, size) = sha256_of_file(local).await.map_err(local_err)?;
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadChunk>(4);
-        let header = pb::UploadChunk {
-            header: Some(pb::UploadHeader {
-                path: path.to_string(),
-                mode,
-                sha256,
-                size,
-                create_parents: true,
-            }),
-            data: Vec::new(),
-        };
-        let rpc = self.call("UploadFile", |mut c| async move {
-            c.upload_file(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        });
-        // Owns the sender: when the file is sent, the stream ends and the agent answers.
-        let feed = async move {
-            if tx.send(header).await.is_err() {
-                return Ok(());
-            }
-            let mut total = 0u64;
+        // The file read 1 MiB at a time into the stream upload_stream sends; the reader stops
+        // when the upload ends early (the channel closes).
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+        let reader = async move {
             loop {
                 let mut buf = vec![0u8; 1024 * 1024];
-                let n = read_full(&mut file, &mut buf).await?;
-                if n == 0 {
-                    return Ok::<(), std::io::Error>(());
+                let chunk = read_full(&mut file, &mut buf).await.map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                let last = matches!(&chunk, Ok(b) if b.is_empty()) || chunk.is_err();
+                if last {
+                    if let Err(e) = chunk {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                    return;
                 }
-                buf.truncate(n);
-                total += n as u64;
-                // The agent hung up: its answer (the RPC's result) says why.
-                if tx
-                    .send(pb::UploadChunk {
-                        header: None,
-                        data: buf,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
+                if tx.send(chunk).await.is_err() {
+                    return;
                 }
-                sent(total);
             }
         };
-        let (answer, fed) = tokio::join!(rpc, feed);
-        fed.map_err(local_err)?;
-        Ok(answer?.changed)
+        let upload = self.upload_stream(path, mode, &sha256, size, local, rx, sent);
+        let (answer, ()) = tokio::join!(upload, reader);
+        answer
     }
 
     /// Streams chunks from `chunks` to `path` on the host, as [`upload_file`](Self::upload_file)

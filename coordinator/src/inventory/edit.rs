@@ -258,17 +258,7 @@ pub fn rewrite_roles(path: &Path, host: &str, roles: &[Role]) -> Result<(), Edit
         Ok(_) => return Err(check("")),
         Err(e) => return Err(check(&e.to_string())),
     }
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    crate::fsio::write_atomic(path, edited.as_bytes(), mode).map_err(|source| {
-        EditError::Write {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    Ok(())
+    replace_keeping_mode(path, &edited)
 }
 
 #[cfg(test)]
@@ -522,6 +512,11 @@ pub fn rewrite_etcd_release(
             })
         }
     }
+    replace_keeping_mode(path, &edited)
+}
+
+/// Replaces the inventory file at `path` with `edited`, atomically, keeping its mode.
+fn replace_keeping_mode(path: &Path, edited: &str) -> Result<(), EditError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o7777)

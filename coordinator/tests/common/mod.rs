@@ -265,3 +265,24 @@ pub fn etcd_release(version: &str) -> (PathBuf, String) {
     ));
     (p, sha)
 }
+
+/// A lab of three etcd hosts named `name` in `state`, applied: the guard, the inventory's path
+/// and the inventory.
+pub async fn applied_lab(
+    state: &Path,
+    name: &str,
+) -> (
+    haop_coordinator::lab::LabGuard,
+    String,
+    haop_coordinator::inventory::Inventory,
+) {
+    let lab =
+        haop_coordinator::lab::LabGuard::up(state, name, haop_coordinator::lab::LabSpec::default())
+            .await
+            .expect("lab up");
+    let inv = lab.inventory_path().display().to_string();
+    let applied = haop(state, &["apply", "-f", &inv]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let (inventory, _) = haop_coordinator::inventory::Inventory::load(Path::new(&inv)).unwrap();
+    (lab, inv, inventory)
+}
