@@ -511,18 +511,7 @@ async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<Exit
             interval,
             rounds,
         } => {
-            let shutdown = async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(_) => return std::future::pending().await,
-                    };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            };
+            let shutdown = crate::signals::terminated();
             let say = |line: String| {
                 let now = haop_coordinator::etcd::snapshots::meta::now().0;
                 eprintln!("{now} {line}");

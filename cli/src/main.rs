@@ -6,9 +6,11 @@ mod docs;
 mod etcd;
 mod identity;
 mod lab;
+mod operator;
 mod output;
 mod progress;
 mod runbook;
+mod signals;
 mod status;
 mod trust;
 
@@ -67,6 +69,10 @@ enum Command {
     Lab(lab::LabCommand),
     /// Talk to one agent directly: facts, units.
     Agent(agent::AgentArgs),
+    /// The repair loop that runs unattended, on several admin hosts with one elected leader:
+    /// heal, snapshots, defragmentation, certificates, and Prometheus metrics.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
     /// The cluster's health: hosts, etcd, units, VIP, certificates, drift. Exits 0 healthy,
     /// 1 degraded, 2 down (no etcd quorum, or no VIP holder).
     Status(status::StatusArgs),
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
             Command::Certs(cmd) => certs::run(&cli.state_dir, cmd).await,
             Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
             Command::Agent(args) => agent::run(&cli.state_dir, args).await,
+            Command::Operator(cmd) => operator::run(&cli.state_dir, cmd).await,
             Command::Status(args) => status::run(&cli.state_dir, args).await,
         }
     });

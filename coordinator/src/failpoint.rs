@@ -19,3 +19,26 @@ pub fn hit(name: &str) {
         std::process::abort();
     }
 }
+
+/// The environment variable that turns the failpoint of [`ENV`] into a pause of this many
+/// seconds instead of an abort (for [`pass`]): a coordinator that hangs or is cut off in the
+/// middle of an operation, as the operator's takeover test needs, rather than one that dies.
+pub const SLEEP_ENV: &str = "HAOP_FAILPOINT_SLEEP";
+
+/// Like [`hit`], in async code: with [`SLEEP_ENV`] set to a number of seconds, the failpoint
+/// pauses this task that long (the process and its other tasks go on) instead of aborting.
+pub async fn pass(name: &str) {
+    if std::env::var_os(ENV).is_none_or(|v| v != name) {
+        return;
+    }
+    match std::env::var(SLEEP_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(secs) => {
+            eprintln!("haop: failpoint {name}: pausing {secs} s ({SLEEP_ENV} is set)");
+            tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+        }
+        None => hit(name),
+    }
+}

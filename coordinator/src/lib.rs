@@ -25,6 +25,7 @@ pub mod https;
 pub mod identity;
 pub mod inventory;
 pub mod lab;
+pub mod operator;
 pub mod pki;
 pub mod render;
 pub mod runbook;

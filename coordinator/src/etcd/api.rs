@@ -437,6 +437,24 @@ impl EtcdClient {
         &self.endpoints
     }
 
+    /// One etcd-client of every endpoint at once (it balances between them), with haop's
+    /// credentials and `timeout` per request: for the operator's election, lease and fenced
+    /// transactions, which etcd-client's own types serve.
+    pub async fn cluster_client(
+        &self,
+        timeout: Duration,
+    ) -> Result<etcd_client::Client, EtcdApiError> {
+        etcd_client::Client::connect(
+            self.endpoints.clone(),
+            Some(self.options.clone().with_timeout(timeout)),
+        )
+        .await
+        .map_err(|source| EtcdApiError::InvalidEndpoint {
+            endpoint: self.endpoints.join(","),
+            source,
+        })
+    }
+
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

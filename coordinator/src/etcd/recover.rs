@@ -101,6 +101,8 @@ pub enum RecoverError {
     },
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
+    #[error("not taking the step {step}: {reason}")]
+    Fenced { step: String, reason: String },
 }
 
 /// What recovery reports as it goes.
@@ -136,6 +138,20 @@ pub struct Recovery {
     snapshot: tokio::sync::Mutex<Option<SnapshotInfo>>,
     /// The leader's database size at the last observation.
     leader_db: std::sync::Mutex<Option<u64>>,
+    /// Asked before every step that changes something (the operator's lease); none for a
+    /// person's command.
+    fence: Option<Arc<dyn Fence>>,
+}
+
+/// Something that must allow each changing step before it is taken: `haop operator run` fences
+/// every step with its etcd lease, so that an instance that lost its leadership (a partition,
+/// a pause) cannot act after another took over. Waits are not fenced (they change nothing).
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    /// `Ok` to go on; `Err(why)` when the step must not be taken.
+    fn allow<'a>(
+        &'a self,
+        step: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
 fn now_ms() -> u64 {
@@ -156,9 +172,27 @@ impl Recovery {
             reports: std::sync::Mutex::new(HashMap::new()),
             snapshot: tokio::sync::Mutex::new(None),
             leader_db: std::sync::Mutex::new(None),
+            fence: None,
             inventory,
             etcd,
         })
+    }
+
+    /// Every changing step asks `fence` first; a refusal ends the operation with
+    /// [`RecoverError::Fenced`] and nothing of that step done.
+    pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Recovery {
+        self.fence = Some(fence);
+        self
+    }
+
+    async fn allowed(&self, step: &str) -> Result<(), RecoverError> {
+        match &self.fence {
+            Some(f) => f.allow(step).await.map_err(|reason| RecoverError::Fenced {
+                step: step.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Waits this long for a catching-up member that shows no progress (the inventory's
@@ -412,6 +446,8 @@ impl Recovery {
             let actions = match planner(&obs) {
                 Ok(a) => a,
                 Err(r) if r.is_converged() => {
+                    self.allowed("seal and prune after the members are healthy")
+                        .await?;
                     self.finish(&touched, progress).await?;
                     progress(Progress::Done {
                         elapsed: start.elapsed(),
@@ -459,6 +495,9 @@ impl Recovery {
                     }
                 }
                 let barrier = action.is_barrier();
+                if !action.is_wait() {
+                    self.allowed(&action.describe()).await?;
+                }
                 match self.act(&action, &obs, &mut added_cluster, progress).await {
                     Ok(()) => {}
                     // The answer was lost (a connection that broke, a call that timed out):
@@ -492,7 +531,7 @@ impl Recovery {
                     }
                     Err(e) => return Err(e),
                 }
-                crate::failpoint::hit(&format!("recover:after-{}", action.kind()));
+                crate::failpoint::pass(&format!("recover:after-{}", action.kind())).await;
                 if barrier {
                     break;
                 }

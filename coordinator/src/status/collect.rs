@@ -332,6 +332,9 @@ async fn probe_host(
     }
 }
 
+/// A health read slower than this probably waited for an election.
+const ELECTION_HINT: Duration = Duration::from_millis(300);
+
 async fn probe_etcd(
     state_dir: PathBuf,
     url: String,
@@ -355,11 +358,22 @@ async fn probe_etcd(
         tokio::time::timeout_at(deadline, client.health(&url)),
         tokio::time::timeout_at(deadline, client.member_list()),
     );
+    let mut status = match status {
+        Ok(r) => r.map_err(|e| crate::error::short_error(&e)),
+        Err(_) => Err(late("status")),
+    };
+    // A health read that waited was most likely held by an election (etcd answers it once a
+    // leader is elected): the status asked at the start names the old leader or none, so ask
+    // again for the leader that answered it.
+    if let (Ok(s), Ok(Ok(latency))) = (&status, &health) {
+        if s.leader_id == 0 || *latency > ELECTION_HINT {
+            if let Ok(Ok(fresh)) = tokio::time::timeout_at(deadline, client.status_of(&url)).await {
+                status = Ok(fresh);
+            }
+        }
+    }
     EndpointProbe {
-        status: match status {
-            Ok(r) => r.map_err(|e| crate::error::short_error(&e)),
-            Err(_) => Err(late("status")),
-        },
+        status,
         health: match health {
             Ok(r) => r.map_err(|e| crate::error::short_error(&e)),
             Err(_) => Err(late("health")),
@@ -548,6 +562,10 @@ fn etcd_section(inventory: &Inventory, probes: &[EndpointProbe]) -> EtcdSection 
         .filter(|m| m.in_inventory && m.healthy && !m.is_learner)
         .count();
     let needed = expected / 2 + 1;
+    let answering = probes.iter().filter(|p| p.status.is_ok()).count();
+    // The leader the answering members name answers too, or nobody leads.
+    let leader_answers = leader_probe.is_some();
+    let electing = expected > 0 && healthy < needed && answering >= needed && !leader_answers;
     let leader = leader_id.map(|id| {
         rows.iter()
             .find(|m| m.id.as_deref() == Some(&format!("{id:x}")))
@@ -559,6 +577,8 @@ fn etcd_section(inventory: &Inventory, probes: &[EndpointProbe]) -> EtcdSection 
         healthy_members: healthy,
         quorum_needed: needed,
         has_quorum: expected > 0 && healthy >= needed,
+        answering_members: answering,
+        electing,
         leader_id: leader_id.map(|id| format!("{id:x}")),
         leader,
         member_list_error: members.err(),

@@ -222,6 +222,15 @@ pub struct EtcdSection {
     /// A majority of `expected_members`.
     pub quorum_needed: usize,
     pub has_quorum: bool,
+    /// Of the inventory's members, how many answered their status (which a member serves
+    /// without a leader, unlike the health read).
+    #[serde(default)]
+    pub answering_members: usize,
+    /// A leader election in progress: too few members answer the health read, but a quorum of
+    /// them answers its status and none names a leader that answers. Right after a leader
+    /// dies this lasts about one election timeout; it is not a lost quorum.
+    #[serde(default)]
+    pub electing: bool,
     /// The leader's member ID (hex), as most members see it.
     pub leader_id: Option<String>,
     /// The leader's name (the inventory's host name when it is one of them).
@@ -537,7 +546,17 @@ pub fn assess(report: &StatusReport) -> (Vec<Problem>, Verdict) {
     }
 
     let etcd = &report.etcd;
-    if etcd.expected_members > 0 && !etcd.has_quorum {
+    if etcd.electing {
+        push(
+            Degraded,
+            Section::Etcd,
+            None,
+            format!(
+                "etcd is electing a leader: {} of {} members answer, none leads yet (this takes                  about one election timeout after a leader is lost; if it lasts, the members                  cannot reach each other)",
+                etcd.answering_members, etcd.expected_members
+            ),
+        );
+    } else if etcd.expected_members > 0 && !etcd.has_quorum {
         push(
             Down,
             Section::Etcd,

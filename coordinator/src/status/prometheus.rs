@@ -20,18 +20,31 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-struct Out {
+/// Families and samples in the exposition format, each sample labelled with the cluster (the
+/// operator's own metrics are written with it too).
+pub(crate) struct Out {
     text: String,
     cluster: String,
 }
 
 impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(crate) fn new(cluster: &str) -> Out {
+        Out {
+            text: String::new(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    pub(crate) fn into_text(self) -> String {
+        self.text
+    }
+
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {help}");
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         let mut l = format!("cluster=\"{}\"", escape(&self.cluster));
         for (k, v) in labels {
             let _ = write!(l, ",{k}=\"{}\"", escape(v));
@@ -40,7 +53,7 @@ impl Out {
     }
 }
 
-fn flag(b: bool) -> f64 {
+pub(crate) fn flag(b: bool) -> f64 {
     if b {
         1.0
     } else {
@@ -50,10 +63,7 @@ fn flag(b: bool) -> f64 {
 
 /// The report as Prometheus text.
 pub fn render(r: &StatusReport) -> String {
-    let mut o = Out {
-        text: String::new(),
-        cluster: r.cluster.clone(),
-    };
+    let mut o = Out::new(&r.cluster);
     o.family(
         "haop_status_health",
         "gauge",
@@ -97,6 +107,12 @@ pub fn render(r: &StatusReport) -> String {
         "1 when the members name a leader.",
     );
     o.sample("haop_etcd_has_leader", &[], flag(e.leader_id.is_some()));
+    o.family(
+        "haop_etcd_electing",
+        "gauge",
+        "1 while a leader election is in progress (a quorum answers, none leads yet).",
+    );
+    o.sample("haop_etcd_electing", &[], flag(e.electing));
 
     o.family(
         "haop_etcd_member_healthy",
@@ -330,5 +346,5 @@ pub fn render(r: &StatusReport) -> String {
             );
         }
     }
-    o.text
+    o.into_text()
 }

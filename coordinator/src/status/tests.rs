@@ -75,6 +75,8 @@ fn healthy() -> StatusReport {
             healthy_members: 3,
             quorum_needed: 2,
             has_quorum: true,
+            answering_members: 3,
+            electing: false,
             leader_id: Some("1".into()),
             leader: Some("etcd1".into()),
             member_list_error: None,
@@ -183,6 +185,26 @@ fn lost_quorum_or_vip_is_down_and_listed_first() {
     let vip = r.vip.as_mut().unwrap();
     vip.masters[0].holds_vip = None;
     assert_eq!(assess(&r).1.exit_code, 1);
+}
+
+#[test]
+fn an_election_in_progress_is_degraded_not_a_lost_quorum() {
+    // Right after the leader died: the survivors answer their status, no health read
+    // succeeds yet, and the leader they name does not answer.
+    let mut r = healthy();
+    r.etcd.healthy_members = 0;
+    r.etcd.has_quorum = false;
+    r.etcd.answering_members = 2;
+    r.etcd.electing = true;
+    let (problems, v) = assess(&r);
+    assert_eq!(v.health, Health::Degraded, "{problems:?}");
+    assert!(problems[0].message.contains("electing a leader"), "{problems:?}");
+    assert!(
+        !problems.iter().any(|p| p.message.contains("no quorum")),
+        "{problems:?}"
+    );
+    let metrics = crate::status::prometheus::render(&assessed(r));
+    assert!(metrics.contains("haop_etcd_electing{cluster=\"c\"} 1"), "{metrics}");
 }
 
 #[test]

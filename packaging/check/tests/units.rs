@@ -4,6 +4,7 @@
 use haop_agent::units::unitfile::{self, RestartPolicy, ServiceSpec};
 
 const SNAPSHOTS: &str = include_str!("../../haop/haop-snapshots@.service");
+const OPERATOR: &str = include_str!("../../haop/haop-operator@.service");
 const AGENT: &str = include_str!("../../haop-agent/haop-agent.service");
 
 fn spec(text: &str) -> ServiceSpec {
@@ -42,6 +43,24 @@ fn the_snapshot_schedule_unit_runs_haop_etcd_snapshot_schedule_on_the_instances_
         Some("/var/lib/haop"),
         "the state dir is the one place it writes"
     );
+}
+
+#[test]
+fn the_operator_unit_runs_haop_operator_run_with_the_instances_files() {
+    let s = spec(&OPERATOR.replace("%i", "prod"));
+    assert_eq!(s.exec_start.program, "/usr/bin/haop");
+    assert_eq!(
+        s.exec_start.args,
+        [
+            "operator",
+            "run",
+            "-f",
+            "/etc/haop/prod.yaml",
+            "--config",
+            "/etc/haop/prod.operator.toml"
+        ]
+    );
+    assert_eq!(s.restart, RestartPolicy::OnFailure);
 }
 
 #[test]

@@ -116,6 +116,35 @@ impl MemberAction {
         )
     }
 
+    /// Whether the action only waits (observes again later) and changes nothing.
+    pub fn is_wait(&self) -> bool {
+        matches!(
+            self,
+            MemberAction::WaitUntilInactive { .. }
+                | MemberAction::WaitUntilCaughtUp { .. }
+                | MemberAction::WaitWhileCatchingUp { .. }
+        )
+    }
+
+    /// The action in a few words with its subject, for logs and the operator's action records
+    /// (`remove etcd2 (8e9e05c52164694d)`).
+    pub fn describe(&self) -> String {
+        match self {
+            MemberAction::StopUnit { host } => format!("stop-unit {host}"),
+            MemberAction::Snapshot { from } => format!("snapshot from {from}"),
+            MemberAction::Remove { name, member_id }
+            | MemberAction::Promote { name, member_id } => {
+                format!("{} {name} ({member_id:x})", self.kind())
+            }
+            MemberAction::Wipe { host, .. } => format!("wipe {host}"),
+            MemberAction::AddLearner { name, .. } => format!("add-learner {name}"),
+            MemberAction::StartExisting { name, .. } => format!("start-existing {name}"),
+            MemberAction::WaitUntilInactive { member: name, .. }
+            | MemberAction::WaitUntilCaughtUp { name, .. }
+            | MemberAction::WaitWhileCatchingUp { name } => format!("{} {name}", self.kind()),
+        }
+    }
+
     /// A short name of the kind of action, stable (failpoints and logs use it).
     pub fn kind(&self) -> &'static str {
         match self {
