@@ -437,22 +437,28 @@ impl EtcdClient {
         &self.endpoints
     }
 
-    /// One etcd-client of every endpoint at once (it balances between them), with haop's
-    /// credentials and `timeout` per request: for the operator's election, lease and fenced
-    /// transactions, which etcd-client's own types serve.
-    pub async fn cluster_client(
+    /// One etcd-client per endpoint, with haop's credentials and `timeout` per request: for
+    /// the operator's election, lease and fenced transactions, which etcd-client's own types
+    /// serve. One per endpoint and not one balanced over all: a balanced channel keeps sending
+    /// to a member that is down, and the operator's lease must be renewed exactly when one is.
+    pub async fn endpoint_clients(
         &self,
         timeout: Duration,
-    ) -> Result<etcd_client::Client, EtcdApiError> {
-        etcd_client::Client::connect(
-            self.endpoints.clone(),
-            Some(self.options.clone().with_timeout(timeout)),
-        )
-        .await
-        .map_err(|source| EtcdApiError::InvalidEndpoint {
-            endpoint: self.endpoints.join(","),
-            source,
-        })
+    ) -> Result<Vec<(String, etcd_client::Client)>, EtcdApiError> {
+        let mut out = Vec::new();
+        for endpoint in &self.endpoints {
+            let c = etcd_client::Client::connect(
+                [endpoint.as_str()],
+                Some(self.options.clone().with_timeout(timeout)),
+            )
+            .await
+            .map_err(|source| EtcdApiError::InvalidEndpoint {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+            out.push((endpoint.clone(), c));
+        }
+        Ok(out)
     }
 
     pub fn timeout(&self) -> Duration {

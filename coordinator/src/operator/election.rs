@@ -25,7 +25,7 @@
 //! Lifecycle: [`Elector::lead`] grants a lease, keeps it alive in a task (every third of the
 //! TTL) and campaigns until this instance leads; the [`Leadership`] it answers ends (see
 //! [`Leadership::lost`]) when a keep-alive says the lease is gone, when none was acknowledged
-//! before the known expiry, when a fence finds the key gone, or when it is dropped (the
+//! while a margin of the known expiry was left, when a fence finds the key gone, or when it is dropped (the
 //! keep-alive task stops and the lease is revoked, so a clean shutdown hands over at once).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,12 +77,106 @@ pub struct Leader {
     pub revision: i64,
 }
 
+/// One client per etcd endpoint, asked in turn: a member that is down (the very time the
+/// operator is needed) costs one failed attempt, never the lease.
+#[derive(Clone)]
+pub struct Endpoints {
+    clients: Arc<Vec<(String, Client)>>,
+    preferred: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.clients.iter().map(|(e, _)| e.as_str()).collect();
+        f.debug_struct("Endpoints")
+            .field("endpoints", &names)
+            .finish()
+    }
+}
+
+/// Whether `e` says the request did not reach a working member (another may answer).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ) || s.message().contains("no leader")
+                || s.message().contains("leader changed")
+        }
+        _ => false,
+    }
+}
+
+impl Endpoints {
+    /// Clients of `etcd`'s endpoints with `timeout` per request.
+    pub async fn connect(
+        etcd: &crate::etcd::api::EtcdClient,
+        timeout: Duration,
+    ) -> Result<Endpoints, crate::etcd::api::EtcdApiError> {
+        Ok(Endpoints {
+            clients: Arc::new(etcd.endpoint_clients(timeout).await?),
+            preferred: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        })
+    }
+
+    /// Runs `call` on the member that answered last, then on the others, as long as the
+    /// failure says the member was not reached.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = etcd_client::Error::InvalidArgs("no etcd endpoint".into());
+        for i in (0..n).map(|k| (start + k) % n) {
+            match call(self.clients[i].1.clone()).await {
+                Ok(v) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if unreachable(&e) => {
+                    self.preferred.store((i + 1) % n, Ordering::Relaxed);
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs `call` on every member at once and answers the first success (for idempotent
+    /// calls that must not wait on a member that does not answer: the lease's keep-alive).
+    async fn first<T, F, Fut>(&self, call: F) -> Result<T, etcd_client::Error>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let mut set = tokio::task::JoinSet::new();
+        for (_, c) in self.clients.iter() {
+            set.spawn(call(c.clone()));
+        }
+        let mut last = etcd_client::Error::InvalidArgs("no etcd endpoint".into());
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = etcd_client::Error::InvalidArgs(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+}
+
 /// Campaigns for one instance.
 pub struct Elector {
     /// Short requests: leases, keep-alives, transactions, reads.
-    client: Client,
+    client: Endpoints,
     /// The campaign call, which blocks while another instance leads.
-    campaign_client: Client,
+    campaign_client: Endpoints,
     instance: String,
     ttl: Duration,
 }
@@ -124,7 +218,12 @@ impl std::fmt::Debug for Elector {
 impl Elector {
     /// `client` with short request timeouts, `campaign_client` with a long one (the campaign
     /// waits as long as another instance leads).
-    pub fn new(client: Client, campaign_client: Client, instance: &str, ttl: Duration) -> Self {
+    pub fn new(
+        client: Endpoints,
+        campaign_client: Endpoints,
+        instance: &str,
+        ttl: Duration,
+    ) -> Self {
         Elector {
             client,
             campaign_client,
@@ -135,8 +234,11 @@ impl Elector {
 
     /// Who leads now, if anyone.
     pub async fn leader(&self) -> Result<Option<Leader>, ElectionError> {
-        let mut c = self.client.election_client();
-        match c.leader(ELECTION_NAME).await {
+        let asked = self
+            .client
+            .call(|c| async move { c.election_client().leader(ELECTION_NAME).await })
+            .await;
+        match asked {
             Ok(r) => Ok(r.kv().map(|kv| Leader {
                 instance: String::from_utf8_lossy(kv.value()).into_owned(),
                 revision: kv.create_revision(),
@@ -150,10 +252,10 @@ impl Elector {
     /// Grants a lease, keeps it alive and campaigns until this instance leads.
     pub async fn lead(&self) -> Result<Leadership, ElectionError> {
         let ttl_secs = self.ttl.as_secs().max(2) as i64;
-        let mut c = self.client.clone();
         let sent = Instant::now();
-        let granted = c
-            .lease_grant(ttl_secs, None)
+        let granted = self
+            .client
+            .call(|mut c| async move { c.lease_grant(ttl_secs, None).await })
             .await
             .map_err(etcd("a lease grant"))?;
         let (ended, _) = watch::channel(None);
@@ -162,7 +264,13 @@ impl Elector {
             valid_until: Mutex::new(sent + expiry(granted.ttl())),
             ended,
         });
-        let keeper = tokio::spawn(keep_alive(self.client.clone(), lease.clone(), self.ttl));
+        let margin = self.ttl / MARGIN_PART;
+        let keeper = tokio::spawn(keep_alive(
+            self.client.clone(),
+            lease.clone(),
+            self.ttl,
+            margin,
+        ));
         let guard = KeeperGuard {
             task: keeper,
             client: self.client.clone(),
@@ -170,8 +278,15 @@ impl Elector {
         };
         let mut ended = lease.ended.subscribe();
         loop {
-            let mut election = self.campaign_client.election_client();
-            let campaign = election.campaign(ELECTION_NAME, self.instance.as_str(), lease.id);
+            let (id, me) = (lease.id, self.instance.clone());
+            let campaign = self.campaign_client.call(|c| {
+                let me = me.clone();
+                async move {
+                    c.election_client()
+                        .campaign(ELECTION_NAME, me.as_str(), id)
+                        .await
+                }
+            });
             let won = tokio::select! {
                 r = campaign => r,
                 _ = ended.wait_for(Option::is_some) => {
@@ -188,7 +303,7 @@ impl Elector {
                         instance: self.instance.clone(),
                         key: key.key().to_vec(),
                         revision: key.rev(),
-                        margin: self.ttl / MARGIN_PART,
+                        margin,
                         lease,
                         seq: AtomicU64::new(0),
                         _keeper: guard,
@@ -214,35 +329,57 @@ fn expiry(ttl: i64) -> Duration {
     Duration::from_secs(ttl.max(0) as u64)
 }
 
-/// Renews `lease` every third of `ttl` until etcd says it is gone or its known expiry passes.
-async fn keep_alive(mut client: Client, lease: Arc<Lease>, ttl: Duration) {
+/// Renews `lease` every third of `ttl` (on every member at once, the first answer counts)
+/// until etcd says it is gone, or until only `margin` of its known validity is left without a
+/// renewal: then the leadership ends here, before etcd can expire the lease and elect another
+/// instance (the known expiry counts from when the renewal was sent, so it is earlier than
+/// etcd's), and an action in flight is dropped in time.
+async fn keep_alive(client: Endpoints, lease: Arc<Lease>, ttl: Duration, margin: Duration) {
     let every = ttl / 3;
+    let mut next = Instant::now() + every;
+    let mut last_error = String::from("etcd did not answer in time");
     loop {
-        tokio::time::sleep(every).await;
-        let sent = Instant::now();
-        let renewed = tokio::time::timeout(every, async {
-            let (_keeper, mut stream) = client.lease_keep_alive(lease.id).await?;
-            stream.message().await
-        })
+        let give_up = lock(&lease.valid_until)
+            .checked_sub(margin)
+            .unwrap_or_else(Instant::now);
+        tokio::time::sleep_until(next.min(give_up).into()).await;
+        let now = Instant::now();
+        if now >= give_up {
+            lease.end(format!(
+                "the lease could not be renewed before the last {} ms of it: {last_error}",
+                margin.as_millis()
+            ));
+            return;
+        }
+        let id = lease.id;
+        let renewed = tokio::time::timeout(
+            every.min(give_up - now),
+            client.first(move |mut c| async move {
+                // etcd-client opens the stream without a request for this lease: the
+                // keeper sends it.
+                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            }),
+        )
         .await;
         match renewed {
             Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                *lock(&lease.valid_until) = sent + expiry(r.ttl());
+                *lock(&lease.valid_until) = now + expiry(r.ttl());
+                next = now + every;
             }
             Ok(Ok(Some(_))) => {
                 lease.end("etcd says the lease expired");
                 return;
             }
+            // Try again soon: the known validity is running out.
             other => {
-                let expired = Instant::now() >= *lock(&lease.valid_until);
-                if expired {
-                    let why = match other {
-                        Ok(Err(e)) => format!("the lease could not be renewed before it expired: {e}"),
-                        _ => "the lease could not be renewed before it expired: etcd did not answer in time".to_string(),
-                    };
-                    lease.end(why);
-                    return;
-                }
+                last_error = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(None)) => "etcd closed the keep-alive stream".to_string(),
+                    _ => "etcd did not answer in time".to_string(),
+                };
+                next = Instant::now() + every / 4;
             }
         }
     }
@@ -256,18 +393,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// campaign ends: the next instance need not wait for the TTL after a clean stop.
 struct KeeperGuard {
     task: tokio::task::JoinHandle<()>,
-    client: Client,
+    client: Endpoints,
     lease: i64,
 }
 
 impl Drop for KeeperGuard {
     fn drop(&mut self) {
         self.task.abort();
-        let mut c = self.client.clone();
+        let c = self.client.clone();
         let id = self.lease;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(2), c.lease_revoke(id)).await;
+                let revoke = c.call(|mut c| async move { c.lease_revoke(id).await });
+                let _ = tokio::time::timeout(Duration::from_secs(2), revoke).await;
             });
         }
     }
@@ -275,7 +413,7 @@ impl Drop for KeeperGuard {
 
 /// This instance leads, while it lasts.
 pub struct Leadership {
-    client: Client,
+    client: Endpoints,
     instance: String,
     key: Vec<u8>,
     revision: i64,
@@ -351,8 +489,11 @@ impl Leadership {
                 self.revision,
             )])
             .and_then([TxnOp::put(key, value, None)]);
-        let mut c = self.client.clone();
-        match tokio::time::timeout(left - self.margin, c.txn(txn)).await {
+        let fenced = self.client.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        });
+        match tokio::time::timeout(left - self.margin, fenced).await {
             Ok(Ok(r)) if r.succeeded() => Ok(record),
             Ok(Ok(_)) => {
                 let why = "etcd no longer has this instance's leader key (its lease expired)";
@@ -368,10 +509,12 @@ impl Leadership {
 }
 
 /// The action records, oldest first, with the etcd revision each was written at.
-pub async fn actions(client: &Client) -> Result<Vec<(i64, ActionRecord)>, ElectionError> {
-    let mut c = client.clone();
-    let r = c
-        .get(ACTIONS_PREFIX, Some(GetOptions::new().with_prefix()))
+pub async fn actions(client: &Endpoints) -> Result<Vec<(i64, ActionRecord)>, ElectionError> {
+    let r = client
+        .call(|mut c| async move {
+            c.get(ACTIONS_PREFIX, Some(GetOptions::new().with_prefix()))
+                .await
+        })
         .await
         .map_err(etcd("reading the action records"))?;
     Ok(r.kvs()

@@ -56,10 +56,10 @@ impl Exposition {
     }
 }
 
-/// The operator's own families.
+/// The operator's own families, labelled `operator` (Prometheus keeps `instance` for the scrape target).
 pub fn render(s: &OperatorStats) -> String {
     let mut o = Out::new(&s.cluster);
-    let me = [("instance", s.instance.as_str())];
+    let me = [("operator", s.instance.as_str())];
     o.family(
         "haop_operator_leader",
         "gauge",
@@ -75,7 +75,7 @@ pub fn render(s: &OperatorStats) -> String {
         let n = s.actions.get(kind).copied().unwrap_or(0);
         o.sample(
             "haop_operator_actions_total",
-            &[("instance", s.instance.as_str()), ("kind", kind)],
+            &[("operator", s.instance.as_str()), ("kind", kind)],
             n as f64,
         );
     }
@@ -97,7 +97,7 @@ pub fn render(s: &OperatorStats) -> String {
     for reason in ["no-quorum", "electing"] {
         o.sample(
             "haop_operator_holding",
-            &[("instance", s.instance.as_str()), ("reason", reason)],
+            &[("operator", s.instance.as_str()), ("reason", reason)],
             flag(s.holding == Some(reason)),
         );
     }
@@ -197,7 +197,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_operator_families_carry_instance_and_cluster() {
+    fn the_operator_families_carry_the_operator_and_cluster() {
         let mut s = OperatorStats {
             instance: "admin-a".into(),
             cluster: "prod".into(),
@@ -208,17 +208,17 @@ mod tests {
         s.actions.insert("heal".into(), 2);
         let t = render(&s);
         assert!(
-            t.contains("haop_operator_leader{cluster=\"prod\",instance=\"admin-a\"} 1"),
+            t.contains("haop_operator_leader{cluster=\"prod\",operator=\"admin-a\"} 1"),
             "{t}"
         );
         assert!(t.contains(
-            "haop_operator_actions_total{cluster=\"prod\",instance=\"admin-a\",kind=\"heal\"} 2"
+            "haop_operator_actions_total{cluster=\"prod\",operator=\"admin-a\",kind=\"heal\"} 2"
         ));
         assert!(t.contains(
-            "haop_operator_holding{cluster=\"prod\",instance=\"admin-a\",reason=\"no-quorum\"} 1"
+            "haop_operator_holding{cluster=\"prod\",operator=\"admin-a\",reason=\"no-quorum\"} 1"
         ));
         assert!(t.contains(
-            "haop_operator_holding{cluster=\"prod\",instance=\"admin-a\",reason=\"electing\"} 0"
+            "haop_operator_holding{cluster=\"prod\",operator=\"admin-a\",reason=\"electing\"} 0"
         ));
     }
 
@@ -252,7 +252,7 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains("text/plain; version=0.0.4"));
         assert!(ok.contains("haop_etcd_has_quorum{cluster=\"c\"} 1"));
-        assert!(ok.contains("haop_operator_leader{cluster=\"c\",instance=\"i\"} 0"));
+        assert!(ok.contains("haop_operator_leader{cluster=\"c\",operator=\"i\"} 0"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
         server.abort();
     }

@@ -89,12 +89,10 @@ pub async fn run(
     let etcd = EtcdClient::connect(state_dir, &endpoints, Duration::from_secs(2))
         .await
         .map_err(OperatorError::Etcd)?;
-    let short = etcd
-        .cluster_client(Duration::from_secs(2))
+    let short = election::Endpoints::connect(&etcd, Duration::from_secs(2))
         .await
         .map_err(OperatorError::Etcd)?;
-    let long = etcd
-        .cluster_client(Duration::from_secs(3600))
+    let long = election::Endpoints::connect(&etcd, Duration::from_secs(3600))
         .await
         .map_err(OperatorError::Etcd)?;
     let elector = Arc::new(Elector::new(short, long, &config.name, config.lease_ttl));

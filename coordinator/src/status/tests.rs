@@ -198,13 +198,19 @@ fn an_election_in_progress_is_degraded_not_a_lost_quorum() {
     r.etcd.electing = true;
     let (problems, v) = assess(&r);
     assert_eq!(v.health, Health::Degraded, "{problems:?}");
-    assert!(problems[0].message.contains("electing a leader"), "{problems:?}");
+    assert!(
+        problems[0].message.contains("electing a leader"),
+        "{problems:?}"
+    );
     assert!(
         !problems.iter().any(|p| p.message.contains("no quorum")),
         "{problems:?}"
     );
     let metrics = crate::status::prometheus::render(&assessed(r));
-    assert!(metrics.contains("haop_etcd_electing{cluster=\"c\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("haop_etcd_electing{cluster=\"c\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
