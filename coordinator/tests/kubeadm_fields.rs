@@ -9,8 +9,7 @@ use std::process::Command;
 
 use haop_coordinator::inventory::{Host, Inventory, Role, Version, Vip};
 use haop_coordinator::render::kubeadm::{
-    api_version_for, join_configuration, kubeadm_config, upload_certs_config, JoinCommand,
-    JoinNode,
+    api_version_for, join_configuration, kubeadm_config, upload_certs_config, JoinCommand, JoinNode,
 };
 
 fn fixtures() -> std::path::PathBuf {
@@ -161,7 +160,10 @@ fn unknown_misplaced_and_wrong_version_fields_are_refused() {
         },
         &join_command(false),
     )
-    .replace("  bootstrapToken:\n", "  bootstrapToken:\n    certificateKey: \"x\"\n");
+    .replace(
+        "  bootstrapToken:\n",
+        "  bootstrapToken:\n    certificateKey: \"x\"\n",
+    );
     let e = validate("1.33.1", &join).unwrap_err();
     assert!(
         e.contains("unknown field \"discovery.bootstrapToken.certificateKey\""),

@@ -131,7 +131,12 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
 
     let store = common::kube_store::KubeStore::start(lab.record().gateway.into()).await;
     for h in lab.hosts().iter().filter(|h| !h.name.starts_with("etcd")) {
-        install(&h.root_dir, kubeadm_version, &store.url, h.name == "master1");
+        install(
+            &h.root_dir,
+            kubeadm_version,
+            &store.url,
+            h.name == "master1",
+        );
     }
     let root = |n: &str| lab.host(n).unwrap().root_dir.clone();
     let (m1, m2, w1) = (root("master1"), root("master2"), root("worker1"));
@@ -210,16 +215,21 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
             ["join --config /etc/kubernetes/kubeadm-join.yaml"],
             "{host}"
         );
-        assert!(!root.join("etc/kubernetes/kubeadm-join.yaml").exists(), "{host}");
-        let j = std::fs::read_to_string(root.join("var/lib/haop-standin/kubeadm-join.yaml"))
-            .unwrap();
-        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(
-            j.split("---\n").nth(1).unwrap(),
-        )
-        .unwrap();
+        assert!(
+            !root.join("etc/kubernetes/kubeadm-join.yaml").exists(),
+            "{host}"
+        );
+        let j =
+            std::fs::read_to_string(root.join("var/lib/haop-standin/kubeadm-join.yaml")).unwrap();
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(j.split("---\n").nth(1).unwrap()).unwrap();
         assert_eq!(doc["apiVersion"].as_str(), Some(api_version), "{j}");
         let bt = &doc["discovery"]["bootstrapToken"];
-        assert_eq!(bt["apiServerEndpoint"].as_str(), Some(endpoint.as_str()), "{j}");
+        assert_eq!(
+            bt["apiServerEndpoint"].as_str(),
+            Some(endpoint.as_str()),
+            "{j}"
+        );
         assert_eq!(bt["caCertHashes"][0].as_str(), Some(hash.as_str()), "{j}");
         let reg = &doc["nodeRegistration"];
         assert_eq!(reg["name"].as_str(), Some(host), "{j}");
@@ -241,7 +251,11 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
                 Some(addr(host).as_str()),
                 "{j}"
             );
-            assert_eq!(cp["localAPIEndpoint"]["bindPort"].as_u64(), Some(6443), "{j}");
+            assert_eq!(
+                cp["localAPIEndpoint"]["bindPort"].as_u64(),
+                Some(6443),
+                "{j}"
+            );
             assert_eq!(cp["certificateKey"].as_str().map(str::len), Some(64), "{j}");
         } else {
             assert!(cp.is_null(), "{j}");
@@ -271,7 +285,11 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
     assert_ne!(key1, key2, "master1's etcd client key reached master2");
     let secret = store.get("secrets/kubeadm-certs").unwrap();
     let secret: serde_json::Value = serde_json::from_str(&secret).unwrap();
-    for name in ["external-etcd.key", "external-etcd.crt", "external-etcd-ca.crt"] {
+    for name in [
+        "external-etcd.key",
+        "external-etcd.crt",
+        "external-etcd-ca.crt",
+    ] {
         assert_eq!(secret["data"][name], "", "{name} was uploaded");
     }
     for h in lab.hosts().iter().filter(|h| h.name.starts_with("etcd")) {
@@ -324,8 +342,7 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
     );
     let w1_args = record(&w1, "kubeadm.args");
     assert_eq!(
-        w1_args,
-        ["join --config /etc/kubernetes/kubeadm-join.yaml"; 2],
+        w1_args, ["join --config /etc/kubernetes/kubeadm-join.yaml"; 2],
         "{w1_args:?}"
     );
     let rejoin =

@@ -205,8 +205,8 @@ pub async fn run(
                 return Ok(false);
             }
             let kubeadm = find_program(c, &KUBEADM_PATHS, "install kubeadm").await?;
-            let api_version =
-                api_version_for(kubeadm_version(c).await?).map_err(KubeadmStepError::Unsupported)?;
+            let api_version = api_version_for(kubeadm_version(c).await?)
+                .map_err(KubeadmStepError::Unsupported)?;
             let cmd = join_info::join_command(
                 ctx,
                 cluster,

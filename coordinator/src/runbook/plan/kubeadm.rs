@@ -83,7 +83,8 @@ pub fn steps(inv: &Inventory) -> Result<Vec<Step>, KubeadmError> {
             first_master: first_name.clone(),
             first_master_endpoint: first.agent.as_str().to_string(),
             config_path: UPLOAD_CONFIG_PATH.into(),
-            etcd_client_certificate: control_plane.then(|| super::desired::apiserver_etcd_client(h)),
+            etcd_client_certificate: control_plane
+                .then(|| super::desired::apiserver_etcd_client(h)),
         })
     };
     for h in masters.iter().skip(1) {
@@ -120,7 +121,8 @@ pub fn steps(inv: &Inventory) -> Result<Vec<Step>, KubeadmError> {
     Ok(steps)
 }
 
-type Render = fn(&Inventory, &Host, crate::inventory::Version) -> Result<RenderedFile, KubeadmError>;
+type Render =
+    fn(&Inventory, &Host, crate::inventory::Version) -> Result<RenderedFile, KubeadmError>;
 
 /// A kubeadm configuration file: a plain file for a pinned version, both renderings otherwise.
 fn config_action(inv: &Inventory, first: &Host, render: Render) -> Result<Action, KubeadmError> {
@@ -202,7 +204,9 @@ mod tests {
         assert_eq!(node_ip, "10.0.0.22");
         assert_eq!(config_path, UPLOAD_CONFIG_PATH);
         assert_eq!(
-            etcd_client_certificate.as_ref().map(|c| c.common_name.as_str()),
+            etcd_client_certificate
+                .as_ref()
+                .map(|c| c.common_name.as_str()),
             Some("kube-apiserver-etcd-client-m2")
         );
         assert!(*control_plane);
@@ -229,7 +233,13 @@ mod tests {
             text.contains(crate::render::kubeadm::NOT_UPLOADED_DIR),
             "{text}"
         );
-        assert!(!text.contains(&format!("\"{}\"", crate::render::kubeadm::ETCD_CLIENT_KEY_FILE)), "{text}");
+        assert!(
+            !text.contains(&format!(
+                "\"{}\"",
+                crate::render::kubeadm::ETCD_CLIENT_KEY_FILE
+            )),
+            "{text}"
+        );
         assert!(Phase::KubeadmJoinMasters.serial() && !Phase::KubeadmJoinWorkers.serial());
     }
 
