@@ -138,46 +138,46 @@ pub async fn sync(
                 .map_err(StepError::from)
                 .map_err(host_err(name, "reading the upload marker"))?
                 .map(|(t, _)| t.trim().to_string());
-            if file.is_some() && file != uploaded {
-                if c.exists(ADMIN_CONF)
+            if file.is_some()
+                && file != uploaded
+                && c.exists(ADMIN_CONF)
                     .await
                     .map_err(StepError::from)
                     .map_err(host_err(name, "checking for admin.conf"))?
-                {
-                    let program = find_program(&c, &KUBEADM_PATHS, "install kubeadm")
-                        .await
-                        .map_err(StepError::from)
-                        .map_err(host_err(name, "finding kubeadm"))?;
-                    run_program(
-                        &c,
-                        &program,
-                        [
-                            "init",
-                            "phase",
-                            "upload-config",
-                            "kubeadm",
-                            "--config",
-                            CONFIG_PATH,
-                        ]
-                        .map(String::from)
-                        .to_vec(),
-                        120,
-                        "kubeadm init phase upload-config kubeadm",
-                        "run it on the first master once the API server answers",
-                    )
+            {
+                let program = find_program(&c, &KUBEADM_PATHS, "install kubeadm")
                     .await
                     .map_err(StepError::from)
-                    .map_err(host_err(name, "uploading the kubeadm ClusterConfiguration"))?;
-                    c.write_file(
-                        UPLOADED_MARKER,
-                        format!("{}\n", file.unwrap_or_default()),
-                        0o644,
-                    )
-                    .await
-                    .map_err(StepError::from)
-                    .map_err(host_err(name, "writing the upload marker"))?;
-                    said.push(format!("{name}: the kubeadm-config ConfigMap uploaded"));
-                }
+                    .map_err(host_err(name, "finding kubeadm"))?;
+                run_program(
+                    &c,
+                    &program,
+                    [
+                        "init",
+                        "phase",
+                        "upload-config",
+                        "kubeadm",
+                        "--config",
+                        CONFIG_PATH,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    120,
+                    "kubeadm init phase upload-config kubeadm",
+                    "run it on the first master once the API server answers",
+                )
+                .await
+                .map_err(StepError::from)
+                .map_err(host_err(name, "uploading the kubeadm ClusterConfiguration"))?;
+                c.write_file(
+                    UPLOADED_MARKER,
+                    format!("{}\n", file.unwrap_or_default()),
+                    0o644,
+                )
+                .await
+                .map_err(StepError::from)
+                .map_err(host_err(name, "writing the upload marker"))?;
+                said.push(format!("{name}: the kubeadm-config ConfigMap uploaded"));
             }
         }
         // The API server's static pod.

@@ -55,7 +55,7 @@ pub enum KubeadmStepError {
     OwnCertificate {
         host: String,
         #[source]
-        source: super::certificates::CertificateError,
+        source: Box<super::certificates::CertificateError>,
     },
     #[error("kubeadm version -o short printed {printed:?}, not a version ({reason})")]
     NotAVersion { printed: String, reason: String },
@@ -257,7 +257,7 @@ pub async fn run(
                     .await
                     .map_err(|source| KubeadmStepError::OwnCertificate {
                         host: host.to_string(),
-                        source,
+                        source: Box::new(source),
                     })?;
             }
             Ok(true)

@@ -84,7 +84,7 @@ pub fn steps(inv: &Inventory) -> Result<Vec<Step>, KubeadmError> {
             first_master_endpoint: first.agent.as_str().to_string(),
             config_path: UPLOAD_CONFIG_PATH.into(),
             etcd_client_certificate: control_plane
-                .then(|| super::desired::apiserver_etcd_client(h)),
+                .then(|| Box::new(super::desired::apiserver_etcd_client(h))),
         })
     };
     for h in masters.iter().skip(1) {

@@ -331,7 +331,7 @@ pub enum KubeadmAction {
         config_path: String,
         /// A master's own etcd client certificate, checked (and issued again if it is not the
         /// master's own) right after the join.
-        etcd_client_certificate: Option<CertificateSpec>,
+        etcd_client_certificate: Option<Box<CertificateSpec>>,
     },
     /// The CNI manifest uploaded to `path` and `kubectl apply`ed on the first master, again
     /// whenever its content changes.
