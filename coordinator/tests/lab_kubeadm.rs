@@ -1,20 +1,21 @@
-//! The kubeadm phases of `haop apply` on a lab (3 etcd, 2 masters, 1 worker), through the real
+//! The kubeadm phases of `haop apply` on a lab (4 etcd, 2 masters, 1 worker), through the real
 //! `haop` binary, against STAND-INS: Kubernetes binaries cannot be installed on the test
-//! machine, so `tests/fixtures/kubeadm-standin` and `tests/fixtures/kubectl-standin` (POSIX sh
-//! scripts) are uploaded to `/usr/local/bin/kubeadm` and `/usr/local/bin/kubectl` on the lab
-//! hosts. They record their arguments in `/var/lib/haop-standin/*.args` inside each host's
-//! root, print kubeadm's real `init` output format, and create `admin.conf` / `kubelet.conf`
-//! as kubeadm does, so haop's guards see what they would see on a real host.
+//! machine, so `tests/fixtures/kubeadm-standin` (Python, strict about every config field, see
+//! its header) and `tests/fixtures/kubectl-standin` are put at `/usr/local/bin/kubeadm` and
+//! `/usr/local/bin/kubectl` on the lab hosts, with the field list, the kubeadm version the test
+//! chooses, and the URL of the cluster store ([`common::kube_store`]) that joins download from.
 //!
-//! Checked: init once on the first master with the generated config (external etcd endpoints,
-//! the VIP as controlPlaneEndpoint); master2 joins as a control-plane node with the token and
-//! certificate key init printed, worker1 as a worker with the token and CA hash; the CNI
-//! manifest uploaded and applied once; a second apply runs no kubeadm or kubectl command and
-//! reports 0 changed, and `haop plan --exit-code` finds nothing to do; with the join info gone from the state dir, a new worker gets a fresh
-//! token from the first master (`kubeadm token create --print-join-command`); `haop etcd add`
-//! and `remove` bring the masters' etcd endpoints along (kubeadm-config.yaml, the kubeadm-config
-//! ConfigMap through `kubeadm init phase upload-config`, each kube-apiserver manifest) and the
-//! inventory file.
+//! Run twice: kubeadm 1.30 with no pinned version (v1beta3, the version taken from the host's
+//! kubeadm) and 1.31 with `kubernetes.version` pinned (v1beta4, kubeadm-config.yaml a plain
+//! file step). Checked: init once on the first master with the generated config and no
+//! `--upload-certs`; the certificates uploaded with the configuration that names no etcd file,
+//! so master2's control-plane join downloads the cluster CA but keeps its own etcd client key
+//! and certificate (CN naming master2); each join through its own JoinConfiguration (node
+//! name, node-ip, CRI socket, master2's advertise address), removed after the join; no
+//! `stable-1` lookup; the CNI manifest applied once; a second apply runs no kubeadm or kubectl
+//! command; with the join info gone, a new worker gets a fresh token; `haop etcd add` and
+//! `remove` bring the masters' etcd endpoints along (kubeadm-config.yaml, the kubeadm-config
+//! ConfigMap, each kube-apiserver manifest) and the inventory file.
 
 mod common;
 
@@ -22,12 +23,10 @@ use common::{haop, require_root, text};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
-use haop_coordinator::inventory::Inventory;
+use haop_coordinator::inventory::{Inventory, Version};
 use haop_coordinator::lab::{LabGuard, LabSpec};
 use haop_coordinator::render::kubeadm::parse_kubeadm_init_output;
-use haop_proto::v1 as pb;
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,30 +35,30 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Uploads a stand-in to `path` on the host behind `endpoint` with the agent's UploadFile.
-async fn install(state: &Path, endpoint: &str, path: &str, data: &[u8]) {
-    let trust = haop_coordinator::trust::Trust::load(state).unwrap();
-    let mut c = haop_coordinator::agent::connect(&trust, endpoint, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
-    let msgs = vec![
-        pb::UploadChunk {
-            header: Some(pb::UploadHeader {
-                path: path.into(),
-                mode: 0o755,
-                sha256: sha,
-                size: data.len() as u64,
-                create_parents: true,
-            }),
-            data: Vec::new(),
-        },
-        pb::UploadChunk {
-            header: None,
-            data: data.to_vec(),
-        },
-    ];
-    c.upload_file(tokio_stream::iter(msgs)).await.unwrap();
+/// Puts the stand-ins, the field list, the kubeadm version and the store's URL into a host's
+/// root.
+fn install(root: &Path, kubeadm_version: &str, store: &str, kubectl: bool) {
+    let put = |rel: &str, data: &[u8], mode: u32| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    put("usr/local/bin/kubeadm", &fixture("kubeadm-standin"), 0o755);
+    if kubectl {
+        put("usr/local/bin/kubectl", &fixture("kubectl-standin"), 0o755);
+    }
+    put(
+        "etc/haop-standin/kubeadm-fields.txt",
+        &fixture("kubeadm-fields.txt"),
+        0o644,
+    );
+    put(
+        "etc/haop-standin/kubeadm-version",
+        format!("{kubeadm_version}\n").as_bytes(),
+        0o644,
+    );
+    put("etc/haop-standin/api", store.as_bytes(), 0o644);
 }
 
 /// The lines of a stand-in's record on a host (empty when it never ran).
@@ -80,14 +79,35 @@ fn apply(state: &Path, inv: &str) -> String {
     stdout
 }
 
+/// The certificate at `rel` in `root`: its CN and the sha256 of the key next to it.
+fn own_cert(root: &Path) -> (String, Vec<u8>) {
+    let pem =
+        std::fs::read_to_string(root.join("etc/kubernetes/pki/apiserver-etcd-client.crt")).unwrap();
+    let cn = haop_coordinator::pki::inspect(&pem).unwrap()[0]
+        .common_name
+        .clone()
+        .unwrap();
+    let key = std::fs::read(root.join("etc/kubernetes/pki/apiserver-etcd-client.key")).unwrap();
+    (cn, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubeadm_phases_against_standins() {
+async fn kubeadm_130_unpinned_v1beta3() {
+    kubeadm_phases("v1.30.2", None, "ka").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeadm_131_pinned_v1beta4() {
+    kubeadm_phases("v1.31.4", Some("1.31.4"), "kb").await;
+}
+
+async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) {
     if !require_root() {
         return;
     }
     let state = tempfile::tempdir().unwrap();
     let st = state.path();
-    let name = format!("t{}-ka", std::process::id() % 100_000);
+    let name = format!("t{}-{tag}", std::process::id() % 100_000);
     let spec = LabSpec {
         etcd: 4,
         masters: 2,
@@ -101,6 +121,7 @@ async fn kubeadm_phases_against_standins() {
     let (mut with_etcd4, _) = Inventory::load(&lab.inventory_path()).unwrap();
     with_etcd4.kubernetes.enabled = true;
     with_etcd4.kubernetes.cni_manifest = Some(manifest.clone());
+    with_etcd4.kubernetes.version = pinned.map(|v| v.parse::<Version>().unwrap());
     // etcd4 waits outside the inventory until the membership part at the end.
     let mut inventory = with_etcd4.clone();
     inventory.hosts.retain(|h| h.name.as_str() != "etcd4");
@@ -108,13 +129,14 @@ async fn kubeadm_phases_against_standins() {
     std::fs::write(&inv_path, inventory.to_yaml().unwrap()).unwrap();
     let inv = inv_path.display().to_string();
 
-    let kubeadm = fixture("kubeadm-standin");
-    let kubectl = fixture("kubectl-standin");
+    let store = common::kube_store::KubeStore::start(lab.record().gateway.into()).await;
     for h in lab.hosts().iter().filter(|h| !h.name.starts_with("etcd")) {
-        install(st, &h.endpoint, "/usr/local/bin/kubeadm", &kubeadm).await;
-        if h.name == "master1" {
-            install(st, &h.endpoint, "/usr/local/bin/kubectl", &kubectl).await;
-        }
+        install(
+            &h.root_dir,
+            kubeadm_version,
+            &store.url,
+            h.name == "master1",
+        );
     }
     let root = |n: &str| lab.host(n).unwrap().root_dir.clone();
     let (m1, m2, w1) = (root("master1"), root("master2"), root("worker1"));
@@ -122,13 +144,25 @@ async fn kubeadm_phases_against_standins() {
     apply(st, &inv);
 
     // init exactly once on the first master, with the generated config.
+    // init without --upload-certs, then the certificates uploaded with the configuration that
+    // names no etcd file (for master2's control-plane join).
     assert_eq!(
         record(&m1, "kubeadm.args"),
-        ["init --config /etc/kubernetes/kubeadm-config.yaml --upload-certs"]
+        [
+            "init --config /etc/kubernetes/kubeadm-config.yaml",
+            "token create --print-join-command",
+            "init phase upload-certs --upload-certs --config /etc/kubernetes/kubeadm-upload-certs.yaml",
+        ]
+    );
+    // Unpinned, the host's kubeadm says which rendering (and which version) is written.
+    assert_eq!(
+        record(&m1, "kubeadm.queries").contains(&"version -o short".to_string()),
+        pinned.is_none(),
     );
     assert!(
-        record(&m1, "kubeadm.queries").contains(&"version -o short".to_string()),
-        "the kubeadm version is asked on the host"
+        record(&m1, "network-lookups").is_empty(),
+        "kubeadm looked up a version on the network: {:?}",
+        record(&m1, "network-lookups")
     );
     let config_path = m1.join("etc/kubernetes/kubeadm-config.yaml");
     let config = std::fs::read_to_string(&config_path).unwrap();
@@ -138,8 +172,17 @@ async fn kubeadm_phases_against_standins() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
+    let api_version = if pinned.is_some() {
+        "kubeadm.k8s.io/v1beta4"
+    } else {
+        "kubeadm.k8s.io/v1beta3"
+    };
     assert!(
-        config.contains("apiVersion: kubeadm.k8s.io/v1beta3"),
+        config.contains(&format!("apiVersion: {api_version}")),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("kubernetesVersion: \"{kubeadm_version}\"")),
         "{config}"
     );
     let vip = inventory.vip.as_ref().unwrap().address.to_string();
@@ -152,51 +195,103 @@ async fn kubeadm_phases_against_standins() {
         assert!(config.contains(&format!("- \"{url}\"")), "{url}: {config}");
     }
 
-    // What init printed (the stand-in keeps a copy): its token and certificate key.
+    // What init printed (the stand-in keeps a copy), in kubeadm's template: no certificate
+    // key (nothing was uploaded by init).
     let printed =
         std::fs::read_to_string(m1.join("var/lib/haop-standin/kubeadm-init.out")).unwrap();
     let info = parse_kubeadm_init_output(&printed).unwrap();
-    let cp = info.control_plane.unwrap();
-    let key = cp.certificate_key.clone().unwrap();
+    assert_eq!(info.control_plane.unwrap().certificate_key, None);
     let hash = &info.worker.ca_cert_hashes[0];
     let join_file = st.join(format!("secrets/{}.join.json", inventory.cluster.as_str()));
     let mode = std::fs::metadata(&join_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
-    // master2 joined as a control-plane node, worker1 as a worker.
-    let m2_args = record(&m2, "kubeadm.args");
-    assert_eq!(m2_args.len(), 1, "{m2_args:?}");
-    let j = &m2_args[0];
+    // master2 joined as a control-plane node, worker1 as a worker, each with its own
+    // JoinConfiguration (kept by the stand-in; gone from the hosts).
+    let addr = |n: &str| inventory.host(n).unwrap().address.to_string();
+    for (root, host, control_plane) in [(&m2, "master2", true), (&w1, "worker1", false)] {
+        assert_eq!(
+            record(root, "kubeadm.args"),
+            ["join --config /etc/kubernetes/kubeadm-join.yaml"],
+            "{host}"
+        );
+        assert!(
+            !root.join("etc/kubernetes/kubeadm-join.yaml").exists(),
+            "{host}"
+        );
+        let j =
+            std::fs::read_to_string(root.join("var/lib/haop-standin/kubeadm-join.yaml")).unwrap();
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(j.split("---\n").nth(1).unwrap()).unwrap();
+        assert_eq!(doc["apiVersion"].as_str(), Some(api_version), "{j}");
+        let bt = &doc["discovery"]["bootstrapToken"];
+        assert_eq!(
+            bt["apiServerEndpoint"].as_str(),
+            Some(endpoint.as_str()),
+            "{j}"
+        );
+        assert_eq!(bt["caCertHashes"][0].as_str(), Some(hash.as_str()), "{j}");
+        let reg = &doc["nodeRegistration"];
+        assert_eq!(reg["name"].as_str(), Some(host), "{j}");
+        assert_eq!(
+            reg["criSocket"].as_str(),
+            Some("unix:///run/containerd/containerd.sock"),
+            "{j}"
+        );
+        let node_ip = if pinned.is_some() {
+            reg["kubeletExtraArgs"][0]["value"].as_str()
+        } else {
+            reg["kubeletExtraArgs"]["node-ip"].as_str()
+        };
+        assert_eq!(node_ip, Some(addr(host).as_str()), "{j}");
+        let cp = &doc["controlPlane"];
+        if control_plane {
+            assert_eq!(
+                cp["localAPIEndpoint"]["advertiseAddress"].as_str(),
+                Some(addr(host).as_str()),
+                "{j}"
+            );
+            assert_eq!(
+                cp["localAPIEndpoint"]["bindPort"].as_u64(),
+                Some(6443),
+                "{j}"
+            );
+            assert_eq!(cp["certificateKey"].as_str().map(str::len), Some(64), "{j}");
+        } else {
+            assert!(cp.is_null(), "{j}");
+        }
+    }
+    // The control-plane join downloaded the cluster's shared CAs and keys, and none of the
+    // external etcd files: master2 keeps the etcd client key it made, under a certificate
+    // naming it.
+    let downloaded = record(&m2, "downloaded-certs");
     assert!(
-        j.starts_with(&format!("join {endpoint} --token {} ", cp.token)),
-        "{j}"
+        downloaded.contains(&"/etc/kubernetes/pki/ca.key".to_string()),
+        "{downloaded:?}"
     );
     assert!(
-        j.contains(&format!("--discovery-token-ca-cert-hash {hash}")),
-        "{j}"
+        downloaded.iter().all(|p| !p.contains("etcd")),
+        "the join wrote etcd files: {downloaded:?}"
     );
-    assert!(
-        j.contains(&format!("--control-plane --certificate-key {key}")),
-        "{j}"
+    let (cn1, key1) = own_cert(&m1);
+    let (cn2, key2) = own_cert(&m2);
+    assert_eq!(
+        (cn1.as_str(), cn2.as_str()),
+        (
+            "kube-apiserver-etcd-client-master1",
+            "kube-apiserver-etcd-client-master2"
+        )
     );
-    // Its API server listens where the inventory says (kubeadm's default port here).
-    assert!(j.contains("--apiserver-bind-port 6443"), "{j}");
-    let w1_args = record(&w1, "kubeadm.args");
-    assert_eq!(w1_args.len(), 1, "{w1_args:?}");
-    let j = &w1_args[0];
-    assert!(
-        j.starts_with(&format!(
-            "join {endpoint} --token {} --discovery-token-ca-cert-hash {hash}",
-            info.worker.token
-        )),
-        "{j}"
-    );
-    assert!(
-        !j.contains("--control-plane")
-            && !j.contains("--certificate-key")
-            && !j.contains("--apiserver-bind-port"),
-        "{j}"
-    );
+    assert_ne!(key1, key2, "master1's etcd client key reached master2");
+    let secret = store.get("secrets/kubeadm-certs").unwrap();
+    let secret: serde_json::Value = serde_json::from_str(&secret).unwrap();
+    for name in [
+        "external-etcd.key",
+        "external-etcd.crt",
+        "external-etcd-ca.crt",
+    ] {
+        assert_eq!(secret["data"][name], "", "{name} was uploaded");
+    }
     for h in lab.hosts().iter().filter(|h| h.name.starts_with("etcd")) {
         assert!(record(&h.root_dir, "kubeadm.args").is_empty(), "{}", h.name);
     }
@@ -236,34 +331,34 @@ async fn kubeadm_phases_against_standins() {
     // from the first master, no certificate upload (a worker needs none).
     std::fs::remove_file(&join_file).unwrap();
     std::fs::remove_file(w1.join("etc/kubernetes/kubelet.conf")).unwrap();
+    let m1_before = record(&m1, "kubeadm.args");
+    let m2_args = record(&m2, "kubeadm.args");
     apply(st, &inv);
     let m1_args = record(&m1, "kubeadm.args");
     assert_eq!(
-        m1_args[1..],
+        m1_args[m1_before.len()..],
         ["token create --print-join-command".to_string()],
         "{m1_args:?}"
     );
     let w1_args = record(&w1, "kubeadm.args");
-    assert_eq!(w1_args.len(), 2, "{w1_args:?}");
-    assert!(
-        w1_args[1].starts_with(&format!("join {endpoint} --token ")),
+    assert_eq!(
+        w1_args, ["join --config /etc/kubernetes/kubeadm-join.yaml"; 2],
         "{w1_args:?}"
     );
+    let rejoin =
+        std::fs::read_to_string(w1.join("var/lib/haop-standin/kubeadm-join.yaml")).unwrap();
     assert!(
-        !w1_args[1].contains(&info.worker.token),
-        "a new token: {w1_args:?}"
+        !rejoin.contains(&info.worker.token),
+        "a new token: {rejoin}"
     );
-    assert!(w1_args[1].contains(hash.as_str()), "{w1_args:?}");
+    assert!(rejoin.contains(hash.as_str()), "{rejoin}");
     assert!(join_file.exists());
     assert_eq!(record(&m2, "kubeadm.args"), m2_args);
 
     // The masters follow etcd's membership: kubeadm-config.yaml, the kubeadm-config ConfigMap
-    // (`upload-config`) and each kube-apiserver manifest. init wrote master1's manifest; a
-    // real control-plane join writes master2's from the ClusterConfiguration, which the
-    // stand-in cannot download, so it gets master1's.
+    // (`upload-config`) and each kube-apiserver manifest (init wrote master1's, the
+    // control-plane join master2's, from the ClusterConfiguration in the store).
     let manifest_rel = "etc/kubernetes/manifests/kube-apiserver.yaml";
-    std::fs::create_dir_all(m2.join("etc/kubernetes/manifests")).unwrap();
-    std::fs::copy(m1.join(manifest_rel), m2.join(manifest_rel)).unwrap();
     let urls = |names: &[&str]| -> String {
         names
             .iter()

@@ -426,7 +426,7 @@ fn exactly_one_vrrp_master_and_a_failed_check_moves_the_vip() {
         assert!(c.contains("    interface eth0\n"));
         assert!(c.contains("        auth_pass Ab3dE6gH\n"));
         assert!(c.contains("        10.0.0.100/24\n"));
-        assert!(c.contains("    weight -2\n"));
+        assert!(c.contains("    weight -3\n"));
         let p: i32 = c
             .lines()
             .find_map(|l| l.trim().strip_prefix("priority "))
@@ -437,8 +437,118 @@ fn exactly_one_vrrp_master_and_a_failed_check_moves_the_vip() {
     }
     assert_eq!(masters, 1);
     assert_eq!(priorities, [101, 100, 99]);
-    // The holder's priority minus the check's weight falls below the next master's.
-    assert!(priorities[0] - 2 < priorities[1]);
+    // The holder's priority minus the check's weight falls below every other master's.
+    assert!(priorities[0] - 3 < priorities[2]);
+}
+
+/// `n` masters behind one VIP.
+fn masters_inventory(n: usize) -> Inventory {
+    let mut hosts = vec![host("etcd1", "10.0.0.1", &[Role::Etcd])];
+    for i in 0..n {
+        hosts.push(host(
+            &format!("master{}", i + 1),
+            &format!("10.0.1.{}", i + 1),
+            &[Role::Master],
+        ));
+    }
+    let mut inv = Inventory::new("prod".parse().unwrap(), hosts);
+    inv.vip = Some(Vip::new("10.0.1.250".parse().unwrap()));
+    inv
+}
+
+/// (priority, weight) of every master's keepalived.conf.
+fn priorities_and_weight(inv: &Inventory) -> Vec<(i32, i32)> {
+    let pw = VrrpPassword::try_from("Ab3dE6gH").unwrap();
+    let num = |c: &str, key: &str| -> i32 {
+        c.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    inv.masters()
+        .iter()
+        .map(|m| {
+            let c = keepalived_conf(inv, m, &pw).unwrap().content;
+            (num(&c, "priority "), num(&c, "weight "))
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_check_drops_any_master_below_every_healthy_one() {
+    use haop_coordinator::render::keepalived::MAX_MASTERS;
+    for n in 1..=MAX_MASTERS {
+        let p = priorities_and_weight(&masters_inventory(n));
+        for (i, (failing, weight)) in p.iter().enumerate() {
+            assert!(*weight < 0, "{n} masters: {p:?}");
+            assert!(failing + weight >= 1, "{n} masters: {p:?}");
+            for (j, (healthy, _)) in p.iter().enumerate() {
+                if i != j {
+                    assert!(
+                        failing + weight < *healthy,
+                        "{n} masters: master{} failing ({failing}{weight}) still outranks \
+                         healthy master{} ({healthy})",
+                        i + 1,
+                        j + 1
+                    );
+                }
+            }
+        }
+    }
+    let too_many = masters_inventory(MAX_MASTERS + 1);
+    let pw = VrrpPassword::try_from("Ab3dE6gH").unwrap();
+    let e = keepalived_conf(&too_many, too_many.masters()[0], &pw).unwrap_err();
+    assert!(e.to_string().contains(&MAX_MASTERS.to_string()), "{e}");
+}
+
+/// Debian's keepalived reads every rendered keepalived.conf without a complaint
+/// (`keepalived --config-test`), with the check script at a path keepalived's script security
+/// accepts (root-owned directories) standing in for /etc/keepalived/check_apiserver.sh.
+#[test]
+fn keepalived_config_test_accepts_every_rendered_config() {
+    use haop_coordinator::render::keepalived::CHECK_SCRIPT_PATH;
+    let keepalived = std::path::Path::new("/usr/sbin/keepalived");
+    assert!(
+        keepalived.exists(),
+        "Debian's keepalived is not installed (scripts/setup installs it)"
+    );
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let pw = VrrpPassword::try_from("Ab3dE6gH").unwrap();
+    for n in [1, 2, 4, 7] {
+        let mut inv = masters_inventory(n);
+        inv.kubernetes.enabled = true;
+        let script = dir.path().join(format!("check-{n}.sh"));
+        std::fs::write(&script, check_apiserver_script(&inv).unwrap().content).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        for m in inv.masters() {
+            let conf = keepalived_conf(&inv, m, &pw)
+                .unwrap()
+                .content
+                .replace(CHECK_SCRIPT_PATH, &script.display().to_string());
+            let file = dir.path().join(format!("{n}-{}.conf", m.name));
+            std::fs::write(&file, &conf).unwrap();
+            let out = std::process::Command::new(keepalived)
+                .arg("--config-test")
+                .arg("-f")
+                .arg(&file)
+                .output()
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "{n} masters, {}: keepalived --config-test: {:?} {said}\n{conf}",
+                m.name,
+                out.status
+            );
+        }
+    }
 }
 
 #[test]

@@ -5,11 +5,16 @@
 //! `kubeadm-config` ConfigMap (what later joins and `kubeadm upgrade` read), and the
 //! `--etcd-servers` flag of every master's kube-apiserver static pod. After `haop etcd add`,
 //! `remove` or `replace`, [`sync`] brings all three to the inventory's etcd hosts: the file with
-//! apply's own kubeadm-config step, the ConfigMap with `kubeadm init phase upload-config
-//! kubeadm` (only once init has run, and only when the file changed), and each manifest by
-//! rewriting its one `--etcd-servers=` line (the kubelet restarts the API server when its
-//! manifest changes). A removal syncs before the member goes, so no API server is left talking
-//! to a removed member; an addition syncs once the new member is a voter.
+//! apply's own kubeadm-config steps, the ConfigMap with `kubeadm init phase upload-config
+//! kubeadm` (once init has run), and each manifest by rewriting its one `--etcd-servers=` line
+//! (the kubelet restarts the API server when its manifest changes). A removal syncs before the
+//! member goes, so no API server is left talking to a removed member; an addition syncs once
+//! the new member is a voter.
+//!
+//! The ConfigMap is uploaded whenever the file differs from what was last uploaded
+//! successfully: [`UPLOADED_MARKER`] on the first master holds that file's sha256 and is
+//! written only after kubeadm succeeded, so an upload that failed is tried again by the next
+//! sync instead of being forgotten because the file itself no longer changes.
 
 use std::time::Duration;
 
@@ -20,6 +25,9 @@ use crate::runbook::exec::command::{find_program, run_program};
 use crate::runbook::exec::{self, StepError};
 use crate::runbook::plan::kubeadm::{ADMIN_CONF, KUBEADM_PATHS};
 use crate::runbook::{Phase, Runbook, RunbookError};
+
+/// The sha256 of the kubeadm-config.yaml last uploaded to the kubeadm-config ConfigMap.
+pub const UPLOADED_MARKER: &str = "/etc/kubernetes/kubeadm-config.yaml.uploaded-sha256";
 
 /// Where kubeadm writes the API server's static pod manifest on a master.
 pub const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
@@ -98,52 +106,78 @@ pub async fn sync(
             Duration::from_secs(5),
         )
         .await?;
-        // The first master's kubeadm-config.yaml, and the ConfigMap made from it.
-        if let Some(step) = rb
+        // The first master's kubeadm configuration files, and the ConfigMap made from them.
+        let config_steps: Vec<_> = rb
             .steps
             .iter()
-            .find(|s| s.phase == Phase::KubeadmConfig && s.target.is_host(name))
-        {
-            // A pinned Kubernetes version makes this step a plain file: any family's step runs.
+            .filter(|s| s.phase == Phase::KubeadmConfig && s.target.is_host(name))
+            .collect();
+        for step in &config_steps {
+            // A pinned Kubernetes version makes these steps plain files: any family's step runs.
             let changed = exec::run(step, Some(&c), &rb.ctx, &Default::default())
                 .await
-                .map_err(host_err(name, "writing kubeadm-config.yaml"))?;
+                .map_err(host_err(name, "writing the kubeadm configuration"))?;
             if changed {
                 said.push(format!(
-                    "{name}: {CONFIG_PATH} lists {}",
+                    "{name}: {} lists {}",
+                    step.name.trim_start_matches("file "),
                     endpoints.join(",")
                 ));
-                if c.exists(ADMIN_CONF)
+            }
+        }
+        if !config_steps.is_empty() {
+            let file = c
+                .read_text(CONFIG_PATH)
+                .await
+                .map_err(StepError::from)
+                .map_err(host_err(name, "reading kubeadm-config.yaml"))?
+                .map(|(t, _)| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes())));
+            let uploaded = c
+                .read_text(UPLOADED_MARKER)
+                .await
+                .map_err(StepError::from)
+                .map_err(host_err(name, "reading the upload marker"))?
+                .map(|(t, _)| t.trim().to_string());
+            if file.is_some()
+                && file != uploaded
+                && c.exists(ADMIN_CONF)
                     .await
                     .map_err(StepError::from)
                     .map_err(host_err(name, "checking for admin.conf"))?
-                {
-                    let program = find_program(&c, &KUBEADM_PATHS, "install kubeadm")
-                        .await
-                        .map_err(StepError::from)
-                        .map_err(host_err(name, "finding kubeadm"))?;
-                    run_program(
-                        &c,
-                        &program,
-                        [
-                            "init",
-                            "phase",
-                            "upload-config",
-                            "kubeadm",
-                            "--config",
-                            CONFIG_PATH,
-                        ]
-                        .map(String::from)
-                        .to_vec(),
-                        120,
-                        "kubeadm init phase upload-config kubeadm",
-                        "run it on the first master once the API server answers",
-                    )
+            {
+                let program = find_program(&c, &KUBEADM_PATHS, "install kubeadm")
                     .await
                     .map_err(StepError::from)
-                    .map_err(host_err(name, "uploading the kubeadm ClusterConfiguration"))?;
-                    said.push(format!("{name}: the kubeadm-config ConfigMap uploaded"));
-                }
+                    .map_err(host_err(name, "finding kubeadm"))?;
+                run_program(
+                    &c,
+                    &program,
+                    [
+                        "init",
+                        "phase",
+                        "upload-config",
+                        "kubeadm",
+                        "--config",
+                        CONFIG_PATH,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    120,
+                    "kubeadm init phase upload-config kubeadm",
+                    "run it on the first master once the API server answers",
+                )
+                .await
+                .map_err(StepError::from)
+                .map_err(host_err(name, "uploading the kubeadm ClusterConfiguration"))?;
+                c.write_file(
+                    UPLOADED_MARKER,
+                    format!("{}\n", file.unwrap_or_default()),
+                    0o644,
+                )
+                .await
+                .map_err(StepError::from)
+                .map_err(host_err(name, "writing the upload marker"))?;
+                said.push(format!("{name}: the kubeadm-config ConfigMap uploaded"));
             }
         }
         // The API server's static pod.

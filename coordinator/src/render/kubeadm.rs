@@ -24,6 +24,26 @@
 //! difference that touches this file is `kubeletExtraArgs`: a map in v1beta3, a list of
 //! `name`/`value` pairs in v1beta4. kubeadm older than 1.22 (no v1beta3) is refused.
 //!
+//! Two more renderings keep kubeadm from moving keys and guessing addresses:
+//!
+//! * [`upload_certs_config`]: the same configuration with the external etcd's CA, certificate
+//!   and key named at paths that never exist ([`NOT_UPLOADED_DIR`]). kubeadm's copycerts
+//!   (`--upload-certs`, `init phase upload-certs`) puts the files that `etcd.external` names
+//!   into the kubeadm-certs Secret, and every control-plane join writes them over the joining
+//!   master's own: master1's etcd client key would reach every master. A missing file is
+//!   stored empty, and a join skips empty entries, so with this file each master keeps the key
+//!   it made itself. haop never passes `--upload-certs` to `kubeadm init`; it runs
+//!   `kubeadm init phase upload-certs --upload-certs --config` with this file.
+//! * [`join_configuration`]: a per-node `JoinConfiguration` (`kubeadm join --config`): the
+//!   bootstrap token discovery, the node's name, containerd's socket and the kubelet's
+//!   `node-ip`, and for a master its advertise address, port and certificate key. Flags alone
+//!   (`kubeadm join ENDPOINT --token ...`) cannot set `node-ip` or the CRI socket, so a host
+//!   with several interfaces registered whatever address the kubelet guessed.
+//!
+//! Without a pinned `kubernetes.version` kubeadm asks dl.k8s.io for `stable-1`;
+//! [`with_kubernetes_version`] pins the file to the host's kubeadm version instead (what
+//! kubeadm falls back to offline).
+//!
 //! [`parse_kubeadm_init_output`] reads the two `kubeadm join` commands from what `kubeadm init`
 //! prints (the control-plane one, with `--certificate-key` when certificates were uploaded, and
 //! the worker one) and checks each value's form before it reaches another host's command line.
@@ -40,6 +60,14 @@ pub const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 pub const ETCD_CA_FILE: &str = "/etc/kubernetes/pki/etcd/ca.crt";
 pub const ETCD_CLIENT_CERT_FILE: &str = "/etc/kubernetes/pki/apiserver-etcd-client.crt";
 pub const ETCD_CLIENT_KEY_FILE: &str = "/etc/kubernetes/pki/apiserver-etcd-client.key";
+/// The configuration `kubeadm init phase upload-certs --config` reads (see the module doc).
+pub const UPLOAD_CONFIG_PATH: &str = "/etc/kubernetes/kubeadm-upload-certs.yaml";
+/// A directory haop never creates: the etcd files [`upload_certs_config`] names are in it, so
+/// kubeadm's copycerts finds none of them and uploads nothing of the external etcd.
+pub const NOT_UPLOADED_DIR: &str = "/etc/kubernetes/pki/haop-etcd-files-stay-on-each-master";
+/// Where a node's JoinConfiguration is written for `kubeadm join --config` (mode 0600: it
+/// holds the bootstrap token and the certificate key); removed once the join ran.
+pub const JOIN_CONFIG_PATH: &str = "/etc/kubernetes/kubeadm-join.yaml";
 pub const V1BETA3: &str = "kubeadm.k8s.io/v1beta3";
 pub const V1BETA4: &str = "kubeadm.k8s.io/v1beta4";
 
@@ -82,6 +110,40 @@ pub fn kubeadm_config(
     inv: &Inventory,
     master: &Host,
     kubeadm: Version,
+) -> Result<RenderedFile, KubeadmError> {
+    let files = [ETCD_CA_FILE, ETCD_CLIENT_CERT_FILE, ETCD_CLIENT_KEY_FILE].map(String::from);
+    render_config(inv, master, kubeadm, &files, CONFIG_PATH)
+}
+
+/// The configuration for `kubeadm init phase upload-certs --upload-certs --config`: the same as
+/// [`kubeadm_config`] but the external etcd files in [`NOT_UPLOADED_DIR`], so none of them is
+/// uploaded (see the module doc).
+pub fn upload_certs_config(
+    inv: &Inventory,
+    master: &Host,
+    kubeadm: Version,
+) -> Result<RenderedFile, KubeadmError> {
+    let files = [ETCD_CA_FILE, ETCD_CLIENT_CERT_FILE, ETCD_CLIENT_KEY_FILE].map(|f| {
+        let name = f.rsplit('/').next().unwrap_or(f);
+        format!("{NOT_UPLOADED_DIR}/{name}")
+    });
+    let mut f = render_config(inv, master, kubeadm, &files, UPLOAD_CONFIG_PATH)?;
+    f.content = f.content.replacen(
+        "# Managed by haop: kubeadm init with the external etcd (kubeadm init --config THIS).\n",
+        "# Managed by haop: for `kubeadm init phase upload-certs --upload-certs --config THIS` only.\n\
+         # The etcd files are named where none exists, so kubeadm uploads none of them: each\n\
+         # master keeps its own etcd client key (kubeadm-config.yaml names the real files).\n",
+        1,
+    );
+    Ok(f)
+}
+
+fn render_config(
+    inv: &Inventory,
+    master: &Host,
+    kubeadm: Version,
+    etcd_files: &[String; 3],
+    path: &str,
 ) -> Result<RenderedFile, KubeadmError> {
     let api_version = api_version_for(kubeadm)?;
     if !master.has_role(Role::Master) {
@@ -129,18 +191,15 @@ pub fn kubeadm_config(
     for e in &endpoints {
         out.push_str(&format!("      - \"{e}\"\n"));
     }
+    let [ca, cert, key] = etcd_files;
     out.push_str(&format!(
-        "    caFile: \"{ETCD_CA_FILE}\"\n\
-         \x20   certFile: \"{ETCD_CLIENT_CERT_FILE}\"\n\
-         \x20   keyFile: \"{ETCD_CLIENT_KEY_FILE}\"\n"
+        "    caFile: \"{ca}\"\n\
+         \x20   certFile: \"{cert}\"\n\
+         \x20   keyFile: \"{key}\"\n"
     ));
 
     let node_ip = master.address;
-    let kubelet_extra_args = if api_version == V1BETA3 {
-        format!("    node-ip: \"{node_ip}\"\n")
-    } else {
-        format!("    - name: \"node-ip\"\n      value: \"{node_ip}\"\n")
-    };
+    let kubelet_extra_args = node_ip_arg(api_version, &node_ip.to_string());
     out.push_str(&format!(
         "---\n\
          apiVersion: {api_version}\n\
@@ -162,7 +221,88 @@ pub fn kubeadm_config(
          kind: KubeletConfiguration\n\
          cgroupDriver: systemd\n",
     );
-    Ok(RenderedFile::new(CONFIG_PATH, out, 0o600))
+    Ok(RenderedFile::new(path, out, 0o600))
+}
+
+/// `kubeletExtraArgs` with `node-ip` (under `nodeRegistration:`): a map in v1beta3, a list of
+/// name/value pairs in v1beta4.
+fn node_ip_arg(api_version: &str, node_ip: &str) -> String {
+    if api_version == V1BETA3 {
+        format!("    node-ip: \"{node_ip}\"\n")
+    } else {
+        format!("    - name: \"node-ip\"\n      value: \"{node_ip}\"\n")
+    }
+}
+
+/// `text` (a rendering of [`kubeadm_config`] or [`upload_certs_config`]) with
+/// `kubernetesVersion` set to `version` when it has none: kubeadm would look up `stable-1` on
+/// the network for it.
+pub fn with_kubernetes_version(text: &str, version: Version) -> String {
+    if text.lines().any(|l| l.starts_with("kubernetesVersion:")) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut done = false;
+    for line in text.split_inclusive('\n') {
+        out.push_str(line);
+        if !done && line.starts_with("clusterName:") {
+            out.push_str(&format!("kubernetesVersion: \"v{version}\"\n"));
+            done = true;
+        }
+    }
+    out
+}
+
+/// What a node's JoinConfiguration says about the node itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinNode {
+    /// The node name (the inventory's host name).
+    pub name: String,
+    /// The kubelet's `node-ip` (the host's inventory address).
+    pub node_ip: String,
+    /// For a control-plane node: the API server's advertise address and port.
+    pub control_plane: Option<(String, u16)>,
+}
+
+/// The JoinConfiguration of `node` for `kubeadm join --config`, in `api_version`, with the
+/// discovery values and certificate key of `cmd` (checked by [`parse_kubeadm_init_output`]).
+pub fn join_configuration(api_version: &str, node: &JoinNode, cmd: &JoinCommand) -> String {
+    let mut out = format!(
+        "# Managed by haop: kubeadm join --config THIS (removed after the join).\n\
+         ---\n\
+         apiVersion: {api_version}\n\
+         kind: JoinConfiguration\n\
+         discovery:\n\
+         \x20 bootstrapToken:\n\
+         \x20   apiServerEndpoint: \"{}\"\n\
+         \x20   token: \"{}\"\n\
+         \x20   caCertHashes:\n",
+        cmd.endpoint, cmd.token
+    );
+    for h in &cmd.ca_cert_hashes {
+        out.push_str(&format!("      - \"{h}\"\n"));
+    }
+    out.push_str(&format!(
+        "nodeRegistration:\n\
+         \x20 name: \"{}\"\n\
+         \x20 criSocket: \"{CRI_SOCKET}\"\n\
+         \x20 kubeletExtraArgs:\n\
+         {}",
+        node.name,
+        node_ip_arg(api_version, &node.node_ip)
+    ));
+    if let Some((address, port)) = &node.control_plane {
+        out.push_str(&format!(
+            "controlPlane:\n\
+             \x20 localAPIEndpoint:\n\
+             \x20   advertiseAddress: \"{address}\"\n\
+             \x20   bindPort: {port}\n"
+        ));
+        if let Some(k) = &cmd.certificate_key {
+            out.push_str(&format!("  certificateKey: \"{k}\"\n"));
+        }
+    }
+    out
 }
 
 /// One `kubeadm join` command as `kubeadm init` printed it, each value checked.

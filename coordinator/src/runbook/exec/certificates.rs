@@ -2,8 +2,11 @@
 //!
 //! `check` reads the certificate in place (never the key: the agent refuses to answer keys) and
 //! says why it must be issued again, if it must ([`Reissue`]): missing, its key missing, not
-//! signed by haop's CA, other names than the inventory gives the host, close to expiry, or
-//! haop's CA missing from the CA file next to it.
+//! signed by haop's CA, another common name or other names than the inventory gives the host,
+//! close to expiry, or haop's CA missing from the CA file next to it. The common name matters
+//! as much as the names: one master's etcd client certificate copied onto another (as kubeadm's
+//! `--upload-certs` does with external etcd files) is signed by haop's CA and has no names at
+//! all, and only its CN says it is another host's.
 //! `run` issues it through the CSR flow ([`issue_certificate`]): the host makes the key and a
 //! CSR (`CreateCsr`, which keeps an existing key unless asked to rotate), haop's CA checks the
 //! CSR's names and signs, and the host installs the certificate and the CA next to the key
@@ -54,6 +57,11 @@ pub enum Reissue {
     Unparsable,
     NoCertificate,
     ForeignIssuer,
+    /// The subject's CN is not the one the spec wants (another host's certificate).
+    CommonNameDiffers {
+        have: Option<String>,
+        want: String,
+    },
     NamesDiffer {
         have: Vec<String>,
         want: Vec<String>,
@@ -76,6 +84,10 @@ impl Reissue {
             Reissue::Unparsable => format!("{cert_path} does not parse"),
             Reissue::NoCertificate => format!("{cert_path} holds no certificate"),
             Reissue::ForeignIssuer => format!("{cert_path} is not signed by haop's CA"),
+            Reissue::CommonNameDiffers { have, want } => format!(
+                "{cert_path} is for CN {}, not {want}",
+                have.as_deref().unwrap_or("(none)")
+            ),
             Reissue::NamesDiffer { have, want } => format!(
                 "{cert_path} names [{}] differ from [{}]",
                 have.join(", "),
@@ -184,6 +196,12 @@ async fn in_place(
     let ca_ski = ca.first().and_then(|c| c.subject_key_id.clone());
     if info.authority_key_id.is_none() || info.authority_key_id != ca_ski {
         return Ok(InPlace::Reissue(Reissue::ForeignIssuer));
+    }
+    if info.common_name.as_deref() != Some(spec.common_name.as_str()) {
+        return Ok(InPlace::Reissue(Reissue::CommonNameDiffers {
+            have: info.common_name.clone(),
+            want: spec.common_name.clone(),
+        }));
     }
     let mut have: Vec<String> = info.dns_names.clone();
     have.extend(info.ip_addresses.iter().cloned());

@@ -5,13 +5,22 @@
 //! kubeadm command:
 //!
 //! * config: when the inventory pins no version, the host's kubeadm (`kubeadm version -o
-//!   short`, read-only) picks which of the plan's two renderings is written (mode 0600).
+//!   short`, read-only) picks which of the plan's two renderings is written (mode 0600), with
+//!   `kubernetesVersion` set to that version (kubeadm would otherwise ask dl.k8s.io for
+//!   `stable-1`).
 //! * init: skipped when `/etc/kubernetes/admin.conf` exists on the first master. Otherwise
-//!   `kubeadm init --config ... --upload-certs`; its output is parsed and the join info kept in
-//!   the state dir ([`super::join_info`]).
+//!   `kubeadm init --config ...`, without `--upload-certs` (that would upload the etcd client
+//!   key named in kubeadm-config.yaml; see `render::kubeadm`); its output is parsed and the
+//!   join info kept in the state dir ([`super::join_info`]), which uploads the certificates
+//!   for control-plane joins with the configuration that leaves the etcd files out.
 //! * join (masters one at a time, then workers in parallel): skipped when
-//!   `/etc/kubernetes/kubelet.conf` exists on the host; the join command comes from the state dir
-//!   or is made anew on the first master.
+//!   `/etc/kubernetes/kubelet.conf` exists on the host; the token and certificate key come from
+//!   the state dir or are made anew on the first master, and go into the node's own
+//!   JoinConfiguration (node name, node-ip, CRI socket, advertise address), written 0600 for
+//!   `kubeadm join --config` and removed afterwards, whether the join worked or not. After a
+//!   control-plane join the master's etcd client certificate is checked in place and issued
+//!   again (a key made on the host) if it is not the master's own: the one place this family
+//!   uses another, because a join that wrote another master's key must not stay so.
 //! * CNI: the manifest uploaded and `kubectl apply`ed with admin.conf; a marker with its sha256,
 //!   written after kubectl succeeded, makes it run again only when the manifest changes (or
 //!   when the last kubectl failed).
@@ -24,7 +33,10 @@ use super::context::RunContext;
 use super::join_info::{self, JoinError, Stored};
 use crate::agent::{AgentError, HostAgent};
 use crate::inventory::Version;
-use crate::render::kubeadm::{api_version_for, parse_kubeadm_init_output, ParseError, V1BETA3};
+use crate::render::kubeadm::{
+    api_version_for, join_configuration, parse_kubeadm_init_output, with_kubernetes_version,
+    JoinNode, ParseError, JOIN_CONFIG_PATH, V1BETA3,
+};
 use crate::runbook::plan::kubeadm::{
     ADMIN_CONF, CNI_MARKER, KUBEADM_PATHS, KUBECTL_PATHS, KUBELET_CONF,
 };
@@ -39,6 +51,12 @@ pub enum KubeadmStepError {
     Command(#[from] CommandError),
     #[error(transparent)]
     Join(#[from] JoinError),
+    #[error("after kubeadm join on {host}, its etcd client certificate")]
+    OwnCertificate {
+        host: String,
+        #[source]
+        source: Box<super::certificates::CertificateError>,
+    },
     #[error("kubeadm version -o short printed {printed:?}, not a version ({reason})")]
     NotAVersion { printed: String, reason: String },
     #[error("the host's kubeadm")]
@@ -75,18 +93,13 @@ pub async fn check(
         } => {
             let wanted = pick_config(c, v1beta3, v1beta4).await?;
             let current = c.read_text(path).await?;
-            Ok(file_change(
-                path,
-                current,
-                &String::from_utf8_lossy(wanted),
-                *mode,
-            ))
+            Ok(file_change(path, current, &wanted, *mode))
         }
         KubeadmAction::Init { config_path, .. } => Ok(if c.exists(ADMIN_CONF).await? {
             Change::Unchanged
         } else {
             Change::Run {
-                detail: format!("kubeadm init --config {config_path} --upload-certs"),
+                detail: format!("kubeadm init --config {config_path}"),
             }
         }),
         KubeadmAction::Join {
@@ -154,12 +167,7 @@ pub async fn run(
             let out = run_program(
                 c,
                 &kubeadm,
-                vec![
-                    "init".into(),
-                    "--config".into(),
-                    config_path.clone(),
-                    "--upload-certs".into(),
-                ],
+                vec!["init".into(), "--config".into(), config_path.clone()],
                 900,
                 "kubeadm init",
                 &format!(
@@ -185,16 +193,20 @@ pub async fn run(
             cluster,
             control_plane,
             node_name,
+            node_ip,
             advertise_address,
             bind_port,
             first_master,
             first_master_endpoint,
             config_path,
+            etcd_client_certificate,
         } => {
             if c.exists(KUBELET_CONF).await? {
                 return Ok(false);
             }
             let kubeadm = find_program(c, &KUBEADM_PATHS, "install kubeadm").await?;
+            let api_version = api_version_for(kubeadm_version(c).await?)
+                .map_err(KubeadmStepError::Unsupported)?;
             let cmd = join_info::join_command(
                 ctx,
                 cluster,
@@ -204,23 +216,29 @@ pub async fn run(
                 config_path,
             )
             .await?;
-            let mut args = cmd.args();
-            args.extend(["--node-name".to_string(), node_name.clone()]);
-            if let Some(a) = advertise_address {
-                args.extend(["--apiserver-advertise-address".to_string(), a.clone()]);
-            }
-            if let Some(p) = bind_port {
-                args.extend(["--apiserver-bind-port".to_string(), p.to_string()]);
-            }
+            let node = JoinNode {
+                name: node_name.clone(),
+                node_ip: node_ip.clone(),
+                control_plane: advertise_address
+                    .clone()
+                    .zip(*bind_port)
+                    .filter(|_| *control_plane),
+            };
+            c.write_file(
+                JOIN_CONFIG_PATH,
+                join_configuration(api_version, &node, &cmd),
+                0o600,
+            )
+            .await?;
             let kind = if *control_plane {
                 "control-plane"
             } else {
                 "worker"
             };
-            run_program(
+            let joined = run_program(
                 c,
                 &kubeadm,
-                args,
+                vec!["join".into(), "--config".into(), JOIN_CONFIG_PATH.into()],
                 900,
                 &format!("kubeadm join ({kind})"),
                 &format!(
@@ -229,7 +247,19 @@ pub async fn run(
                      haop apply again"
                 ),
             )
-            .await?;
+            .await;
+            // The file holds the token and the certificate key: gone either way.
+            let removed = c.remove_file(JOIN_CONFIG_PATH).await;
+            joined?;
+            removed?;
+            if let Some(spec) = etcd_client_certificate {
+                super::certificates::run(spec, c, ctx)
+                    .await
+                    .map_err(|source| KubeadmStepError::OwnCertificate {
+                        host: host.to_string(),
+                        source: Box::new(source),
+                    })?;
+            }
             Ok(true)
         }
         KubeadmAction::Cni { local, path } => {
@@ -286,17 +316,18 @@ async fn kubeadm_version(c: &HostAgent) -> Result<Version, KubeadmStepError> {
         })
 }
 
-/// The rendering of a [`KubeadmAction::Config`] for the host's kubeadm.
-async fn pick_config<'a>(
+/// The rendering of a [`KubeadmAction::Config`] for the host's kubeadm, its version pinned.
+async fn pick_config(
     c: &HostAgent,
-    v1beta3: &'a [u8],
-    v1beta4: &'a [u8],
-) -> Result<&'a [u8], KubeadmStepError> {
+    v1beta3: &[u8],
+    v1beta4: &[u8],
+) -> Result<String, KubeadmStepError> {
     let v = kubeadm_version(c).await?;
-    match api_version_for(v).map_err(KubeadmStepError::Unsupported)? {
-        V1BETA3 => Ok(v1beta3),
-        _ => Ok(v1beta4),
-    }
+    let text = match api_version_for(v).map_err(KubeadmStepError::Unsupported)? {
+        V1BETA3 => v1beta3,
+        _ => v1beta4,
+    };
+    Ok(with_kubernetes_version(&String::from_utf8_lossy(text), v))
 }
 
 /// The operator's CNI manifest and its sha256.

@@ -63,6 +63,20 @@ fn names_of(h: &Host) -> ExpectedNames {
     )
 }
 
+/// kube-apiserver's client certificate for the external etcd on master `h` (kubeadm's file
+/// names), its CN naming the master: each master has its own key.
+pub fn apiserver_etcd_client(h: &Host) -> CertificateSpec {
+    CertificateSpec {
+        key_path: crate::render::kubeadm::ETCD_CLIENT_KEY_FILE.into(),
+        cert_path: crate::render::kubeadm::ETCD_CLIENT_CERT_FILE.into(),
+        ca_path: format!("{PKI_DIR}/ca.crt"),
+        issuer: Issuer::Etcd,
+        profile: Profile::Client,
+        common_name: format!("kube-apiserver-etcd-client-{}", h.name.as_str()),
+        names: ExpectedNames::none(),
+    }
+}
+
 /// The etcd member configuration of `h` for forming the cluster.
 pub fn member_config(inv: &Inventory, h: &Host) -> MemberConfig {
     let binary = match &inv.etcd.binary {
@@ -129,21 +143,12 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, PlanError> {
         }
     }
     for h in inv.masters() {
-        // kube-apiserver's client certificate for the external etcd (kubeadm's file names).
         push(
             &mut steps,
             Phase::Certificates,
             h.name.as_str(),
             "certificate /etc/kubernetes/pki/apiserver-etcd-client.crt (client)".into(),
-            Action::Certificate(CertificateSpec {
-                key_path: "/etc/kubernetes/pki/apiserver-etcd-client.key".into(),
-                cert_path: "/etc/kubernetes/pki/apiserver-etcd-client.crt".into(),
-                ca_path: format!("{PKI_DIR}/ca.crt"),
-                issuer: Issuer::Etcd,
-                profile: Profile::Client,
-                common_name: format!("kube-apiserver-etcd-client-{}", h.name.as_str()),
-                names: ExpectedNames::none(),
-            }),
+            Action::Certificate(apiserver_etcd_client(h)),
         );
     }
     if let EtcdBinary::Upload { file, sha256 } = &inv.etcd.binary {

@@ -1,5 +1,7 @@
-//! The kubeadm phases as steps (pure): kubeadm-config.yaml, `kubeadm init` on the first
-//! master, joins of the other masters (one at a time) and of the workers, the CNI manifest.
+//! The kubeadm phases as steps (pure): kubeadm-config.yaml and the upload-certs configuration
+//! (`render::kubeadm::upload_certs_config`, which keeps every master's etcd client key on its
+//! host), `kubeadm init` on the first master, joins of the other masters (one at a time) and
+//! of the workers, each with its own JoinConfiguration, the CNI manifest.
 //!
 //! They exist only with `kubernetes.enabled: true` and at least one master, and run after etcd,
 //! keepalived and node preparation. kubeadm-config.yaml's apiVersion follows the kubeadm
@@ -12,7 +14,10 @@
 
 use super::step::{Action, FileAction, KubeadmAction, Phase, Step, Target};
 use crate::inventory::{Host, Inventory, Role};
-use crate::render::kubeadm::{kubeadm_config, KubeadmError, CONFIG_PATH};
+use crate::render::kubeadm::{
+    kubeadm_config, upload_certs_config, KubeadmError, CONFIG_PATH, UPLOAD_CONFIG_PATH,
+};
+use crate::render::RenderedFile;
 
 /// kubeadm writes it at init on the first master; its presence means init is done.
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
@@ -50,7 +55,13 @@ pub fn steps(inv: &Inventory) -> Result<Vec<Step>, KubeadmError> {
         Phase::KubeadmConfig,
         &first_name,
         format!("file {CONFIG_PATH}"),
-        config_action(inv, first)?,
+        config_action(inv, first, kubeadm_config)?,
+    );
+    push(
+        Phase::KubeadmConfig,
+        &first_name,
+        format!("file {UPLOAD_CONFIG_PATH}"),
+        config_action(inv, first, upload_certs_config)?,
     );
     push(
         Phase::KubeadmInit,
@@ -66,11 +77,14 @@ pub fn steps(inv: &Inventory) -> Result<Vec<Step>, KubeadmError> {
             cluster: cluster.clone(),
             control_plane,
             node_name: h.name.as_str().to_string(),
+            node_ip: h.address.to_string(),
             advertise_address: control_plane.then(|| h.address.to_string()),
             bind_port: control_plane.then_some(inv.kubernetes.api_port),
             first_master: first_name.clone(),
             first_master_endpoint: first.agent.as_str().to_string(),
-            config_path: CONFIG_PATH.into(),
+            config_path: UPLOAD_CONFIG_PATH.into(),
+            etcd_client_certificate: control_plane
+                .then(|| Box::new(super::desired::apiserver_etcd_client(h))),
         })
     };
     for h in masters.iter().skip(1) {
@@ -107,18 +121,21 @@ pub fn steps(inv: &Inventory) -> Result<Vec<Step>, KubeadmError> {
     Ok(steps)
 }
 
-/// kubeadm-config.yaml: a plain file for a pinned version, both renderings otherwise.
-fn config_action(inv: &Inventory, first: &Host) -> Result<Action, KubeadmError> {
+type Render =
+    fn(&Inventory, &Host, crate::inventory::Version) -> Result<RenderedFile, KubeadmError>;
+
+/// A kubeadm configuration file: a plain file for a pinned version, both renderings otherwise.
+fn config_action(inv: &Inventory, first: &Host, render: Render) -> Result<Action, KubeadmError> {
     if let Some(pinned) = inv.kubernetes.version {
-        let f = kubeadm_config(inv, first, pinned)?;
+        let f = render(inv, first, pinned)?;
         return Ok(Action::File(FileAction::Content {
             path: f.path,
             content: f.content.into_bytes(),
             mode: f.mode,
         }));
     }
-    let render = |v: &str| kubeadm_config(inv, first, v.parse().expect("a valid version"));
-    let (b3, b4) = (render("1.30.0")?, render("1.31.0")?);
+    let both = |v: &str| render(inv, first, v.parse().expect("a valid version"));
+    let (b3, b4) = (both("1.30.0")?, both("1.31.0")?);
     Ok(Action::Kubeadm(KubeadmAction::Config {
         path: b3.path,
         mode: b3.mode,
@@ -155,6 +172,7 @@ mod tests {
             got,
             [
                 (Phase::KubeadmConfig, "m1"),
+                (Phase::KubeadmConfig, "m1"),
                 (Phase::KubeadmInit, "m1"),
                 (Phase::KubeadmJoinMasters, "m2"),
                 (Phase::KubeadmJoinWorkers, "w1"),
@@ -175,24 +193,53 @@ mod tests {
             advertise_address,
             bind_port,
             first_master,
+            node_ip,
+            config_path,
+            etcd_client_certificate,
             ..
-        }) = &s[2].action
+        }) = &s[3].action
         else {
-            panic!("{:?}", s[2].action);
+            panic!("{:?}", s[3].action);
         };
+        assert_eq!(node_ip, "10.0.0.22");
+        assert_eq!(config_path, UPLOAD_CONFIG_PATH);
+        assert_eq!(
+            etcd_client_certificate
+                .as_ref()
+                .map(|c| c.common_name.as_str()),
+            Some("kube-apiserver-etcd-client-m2")
+        );
         assert!(*control_plane);
         assert_eq!(advertise_address.as_deref(), Some("10.0.0.22"));
         assert_eq!(*bind_port, Some(6443));
         assert_eq!(first_master, "m1");
         assert!(matches!(
-            &s[3].action,
+            &s[4].action,
             Action::Kubeadm(KubeadmAction::Join {
                 control_plane: false,
                 advertise_address: None,
                 bind_port: None,
+                etcd_client_certificate: None,
                 ..
             })
         ));
+        // The upload-certs configuration names no etcd file that exists.
+        let Action::Kubeadm(KubeadmAction::Config { path, v1beta4, .. }) = &s[1].action else {
+            panic!("{:?}", s[1].action);
+        };
+        assert_eq!(path, UPLOAD_CONFIG_PATH);
+        let text = String::from_utf8_lossy(v1beta4);
+        assert!(
+            text.contains(crate::render::kubeadm::NOT_UPLOADED_DIR),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&format!(
+                "\"{}\"",
+                crate::render::kubeadm::ETCD_CLIENT_KEY_FILE
+            )),
+            "{text}"
+        );
         assert!(Phase::KubeadmJoinMasters.serial() && !Phase::KubeadmJoinWorkers.serial());
     }
 

@@ -304,25 +304,34 @@ pub enum KubeadmAction {
         v1beta4: Vec<u8>,
         mode: u32,
     },
-    /// `kubeadm init --config CONFIG --upload-certs` unless /etc/kubernetes/admin.conf exists;
-    /// the join commands it prints go to the state dir.
+    /// `kubeadm init --config CONFIG` unless /etc/kubernetes/admin.conf exists; the join
+    /// commands it prints go to the state dir. No `--upload-certs`: the certificates a
+    /// control-plane join needs are uploaded with the configuration that keeps the etcd files
+    /// out (`render::kubeadm::upload_certs_config`).
     Init {
         cluster: String,
         config_path: String,
     },
-    /// `kubeadm join` unless /etc/kubernetes/kubelet.conf exists, with the join info of
-    /// `first_master`'s init (made anew there when missing or expired).
+    /// `kubeadm join --config` with the node's own JoinConfiguration unless
+    /// /etc/kubernetes/kubelet.conf exists, with the join info of `first_master`'s init (made
+    /// anew there when missing or expired).
     Join {
         cluster: String,
         control_plane: bool,
         node_name: String,
+        /// The kubelet's `node-ip`: the host's inventory address.
+        node_ip: String,
         /// The API server's advertise address of a joining control-plane node.
         advertise_address: Option<String>,
         /// The API server's port of a joining control-plane node (`kubernetes.api_port`).
         bind_port: Option<u16>,
         first_master: String,
         first_master_endpoint: String,
+        /// The configuration `kubeadm init phase upload-certs` reads on the first master.
         config_path: String,
+        /// A master's own etcd client certificate, checked (and issued again if it is not the
+        /// master's own) right after the join.
+        etcd_client_certificate: Option<Box<CertificateSpec>>,
     },
     /// The CNI manifest uploaded to `path` and `kubectl apply`ed on the first master, again
     /// whenever its content changes.
