@@ -302,3 +302,61 @@ async fn snapshots_are_verified_kept_off_the_coordinator_and_pruned_etcd_3_4() {
 
     lab.down().expect("lab down");
 }
+
+/// `etcd.snapshots.reuse_for_repairs`: a recovery within that age of a verified snapshot uses it
+/// as its safety net and takes none (the state dir does not grow); one past it takes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_reuses_a_fresh_verified_snapshot_when_the_inventory_allows_it() {
+    if !require_root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-ru", std::process::id() % 100_000);
+    let lab = LabGuard::up(st, &name, LabSpec::default())
+        .await
+        .expect("lab up");
+    let inv_path = Etcd::Debian.inventory(st, &lab, |inv| {
+        inv.etcd.snapshots.reuse_for_repairs = "10m".parse().unwrap();
+    });
+    let inv = inv_path.display().to_string();
+    let applied = haop(st, &["apply", "-f", &inv]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let (inventory, _) = Inventory::load(&inv_path).unwrap();
+    let endpoints = inventory.etcd_client_urls();
+    let client = healthy_client(st, &endpoints).await;
+    put_keys(&client, "/reuse", 50).await;
+    for args in [
+        &["etcd", "snapshot", "save", "-f", &inv][..],
+        &["etcd", "snapshot", "verify", "-f", &inv][..],
+    ] {
+        let o = haop(st, args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let cluster = inventory.cluster.as_str();
+    let before = snapshots::list(st, cluster).len();
+
+    lab.crash("etcd2", "etcd.service", true)
+        .await
+        .expect("crash");
+    let o = haop(st, &["etcd", "recover", "etcd2", "-f", &inv]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("reusing"), "{out}");
+    assert_eq!(snapshots::list(st, cluster).len(), before, "{out}");
+    assert_eq!(members(&client).await, voters_named(3));
+    assert!(has(&client, "/reuse/0049").await);
+
+    // Past the allowed age (the inventory says 0s now: never), a repair takes its own.
+    let inv_path = Etcd::Debian.inventory(st, &lab, |_| {});
+    let inv = inv_path.display().to_string();
+    lab.crash("etcd3", "etcd.service", true)
+        .await
+        .expect("crash");
+    let o = haop(st, &["etcd", "recover", "etcd3", "-f", &inv]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("reusing"), "{}", text(&o));
+    assert_eq!(snapshots::list(st, cluster).len(), before + 1);
+    assert_eq!(members(&client).await, voters_named(3));
+    lab.down().unwrap();
+}

@@ -283,6 +283,8 @@ pub struct SnapshotInfo {
     pub sha256: String,
     /// The store revision in the stream's header, when etcd sends one (3.4 does not).
     pub revision: Option<i64>,
+    /// When it was taken (Unix seconds), when known.
+    pub taken_unix: Option<i64>,
 }
 
 /// The keyspace at one revision, as a snapshot must reproduce it: the store's revision, how
@@ -1060,6 +1062,7 @@ impl EtcdClient {
             size: streamed.size,
             sha256: streamed.sha256,
             revision: streamed.revision,
+            taken_unix: Some(time::OffsetDateTime::now_utc().unix_timestamp()),
         };
         info!(endpoint = %endpoint, path = %to.display(), size = info.size, sha256 = %info.sha256, "etcd snapshot saved");
         Ok(info)

@@ -154,6 +154,22 @@ pub trait Fence: Send + Sync + std::fmt::Debug {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
+/// How old a snapshot is, in seconds (0 when unknown).
+fn info_age(info: &SnapshotInfo) -> u64 {
+    info.taken_unix
+        .map(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).max(0) as u64)
+        .unwrap_or(0)
+}
+
+/// `42 s`, `12 min`, `3 h`.
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
+}
+
 fn now_ms() -> u64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
 }
@@ -791,6 +807,32 @@ impl Recovery {
 
     /// This operation's snapshot: taken once, streamed to the state dir with its progress
     /// shown, and reused by the operation's later membership changes.
+    /// The state dir's newest verified snapshot of this cluster, when the inventory allows a
+    /// repair to use it (`etcd.snapshots.reuse_for_repairs`) and it is young enough.
+    fn reusable_snapshot(&self) -> Option<SnapshotInfo> {
+        let within = self.inventory.etcd.snapshots.reuse_for_repairs.duration();
+        if within.is_zero() {
+            return None;
+        }
+        let entry = crate::etcd::snapshots::newest_verified(
+            &self.state_dir,
+            self.inventory.cluster.as_str(),
+        )?;
+        let meta = entry.meta?;
+        let age = time::OffsetDateTime::now_utc().unix_timestamp() - meta.taken_unix;
+        if age < 0 || age as u64 > within.as_secs() {
+            return None;
+        }
+        Some(SnapshotInfo {
+            path: entry.path,
+            endpoint: meta.endpoint,
+            size: meta.file_size,
+            sha256: meta.file_sha256,
+            revision: Some(meta.revision),
+            taken_unix: Some(meta.taken_unix),
+        })
+    }
+
     async fn take_snapshot(
         &self,
         from: &str,
@@ -802,6 +844,17 @@ impl Recovery {
                 "this operation's snapshot {} is taken already",
                 info.path.display()
             )));
+            return Ok(());
+        }
+        if let Some(info) = self.reusable_snapshot() {
+            progress(Progress::Action(format!(
+                "snapshot: reusing {} (verified, {} old, within etcd.snapshots.reuse_for_repairs \
+                 {}); writes since are on the members",
+                info.path.display(),
+                human_age(info_age(&info)),
+                self.inventory.etcd.snapshots.reuse_for_repairs
+            )));
+            *taken = Some(info);
             return Ok(());
         }
         let ep = self.endpoint_of(from).unwrap_or_default();
@@ -843,6 +896,7 @@ impl Recovery {
             size: meta.file_size,
             sha256: meta.file_sha256,
             revision: Some(meta.revision),
+            taken_unix: Some(meta.taken_unix),
         };
         progress(Progress::Action(format!(
             "snapshot from {from}: {} ({}, sha256 {})",

@@ -113,6 +113,12 @@ pub struct SnapshotSettings {
     /// `haop status` is degraded when the newest verified snapshot is older than this, or
     /// there is none; `0s` turns the check off.
     pub stale_after: Span,
+    /// A repair (recover, heal, replace, add, remove) may use the newest verified snapshot of
+    /// the state dir as its safety net instead of taking one, when it is at most this old; `0s`
+    /// (the default): always take one. At 2 GiB taking one costs about as long as the learner's
+    /// whole catch-up; the price is that writes since that snapshot are not in it (the members
+    /// still hold them: the planner never lets a repair lose quorum).
+    pub reuse_for_repairs: Span,
 }
 
 /// Defaults of `etcd.snapshots`: hourly, one copy, stale after a day and an hour (a daily
@@ -129,6 +135,7 @@ impl Default for SnapshotSettings {
             stale_after: DEFAULT_SNAPSHOT_STALE_AFTER
                 .parse()
                 .expect("a valid duration"),
+            reuse_for_repairs: "0s".parse().expect("a valid duration"),
         }
     }
 }
@@ -427,6 +434,7 @@ impl Inventory {
                     interval: Some(self.etcd.snapshots.interval.to_string()),
                     copies: Some(i64::from(self.etcd.snapshots.copies)),
                     stale_after: Some(self.etcd.snapshots.stale_after.to_string()),
+                    reuse_for_repairs: Some(self.etcd.snapshots.reuse_for_repairs.to_string()),
                 }),
             },
             vip: self.vip.as_ref().map(|v| RawVip {

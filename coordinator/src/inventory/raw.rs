@@ -87,7 +87,7 @@ pub(crate) struct RawEtcd {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map of interval, copies, stale_after"
+    expecting = "a map of interval, copies, stale_after, reuse_for_repairs"
 )]
 pub(crate) struct RawSnapshots {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +96,8 @@ pub(crate) struct RawSnapshots {
     pub copies: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse_for_repairs: Option<String>,
 }
 
 /// `etcd.retention`: what the state dir and the hosts keep.

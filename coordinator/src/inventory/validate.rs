@@ -660,10 +660,19 @@ impl Checker<'_> {
                 );
             }
         }
+        let reuse = self.duration(
+            "etcd.snapshots.reuse_for_repairs",
+            raw.reuse_for_repairs.as_deref(),
+            d.reuse_for_repairs.as_str(),
+            "the age up to which a repair uses the newest verified snapshot instead of taking \
+             one, such as 15m (0s: always take one)",
+            true,
+        );
         Some(SnapshotSettings {
             interval: interval?,
             copies: copies?,
             stale_after: stale_after?,
+            reuse_for_repairs: reuse?,
         })
     }
 
