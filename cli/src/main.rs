@@ -4,6 +4,7 @@ mod agent;
 mod certs;
 mod docs;
 mod etcd;
+mod hosts;
 mod identity;
 mod lab;
 mod output;
@@ -62,6 +63,9 @@ enum Command {
     /// client for backups): issue, list, revoke.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
+    /// Agents onto hosts over SSH: install, configure, enroll.
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
     /// Hosts on this machine, one network namespace each, to try haop and to rehearse repairs.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
             Command::Apply(args) => runbook::apply(&cli.state_dir, args).await,
             Command::Etcd(cmd) => etcd::run(&cli.state_dir, cmd).await,
             Command::Certs(cmd) => certs::run(&cli.state_dir, cmd).await,
+            Command::Hosts(cmd) => hosts::run(&cli.state_dir, cmd).await,
             Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
             Command::Agent(args) => agent::run(&cli.state_dir, args).await,
             Command::Status(args) => status::run(&cli.state_dir, args).await,
