@@ -288,59 +288,60 @@ pub fn wait_running(b: &BootedHost, timeout: Duration) -> Result<(), LabError> {
             break l;
         }
         if nspawn_process(b).is_none() {
-            return Err(LabError::BootFailed {
-                host: b.name.clone(),
-                state: "nspawn exited".to_string(),
-                log: Box::new(super::super::LogTail {
-                    path: b.console_log.clone(),
-                    tail: super::super::agents::log_tail(&b.console_log, 20),
-                }),
-            });
+            return Err(boot_failed(b, "nspawn exited"));
         }
         if Instant::now() >= deadline {
-            return Err(boot_timeout(b, "no PID 1 yet"));
+            return Err(boot_failed(b, "no PID 1 yet"));
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let seconds = deadline
-        .saturating_duration_since(Instant::now())
-        .as_secs()
-        .max(1)
-        .to_string();
-    let out = sys::hardened(tool(TIMEOUT, "timeout (coreutils)")?)
-        .args([&seconds, NSENTER, "--target"])
-        .arg(leader.to_string())
-        .args(["--all", "/usr/bin/systemctl", "is-system-running", "--wait"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| LabError::Spawn {
-            program: NSENTER.to_string(),
-            source,
-        })?;
-    let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if state == "running" {
-        info!(host = %b.name, "systemd is running");
-        return Ok(());
+    // Poll: right after the leader appears, systemd may not have exec'd or opened its bus yet,
+    // and `is-system-running` then fails or says "offline"; "starting" means not yet either.
+    loop {
+        let out = sys::hardened(tool(TIMEOUT, "timeout (coreutils)")?)
+            .args(["10", NSENTER, "--target"])
+            .arg(leader.to_string())
+            .args(["--all", "/usr/bin/systemctl", "is-system-running"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LabError::Spawn {
+                program: NSENTER.to_string(),
+                source,
+            })?;
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match state.as_str() {
+            "running" => {
+                info!(host = %b.name, "systemd is running");
+                return Ok(());
+            }
+            "degraded" | "maintenance" | "stopping" => {
+                let failed = sys::hardened(Path::new(NSENTER))
+                    .arg("--target")
+                    .arg(leader.to_string())
+                    .args(["--all", "/usr/bin/systemctl", "--failed", "--no-legend", "--plain"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                return Err(boot_failed(b, &format!("systemd is {state}; failed units: {failed}")));
+            }
+            _ => {}
+        }
+        if nspawn_process(b).is_none() {
+            return Err(boot_failed(b, "nspawn exited"));
+        }
+        if Instant::now() >= deadline {
+            let last = format!(
+                "not running in time: systemd is {state:?} ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return Err(boot_failed(b, &last));
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
-    let failed = sys::hardened(Path::new(NSENTER))
-        .arg("--target")
-        .arg(leader.to_string())
-        .args(["--all", "/usr/bin/systemctl", "--failed", "--no-legend", "--plain"])
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    Err(LabError::BootFailed {
-        host: b.name.clone(),
-        state: format!("systemd is {state:?}; failed units: {failed}"),
-        log: Box::new(super::super::LogTail {
-            path: b.console_log.clone(),
-            tail: super::super::agents::log_tail(&b.console_log, 20),
-        }),
-    })
 }
 
-fn boot_timeout(b: &BootedHost, state: &str) -> LabError {
+fn boot_failed(b: &BootedHost, state: &str) -> LabError {
     LabError::BootFailed {
         host: b.name.clone(),
         state: state.to_string(),

@@ -122,9 +122,18 @@ fn build(dir: &Path) -> Result<(), LabError> {
         Path::new(DEBOOTSTRAP),
         &["--variant=minbase", &include, SUITE, &target, &mirror],
     )
-    .map_err(|e| LabError::RootBuild {
-        root: dir.to_path_buf(),
-        reason: crate::error_chain(&e),
+    .map_err(|e| {
+        // debootstrap says little on stderr; its log in the target says why.
+        let log = new.join("debootstrap/debootstrap.log");
+        LabError::RootBuild {
+            root: dir.to_path_buf(),
+            reason: format!(
+                "{}; last lines of {}:\n{}",
+                crate::error_chain(&e),
+                log.display(),
+                super::super::agents::log_tail(&log, 8)
+            ),
+        }
     })?;
     neutralise(&new)?;
     let marker = serde_json::json!({

@@ -1,0 +1,385 @@
+//! The booted lab: hosts with systemd as PID 1 (systemd-nspawn), real sshd, and haop-agent from
+//! the .deb that packaging/build makes, installed over SSH by `haop hosts install`. The one path
+//! that runs together what real Debian hosts run: the agent's systemd backend, the package's
+//! maintainer scripts, etcd as `Type=notify` under systemd with journald, the agent restarted by
+//! systemd in the middle of an apply while etcd runs on, a rolling agent upgrade that keeps etcd
+//! running, a member killed and wiped and recovered under a writer with no acknowledged write
+//! lost, a host whose SSH key changed refused with both fingerprints, and `dpkg -P` leaving
+//! nothing of the agent behind while etcd keeps running.
+//!
+//! It needs the cached Debian root (built with debootstrap on first use, minutes) and the
+//! agent's .deb (`packaging/build`; `scripts/test` runs it first). It skips, saying why, only
+//! when debootstrap cannot reach Debian's archive.
+
+mod common;
+
+use common::{assert_all_present, haop, members, require_root, text, voters_named, Writer};
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haop_coordinator::agent::HostAgent;
+use haop_coordinator::etcd::api::EtcdClient;
+use haop_coordinator::lab::{booted, Lab, LabGuard, LabError};
+
+/// Runs `cmd` inside `host` of `lab`; its stdout (trimmed) and whether it exited 0.
+fn exec(lab: &Lab, host: &str, cmd: &[&str]) -> (bool, String) {
+    let args: Vec<OsString> = cmd.iter().map(OsString::from).collect();
+    let out = lab
+        .exec_command(host, &args)
+        .unwrap()
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    )
+}
+
+/// The unit's main pid as systemd in the host reports it (0 when not running).
+fn main_pid(lab: &Lab, host: &str, unit: &str) -> u32 {
+    let (_, out) = exec(
+        lab,
+        host,
+        &["/usr/bin/systemctl", "show", "-p", "MainPID", "--value", unit],
+    );
+    out.trim().parse().unwrap_or(0)
+}
+
+/// `ssh-keygen -lf FILE`'s fingerprint.
+fn fingerprint(public_key: &Path) -> String {
+    let out = Command::new("/usr/bin/ssh-keygen")
+        .arg("-lf")
+        .arg(public_key)
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    t.split_whitespace().nth(1).unwrap_or("").to_string()
+}
+
+/// A copy of `deb` whose version is `VERSION+lab1`: the same agent, newer to dpkg.
+fn newer_deb(deb: &Path, dir: &Path) -> (PathBuf, String) {
+    let tree = dir.join("tree");
+    let ok = Command::new("/usr/bin/dpkg-deb")
+        .arg("-R")
+        .arg(deb)
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .unwrap()
+        .to_string();
+    let newer = format!("{version}+lab1");
+    std::fs::write(
+        &control,
+        text.replace(&format!("Version: {version}"), &format!("Version: {newer}")),
+    )
+    .unwrap();
+    let out = dir.join(format!("haop-agent_{newer}.deb"));
+    let built = Command::new("/usr/bin/dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&tree)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text_of(&built));
+    (out, newer)
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    text(o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
+    if !require_root() {
+        return;
+    }
+    // The cached root, built once. Only an unreachable archive is a reason to skip.
+    match tokio::task::spawn_blocking(|| booted::rootfs::ensure(false))
+        .await
+        .unwrap()
+    {
+        Ok(_) => {}
+        Err(LabError::RootBuild { reason, .. })
+            if ["Failed getting release file", "Could not resolve", "Temporary failure"]
+                .iter()
+                .any(|s| reason.contains(s)) =>
+        {
+            eprintln!("SKIPPED: debootstrap cannot reach Debian's archive: {reason}");
+            return;
+        }
+        Err(e) => panic!("lab root: {}", haop_coordinator::error_chain(&e)),
+    }
+    let deb = booted::find_agent_deb()
+        .unwrap_or_else(|e| panic!("{} (scripts/test runs packaging/build first)", e));
+    let deb_arg = deb.display().to_string();
+
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let name = format!("t{}-sd", std::process::id() % 100_000);
+
+    // `haop lab up --systemd --bare`: three booted hosts with sshd and no agent.
+    let started = Instant::now();
+    let up = haop(st, &["lab", "up", &name, "--systemd", "--bare"]);
+    // Owned from here on, also if `up` half-worked: the guard takes everything down on panic.
+    let lab = match Lab::open(st, &name) {
+        Ok(l) => LabGuard::new(l),
+        Err(e) => panic!("lab up failed ({e}):\n{}", text(&up)),
+    };
+    assert!(up.status.success(), "{}", text(&up));
+    eprintln!("booted lab up in {:.1} s", started.elapsed().as_secs_f64());
+    for h in ["etcd1", "etcd2", "etcd3"] {
+        let (_, pid1) = exec(&lab, h, &["/bin/cat", "/proc/1/comm"]);
+        assert_eq!(pid1, "systemd", "{h}: PID 1 is not systemd");
+        let (ok, agent) = exec(&lab, h, &["/usr/bin/test", "-e", "/usr/bin/haop-agent"]);
+        assert!(!ok, "{h}: a bare host has no agent yet ({agent})");
+    }
+    let inv = lab.inventory_path().display().to_string();
+    let ssh = lab.ssh();
+    let (identity, known_hosts) = (
+        ssh.identity.display().to_string(),
+        ssh.known_hosts.display().to_string(),
+    );
+    let install_args = |deb: &str| -> Vec<String> {
+        [
+            "hosts",
+            "install",
+            "-f",
+            &inv,
+            "--deb",
+            deb,
+            "--identity",
+            &identity,
+            "--known-hosts",
+            &known_hosts,
+            "--agent-setting",
+            "kernel=lab",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |args: &[String]| haop(st, &args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // `haop hosts install` over SSH: the .deb installed with dpkg, enrolled with a token.
+    let started = Instant::now();
+    let installed = run(&install_args(&deb_arg));
+    let said = text(&installed);
+    assert!(installed.status.success(), "{said}");
+    assert!(said.contains("3 of 3 hosts ok (3 changed)"), "{said}");
+    eprintln!("agents installed over ssh in {:.1} s", started.elapsed().as_secs_f64());
+    for h in ["etcd1", "etcd2", "etcd3"] {
+        let (_, active) = exec(&lab, h, &["/usr/bin/systemctl", "is-active", "haop-agent"]);
+        assert_eq!(active, "active", "{h}");
+        let (_, enabled) = exec(&lab, h, &["/usr/bin/systemctl", "is-enabled", "haop-agent"]);
+        assert_eq!(enabled, "enabled", "{h}: the package's postinst enables the unit");
+    }
+    // Again: every host enrolled at the same version is left alone.
+    let again = run(&install_args(&deb_arg));
+    let said = text(&again);
+    assert!(again.status.success(), "{said}");
+    assert!(said.contains("3 of 3 hosts ok (0 changed)"), "{said}");
+
+    // `haop apply`, with etcd1's agent restarted by systemd once its etcd runs: the apply
+    // finishes and etcd keeps its pid (units outlive the agent under systemd).
+    let mut apply = Command::new(common::haop_bin())
+        .env("HAOP_STATE_DIR", st)
+        .env_remove("RUST_LOG")
+        .args(["apply", "-f", &inv])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let etcd1_pid = loop {
+        let pid = main_pid(&lab, "etcd1", "etcd.service");
+        if pid != 0 {
+            break pid;
+        }
+        assert!(
+            apply.try_wait().unwrap().is_none(),
+            "apply ended before etcd1's etcd ran: {}",
+            text(&apply.wait_with_output().unwrap())
+        );
+        assert!(Instant::now() < deadline, "etcd1's etcd never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let agent_before = main_pid(&lab, "etcd1", "haop-agent.service");
+    let (ok, out) = exec(&lab, "etcd1", &["/usr/bin/systemctl", "restart", "haop-agent"]);
+    assert!(ok, "{out}");
+    let restarted_during_apply = apply.try_wait().unwrap().is_none();
+    let applied = tokio::task::spawn_blocking(move || apply.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(
+        restarted_during_apply,
+        "the agent restart came after the apply ended"
+    );
+    let agent_after = main_pid(&lab, "etcd1", "haop-agent.service");
+    assert_ne!(agent_before, agent_after, "the agent did not restart");
+    assert_eq!(
+        main_pid(&lab, "etcd1", "etcd.service"),
+        etcd1_pid,
+        "etcd1's etcd restarted with its agent"
+    );
+    // etcd is systemd's: Type=notify, logging to journald.
+    let (_, kind) = exec(&lab, "etcd1", &["/usr/bin/systemctl", "show", "-p", "Type", "--value", "etcd"]);
+    assert_eq!(kind, "notify");
+    let (_, journal) = exec(
+        &lab,
+        "etcd1",
+        &["/usr/bin/journalctl", "-u", "etcd", "-n", "20", "--no-pager", "-q"],
+    );
+    assert!(journal.contains("etcd"), "no etcd lines in journald:\n{journal}");
+
+    // `haop status`: healthy, every agent on systemd.
+    let s = common::status::status(st, &inv, &[]);
+    assert_eq!(s.code, 0, "{:#}", s.json);
+    for h in s.json["hosts"].as_array().unwrap() {
+        assert_eq!(h["service_manager"], "systemd", "{h:#}");
+    }
+
+    // `haop agent upgrade`: a newer .deb, one host at a time; the agent restarts, etcd does not.
+    let (inventory, _) = haop_coordinator::inventory::Inventory::load(Path::new(&inv)).unwrap();
+    let etcd_pids: Vec<u32> = ["etcd1", "etcd2", "etcd3"]
+        .iter()
+        .map(|h| main_pid(&lab, h, "etcd.service"))
+        .collect();
+    let (newer, newer_version) = newer_deb(&deb, st);
+    let mut up_args = install_args(&newer.display().to_string());
+    up_args.splice(0..2, ["agent".to_string(), "upgrade".to_string()]);
+    up_args.truncate(up_args.len() - 2); // no --agent-setting for an upgrade
+    let upgraded = run(&up_args);
+    let said = text(&upgraded);
+    assert!(upgraded.status.success(), "{said}");
+    assert!(said.contains("3 of 3 hosts ok (3 changed)"), "{said}");
+    for (i, h) in ["etcd1", "etcd2", "etcd3"].iter().enumerate() {
+        let (_, v) = exec(
+            &lab,
+            h,
+            &["/usr/bin/dpkg-query", "-W", "-f=${Version}", "haop-agent"],
+        );
+        assert_eq!(v, newer_version, "{h}");
+        assert_eq!(main_pid(&lab, h, "etcd.service"), etcd_pids[i], "{h}: etcd restarted");
+    }
+
+    // A member killed and wiped, recovered under a writer: no acknowledged write lost.
+    let endpoints = inventory.etcd_client_urls();
+    let client = EtcdClient::connect(st, &endpoints, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let writer = Writer::start(st, &endpoints, "/writer");
+    writer.wait_for(20, Duration::from_secs(30)).await;
+    let crash = lab.crash("etcd2", "etcd.service", true).await.expect("crash");
+    assert!(!crash.wiped.is_empty(), "nothing was wiped");
+    let recovered = haop(st, &["etcd", "recover", "etcd2", "-f", &inv]);
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    let acked = writer
+        .finish_with_at_least(41, Duration::from_secs(30))
+        .await;
+    assert!(acked.len() > 40, "the writer wrote too little: {}", acked.len());
+    assert_eq!(members(&client).await, voters_named(3));
+    assert_all_present(&client, &acked).await;
+
+    // A host whose SSH key changed is refused, naming the host and both fingerprints; the
+    // others go on.
+    let b = lab.booted().expect("a booted lab");
+    let etcd3 = b.host("etcd3").unwrap();
+    let key = etcd3.merged.join("etc/ssh/ssh_host_ed25519_key.pub");
+    let pinned = fingerprint(&key);
+    let (ok, out) = exec(
+        &lab,
+        "etcd3",
+        &[
+            "/bin/sh",
+            "-c",
+            "rm -f /etc/ssh/ssh_host_ed25519_key* && ssh-keygen -q -t ed25519 -N '' -f \
+             /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh",
+        ],
+    );
+    assert!(ok, "{out}");
+    let offered = fingerprint(&key);
+    assert_ne!(pinned, offered);
+    let refused = run(&install_args(&newer.display().to_string()));
+    let said = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains("2 of 3 hosts ok (0 changed), 1 failed"), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("etcd3") && l.contains("CHANGED"))
+        .unwrap_or_else(|| panic!("no changed-key error for etcd3:\n{said}"));
+    assert!(
+        line.contains(&pinned) && line.contains(&offered),
+        "the error does not name both fingerprints ({pinned}, {offered}):\n{line}"
+    );
+
+    // `dpkg -P haop-agent`: no unit, user or file of the agent left; etcd keeps running.
+    let etcd1_pid = main_pid(&lab, "etcd1", "etcd.service");
+    let (ok, out) = exec(&lab, "etcd1", &["/usr/bin/dpkg", "-P", "haop-agent"]);
+    assert!(ok, "{out}");
+    for path in [
+        "/usr/bin/haop-agent",
+        "/lib/systemd/system/haop-agent.service",
+        "/etc/systemd/system/multi-user.target.wants/haop-agent.service",
+        "/etc/haop",
+        "/var/lib/haop-agent",
+    ] {
+        let (exists, _) = exec(&lab, "etcd1", &["/usr/bin/test", "-e", path]);
+        assert!(!exists, "etcd1: {path} is left after dpkg -P");
+    }
+    let (_, units) = exec(
+        &lab,
+        "etcd1",
+        &["/usr/bin/systemctl", "list-units", "--all", "--no-legend", "haop-agent*"],
+    );
+    assert!(units.trim().is_empty(), "etcd1: units left: {units}");
+    let (has_user, _) = exec(&lab, "etcd1", &["/usr/bin/getent", "passwd", "haop-agent"]);
+    assert!(!has_user, "etcd1: a haop-agent user is left");
+    let (_, active) = exec(&lab, "etcd1", &["/usr/bin/systemctl", "is-active", "etcd"]);
+    assert_eq!(active, "active");
+    assert_eq!(main_pid(&lab, "etcd1", "etcd.service"), etcd1_pid);
+    let health = client.health(&endpoints[0]).await;
+    assert!(health.is_ok(), "etcd1 unhealthy after the purge: {health:?}");
+    let gone = HostAgent::connect(
+        &haop_coordinator::trust::Trust::load(st).unwrap(),
+        "etcd1",
+        &inventory.host("etcd1").unwrap().agent.as_str().to_string(),
+        Duration::from_secs(2),
+    )
+    .await;
+    let answers = match gone {
+        Ok(a) => a.facts().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!answers, "etcd1's agent still answers after the purge");
+
+    // `haop lab down`: containers powered off, overlays unmounted, nothing left.
+    let dir = lab.dir().to_path_buf();
+    let nspawns: Vec<u32> = b.hosts.iter().filter_map(|h| h.nspawn_pid).collect();
+    lab.down().expect("lab down");
+    assert!(!dir.exists(), "{} is left", dir.display());
+    for pid in nspawns {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "nspawn {pid} still runs"
+        );
+    }
+    for h in ["etcd1", "etcd2", "etcd3"] {
+        let ns = format!("/run/netns/haop-{name}-{h}");
+        assert!(!Path::new(&ns).exists(), "{ns} is left");
+    }
+}
