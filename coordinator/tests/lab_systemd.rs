@@ -341,12 +341,22 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
         let (exists, _) = exec(&lab, "etcd1", &["/usr/bin/test", "-e", path]);
         assert!(!exists, "etcd1: {path} is left after dpkg -P");
     }
-    let (_, units) = exec(
+    let (_, files) = exec(
         &lab,
         "etcd1",
-        &["/usr/bin/systemctl", "list-units", "--all", "--no-legend", "haop-agent*"],
+        &["/usr/bin/systemctl", "list-unit-files", "--no-legend", "haop-agent*"],
     );
-    assert!(units.trim().is_empty(), "etcd1: units left: {units}");
+    assert!(files.trim().is_empty(), "etcd1: unit files left: {files}");
+    // systemd may still remember the name (not-found, dead); nothing of it may load or run.
+    let (_, unit) = exec(
+        &lab,
+        "etcd1",
+        &["/usr/bin/systemctl", "show", "-p", "LoadState,ActiveState", "haop-agent"],
+    );
+    assert!(
+        unit.contains("LoadState=not-found") && unit.contains("ActiveState=inactive"),
+        "etcd1: the agent's unit is still there: {unit}"
+    );
     let (has_user, _) = exec(&lab, "etcd1", &["/usr/bin/getent", "passwd", "haop-agent"]);
     assert!(!has_user, "etcd1: a haop-agent user is left");
     let (_, active) = exec(&lab, "etcd1", &["/usr/bin/systemctl", "is-active", "etcd"]);
