@@ -123,7 +123,10 @@ fn settings(pairs: &[String]) -> anyhow::Result<String> {
             bail!("--agent-setting {p:?}: expected KEY=VALUE");
         };
         if !KEYS.contains(&k) {
-            bail!("--agent-setting {p:?}: {k} is not one of {}", KEYS.join(", "));
+            bail!(
+                "--agent-setting {p:?}: {k} is not one of {}",
+                KEYS.join(", ")
+            );
         }
         if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || v.is_empty() {
             bail!("--agent-setting {p:?}: the value must be a plain word");
@@ -170,8 +173,8 @@ pub async fn run(state_dir: &Path, cmd: HostsCommand) -> anyhow::Result<ExitCode
         HostsCommand::Install(args) => {
             let mut opts = args.common.options(state_dir)?;
             opts.extra_config = settings(&args.agent_settings)?;
-            opts.token_ttl = haop_coordinator::pki::parse_lifetime(&args.token_ttl)
-                .context("--token-ttl")?;
+            opts.token_ttl =
+                haop_coordinator::pki::parse_lifetime(&args.token_ttl).context("--token-ttl")?;
             let (inventory, deb) = args.common.load().await?;
             eprintln!(
                 "installing haop-agent {} on {} hosts over ssh",

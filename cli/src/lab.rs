@@ -39,7 +39,12 @@ pub enum LabCommand {
         #[arg(long, requires = "systemd")]
         bare: bool,
         /// With --systemd: the agent's .deb [default: the newest in target/debian].
-        #[arg(long, requires = "systemd", conflicts_with = "bare", value_name = "FILE")]
+        #[arg(
+            long,
+            requires = "systemd",
+            conflicts_with = "bare",
+            value_name = "FILE"
+        )]
         deb: Option<std::path::PathBuf>,
         /// With --systemd: build the cached Debian root again first.
         #[arg(long, requires = "systemd")]

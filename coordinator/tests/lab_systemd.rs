@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use haop_coordinator::agent::HostAgent;
 use haop_coordinator::etcd::api::EtcdClient;
-use haop_coordinator::lab::{booted, Lab, LabGuard, LabError};
+use haop_coordinator::lab::{booted, Lab, LabError, LabGuard};
 
 /// Runs `cmd` inside `host` of `lab`; its stdout (trimmed) and whether it exited 0.
 fn exec(lab: &Lab, host: &str, cmd: &[&str]) -> (bool, String) {
@@ -48,7 +48,14 @@ fn main_pid(lab: &Lab, host: &str, unit: &str) -> u32 {
     let (_, out) = exec(
         lab,
         host,
-        &["/usr/bin/systemctl", "show", "-p", "MainPID", "--value", unit],
+        &[
+            "/usr/bin/systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            unit,
+        ],
     );
     out.trim().parse().unwrap_or(0)
 }
@@ -114,9 +121,13 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     {
         Ok(_) => {}
         Err(LabError::RootBuild { reason, .. })
-            if ["Failed getting release file", "Could not resolve", "Temporary failure"]
-                .iter()
-                .any(|s| reason.contains(s)) =>
+            if [
+                "Failed getting release file",
+                "Could not resolve",
+                "Temporary failure",
+            ]
+            .iter()
+            .any(|s| reason.contains(s)) =>
         {
             eprintln!("SKIPPED: debootstrap cannot reach Debian's archive: {reason}");
             return;
@@ -180,12 +191,18 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     let said = text(&installed);
     assert!(installed.status.success(), "{said}");
     assert!(said.contains("3 of 3 hosts ok (3 changed)"), "{said}");
-    eprintln!("agents installed over ssh in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "agents installed over ssh in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     for h in ["etcd1", "etcd2", "etcd3"] {
         let (_, active) = exec(&lab, h, &["/usr/bin/systemctl", "is-active", "haop-agent"]);
         assert_eq!(active, "active", "{h}");
         let (_, enabled) = exec(&lab, h, &["/usr/bin/systemctl", "is-enabled", "haop-agent"]);
-        assert_eq!(enabled, "enabled", "{h}: the package's postinst enables the unit");
+        assert_eq!(
+            enabled, "enabled",
+            "{h}: the package's postinst enables the unit"
+        );
     }
     // Again: every host enrolled at the same version is left alone.
     let again = run(&install_args(&deb_arg));
@@ -218,7 +235,11 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let agent_before = main_pid(&lab, "etcd1", "haop-agent.service");
-    let (ok, out) = exec(&lab, "etcd1", &["/usr/bin/systemctl", "restart", "haop-agent"]);
+    let (ok, out) = exec(
+        &lab,
+        "etcd1",
+        &["/usr/bin/systemctl", "restart", "haop-agent"],
+    );
     assert!(ok, "{out}");
     let restarted_during_apply = apply.try_wait().unwrap().is_none();
     let applied = tokio::task::spawn_blocking(move || apply.wait_with_output().unwrap())
@@ -237,14 +258,36 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
         "etcd1's etcd restarted with its agent"
     );
     // etcd is systemd's: Type=notify, logging to journald.
-    let (_, kind) = exec(&lab, "etcd1", &["/usr/bin/systemctl", "show", "-p", "Type", "--value", "etcd"]);
+    let (_, kind) = exec(
+        &lab,
+        "etcd1",
+        &[
+            "/usr/bin/systemctl",
+            "show",
+            "-p",
+            "Type",
+            "--value",
+            "etcd",
+        ],
+    );
     assert_eq!(kind, "notify");
     let (_, journal) = exec(
         &lab,
         "etcd1",
-        &["/usr/bin/journalctl", "-u", "etcd", "-n", "20", "--no-pager", "-q"],
+        &[
+            "/usr/bin/journalctl",
+            "-u",
+            "etcd",
+            "-n",
+            "20",
+            "--no-pager",
+            "-q",
+        ],
     );
-    assert!(journal.contains("etcd"), "no etcd lines in journald:\n{journal}");
+    assert!(
+        journal.contains("etcd"),
+        "no etcd lines in journald:\n{journal}"
+    );
 
     // `haop status`: healthy, every agent on systemd.
     let s = common::status::status(st, &inv, &[]);
@@ -274,7 +317,11 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
             &["/usr/bin/dpkg-query", "-W", "-f=${Version}", "haop-agent"],
         );
         assert_eq!(v, newer_version, "{h}");
-        assert_eq!(main_pid(&lab, h, "etcd.service"), etcd_pids[i], "{h}: etcd restarted");
+        assert_eq!(
+            main_pid(&lab, h, "etcd.service"),
+            etcd_pids[i],
+            "{h}: etcd restarted"
+        );
     }
 
     // A member killed and wiped, recovered under a writer: no acknowledged write lost.
@@ -284,14 +331,21 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
         .unwrap();
     let writer = Writer::start(st, &endpoints, "/writer");
     writer.wait_for(20, Duration::from_secs(30)).await;
-    let crash = lab.crash("etcd2", "etcd.service", true).await.expect("crash");
+    let crash = lab
+        .crash("etcd2", "etcd.service", true)
+        .await
+        .expect("crash");
     assert!(!crash.wiped.is_empty(), "nothing was wiped");
     let recovered = haop(st, &["etcd", "recover", "etcd2", "-f", &inv]);
     assert!(recovered.status.success(), "{}", text(&recovered));
     let acked = writer
         .finish_with_at_least(41, Duration::from_secs(30))
         .await;
-    assert!(acked.len() > 40, "the writer wrote too little: {}", acked.len());
+    assert!(
+        acked.len() > 40,
+        "the writer wrote too little: {}",
+        acked.len()
+    );
     assert_eq!(members(&client).await, voters_named(3));
     assert_all_present(&client, &acked).await;
 
@@ -317,7 +371,10 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     let refused = run(&install_args(&newer.display().to_string()));
     let said = text(&refused);
     assert_eq!(refused.status.code(), Some(1), "{said}");
-    assert!(said.contains("2 of 3 hosts ok (0 changed), 1 failed"), "{said}");
+    assert!(
+        said.contains("2 of 3 hosts ok (0 changed), 1 failed"),
+        "{said}"
+    );
     let line = said
         .lines()
         .find(|l| l.contains("etcd3") && l.contains("CHANGED"))
@@ -344,14 +401,25 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     let (_, files) = exec(
         &lab,
         "etcd1",
-        &["/usr/bin/systemctl", "list-unit-files", "--no-legend", "haop-agent*"],
+        &[
+            "/usr/bin/systemctl",
+            "list-unit-files",
+            "--no-legend",
+            "haop-agent*",
+        ],
     );
     assert!(files.trim().is_empty(), "etcd1: unit files left: {files}");
     // systemd may still remember the name (not-found, dead); nothing of it may load or run.
     let (_, unit) = exec(
         &lab,
         "etcd1",
-        &["/usr/bin/systemctl", "show", "-p", "LoadState,ActiveState", "haop-agent"],
+        &[
+            "/usr/bin/systemctl",
+            "show",
+            "-p",
+            "LoadState,ActiveState",
+            "haop-agent",
+        ],
     );
     assert!(
         unit.contains("LoadState=not-found") && unit.contains("ActiveState=inactive"),
@@ -363,11 +431,14 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     assert_eq!(active, "active");
     assert_eq!(main_pid(&lab, "etcd1", "etcd.service"), etcd1_pid);
     let health = client.health(&endpoints[0]).await;
-    assert!(health.is_ok(), "etcd1 unhealthy after the purge: {health:?}");
+    assert!(
+        health.is_ok(),
+        "etcd1 unhealthy after the purge: {health:?}"
+    );
     let gone = HostAgent::connect(
         &haop_coordinator::trust::Trust::load(st).unwrap(),
         "etcd1",
-        &inventory.host("etcd1").unwrap().agent.as_str().to_string(),
+        inventory.host("etcd1").unwrap().agent.as_str(),
         Duration::from_secs(2),
     )
     .await;
@@ -385,7 +456,10 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     for pid in nspawns {
         // Gone, or a zombie waiting for whoever inherited it (`haop lab up` has exited).
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
         assert!(
             matches!(state, None | Some("Z") | Some("X")),
             "nspawn {pid} still runs: {stat}"

@@ -63,13 +63,13 @@ impl AgentDeb {
         };
         let package = field("Package")?;
         if package != AGENT_PACKAGE {
-            return Err(bad(format!(
-                "it is package {package}, not {AGENT_PACKAGE}"
-            )));
+            return Err(bad(format!("it is package {package}, not {AGENT_PACKAGE}")));
         }
         let version = field("Version")?;
         if !valid_version(&version) {
-            return Err(bad(format!("its version {version:?} is not a Debian version")));
+            return Err(bad(format!(
+                "its version {version:?} is not a Debian version"
+            )));
         }
         Ok(AgentDeb {
             path: path.to_path_buf(),
@@ -82,7 +82,10 @@ impl AgentDeb {
 
     /// The file's name on the host while it is installed.
     pub fn remote_path(&self) -> String {
-        format!("/var/tmp/haop-agent_{}.deb", self.version.replace(':', "%3a"))
+        format!(
+            "/var/tmp/haop-agent_{}.deb",
+            self.version.replace(':', "%3a")
+        )
     }
 }
 

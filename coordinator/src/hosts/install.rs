@@ -17,7 +17,7 @@ use super::ssh::{shell_quote, Ssh, SshOptions, Target};
 use super::HostsError;
 use crate::agent::{ExpectedAgent, HostAgent};
 use crate::inventory::{Host, Inventory};
-use crate::trust::{Trust, TokenUses};
+use crate::trust::{TokenUses, Trust};
 
 /// How long an agent may take, after its restart, to enroll or to answer over mTLS.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(90);
@@ -62,12 +62,17 @@ pub enum Action {
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Action::Unchanged { version } => write!(f, "unchanged (haop-agent {version}, enrolled)"),
+            Action::Unchanged { version } => {
+                write!(f, "unchanged (haop-agent {version}, enrolled)")
+            }
             Action::Installed { version } => write!(f, "installed haop-agent {version}, enrolled"),
             Action::Upgraded { from, to } => write!(f, "upgraded haop-agent {from} -> {to}"),
             Action::Enrolled { version } => write!(f, "haop-agent {version} enrolled"),
             Action::NewerKept { installed } => {
-                write!(f, "left alone: haop-agent {installed} is newer than the package")
+                write!(
+                    f,
+                    "left alone: haop-agent {installed} is newer than the package"
+                )
             }
         }
     }
@@ -246,17 +251,16 @@ impl Remote {
                 let pinned = hostkeys::pinned_fingerprint(&o.known_hosts, &name, &key_type)
                     .await
                     .unwrap_or_else(|| "(unreadable)".to_string());
-                HostsError::ChangedHostKey {
+                HostsError::ChangedHostKey(Box::new(super::ChangedHostKey {
                     host: self.name.clone(),
                     target,
                     name,
                     key_type,
                     pinned,
                     offered,
-                    pinned_at: pinned_at
-                        .unwrap_or_else(|| o.known_hosts.display().to_string()),
+                    pinned_at: pinned_at.unwrap_or_else(|| o.known_hosts.display().to_string()),
                     known_hosts: o.known_hosts.clone(),
-                }
+                }))
             }
             None => HostsError::Ssh {
                 host: self.name.clone(),
@@ -303,7 +307,11 @@ impl Remote {
         let remote = shell_quote(&deb.remote_path());
         progress(
             &self.name,
-            &format!("uploading haop-agent {} ({} KiB)", deb.version, deb.size / 1024),
+            &format!(
+                "uploading haop-agent {} ({} KiB)",
+                deb.version,
+                deb.size / 1024
+            ),
         );
         self.run(
             ssh,
@@ -350,10 +358,7 @@ impl Remote {
     /// Whether the agent answers over mTLS with this state dir's CA.
     async fn enrolled(&self, trust: &Trust) -> bool {
         match crate::agent::connect(trust, &self.endpoint, RPC_TIMEOUT).await {
-            Ok(mut c) => c
-                .who_am_i(haop_proto::v1::WhoAmIRequest {})
-                .await
-                .is_ok(),
+            Ok(mut c) => c.who_am_i(haop_proto::v1::WhoAmIRequest {}).await.is_ok(),
             Err(_) => false,
         }
     }
@@ -362,13 +367,17 @@ impl Remote {
     async fn enroll(&self, trust: &Trust) -> Result<(), HostsError> {
         let deadline = Instant::now() + ENROLL_TIMEOUT;
         loop {
-            let last_error =
-                match crate::agent::enroll(trust, &self.endpoint, &self.expected, RPC_TIMEOUT)
-                    .await
-                {
-                    Ok(_) => return self.wait_answers(trust, deadline).await,
-                    Err(e) => crate::error_chain(&e),
-                };
+            let last_error = match crate::agent::enroll(
+                trust,
+                &self.endpoint,
+                &self.expected,
+                RPC_TIMEOUT,
+            )
+            .await
+            {
+                Ok(_) => return self.wait_answers(trust, deadline).await,
+                Err(e) => crate::error_chain(&e),
+            };
             if Instant::now() >= deadline {
                 return Err(HostsError::Enroll {
                     host: self.name.clone(),
@@ -451,7 +460,10 @@ async fn install_one(
     port: u16,
     progress: &Progress,
 ) -> Result<Action, HostsError> {
-    progress(&remote.name, &format!("probing over ssh ({})", remote.target));
+    progress(
+        &remote.name,
+        &format!("probing over ssh ({})", remote.target),
+    );
     let probe = remote.probe(ssh, deb).await?;
     let enrolled = remote.enrolled(trust).await;
     let installed = probe.installed.clone().unwrap_or_default();
@@ -529,7 +541,10 @@ async fn upgrade_one(
     deb: &AgentDeb,
     progress: &Progress,
 ) -> Result<Action, HostsError> {
-    progress(&remote.name, &format!("probing over ssh ({})", remote.target));
+    progress(
+        &remote.name,
+        &format!("probing over ssh ({})", remote.target),
+    );
     let probe = remote.probe(ssh, deb).await?;
     let installed = match (probe.cmp, probe.installed) {
         (Cmp::Absent, _) | (_, None) => {
@@ -641,14 +656,26 @@ mod tests {
         let v: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(v["listen"].as_str(), Some("0.0.0.0:7443"));
         assert_eq!(v["kernel"].as_str(), Some("lab"));
-        assert_eq!(v["enroll"]["token"].as_str(), Some("abcdef.0123456789abcdef"));
+        assert_eq!(
+            v["enroll"]["token"].as_str(),
+            Some("abcdef.0123456789abcdef")
+        );
         assert_eq!(v["enroll"]["ca_hash"].as_str(), Some("sha256:00"));
     }
 
     #[test]
     fn only_real_changes_count_as_changes() {
-        assert!(!Action::Unchanged { version: "1".into() }.changed());
-        assert!(!Action::NewerKept { installed: "2".into() }.changed());
-        assert!(Action::Installed { version: "1".into() }.changed());
+        assert!(!Action::Unchanged {
+            version: "1".into()
+        }
+        .changed());
+        assert!(!Action::NewerKept {
+            installed: "2".into()
+        }
+        .changed());
+        assert!(Action::Installed {
+            version: "1".into()
+        }
+        .changed());
     }
 }

@@ -61,21 +61,8 @@ pub enum HostsError {
         key_type: String,
         known_hosts: PathBuf,
     },
-    #[error(
-        "host {host} ({target}): its {key_type} host key CHANGED: pinned {pinned} (in {pinned_at}), \
-         offered {offered}; refusing to connect. If the host was reinstalled, remove the old key \
-         (ssh-keygen -R {name} -f {known_hosts}) and rerun with --accept-new-host-keys"
-    )]
-    ChangedHostKey {
-        host: String,
-        target: String,
-        name: String,
-        key_type: String,
-        pinned: String,
-        offered: String,
-        pinned_at: String,
-        known_hosts: PathBuf,
-    },
+    #[error("{0}")]
+    ChangedHostKey(Box<ChangedHostKey>),
     #[error("host {host}: {step} failed ({status}): {stderr}")]
     Remote {
         host: String,
@@ -124,4 +111,38 @@ pub enum HostsError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A host that offered another key than the one pinned for it: who, and both fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedHostKey {
+    pub host: String,
+    pub target: String,
+    /// The name the key is pinned under in known_hosts.
+    pub name: String,
+    pub key_type: String,
+    pub pinned: String,
+    pub offered: String,
+    /// `file:line` of the pinned key.
+    pub pinned_at: String,
+    pub known_hosts: PathBuf,
+}
+
+impl std::fmt::Display for ChangedHostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host {} ({}): its {} host key CHANGED: pinned {} (in {}), offered {}; refusing to \
+             connect. If the host was reinstalled, remove the old key (ssh-keygen -R {} -f {}) \
+             and rerun with --accept-new-host-keys",
+            self.host,
+            self.target,
+            self.key_type,
+            self.pinned,
+            self.pinned_at,
+            self.offered,
+            self.name,
+            self.known_hosts.display()
+        )
+    }
 }

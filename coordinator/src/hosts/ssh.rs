@@ -333,7 +333,10 @@ mod tests {
         let mut s = ssh(None);
         s.options.accept_new_host_keys = true;
         let joined = s.args(&target(22), "true").join(" ");
-        assert!(joined.contains("StrictHostKeyChecking=accept-new"), "{joined}");
+        assert!(
+            joined.contains("StrictHostKeyChecking=accept-new"),
+            "{joined}"
+        );
         assert!(!joined.contains("StrictHostKeyChecking=no"), "{joined}");
     }
 
@@ -345,8 +348,14 @@ mod tests {
             .iter()
             .find(|a| a.starts_with("ProxyCommand="))
             .expect("a ProxyCommand");
-        assert!(proxy.contains("'StrictHostKeyChecking=yes'") || proxy.contains("StrictHostKeyChecking=yes"));
-        assert!(proxy.contains("'UserKnownHostsFile=/s/known hosts'"), "{proxy}");
+        assert!(
+            proxy.contains("'StrictHostKeyChecking=yes'")
+                || proxy.contains("StrictHostKeyChecking=yes")
+        );
+        assert!(
+            proxy.contains("'UserKnownHostsFile=/s/known hosts'"),
+            "{proxy}"
+        );
         assert!(proxy.contains("-W %h:%p"), "{proxy}");
         assert!(proxy.ends_with("ops@bastion.example"), "{proxy}");
         assert!(proxy.contains("-p 2222"), "{proxy}");

@@ -189,5 +189,11 @@ pub enum LabError {
     )]
     SystemdOwnsAgent { lab: String, host: String },
     #[error(transparent)]
-    Hosts(#[from] crate::hosts::HostsError),
+    Hosts(Box<crate::hosts::HostsError>),
+}
+
+impl From<crate::hosts::HostsError> for LabError {
+    fn from(e: crate::hosts::HostsError) -> Self {
+        LabError::Hosts(Box::new(e))
+    }
 }

@@ -55,7 +55,9 @@ pub fn client_key(ssh: &LabSsh, lab_dir: &Path) -> Result<String, LabError> {
         let path = ssh.identity.display().to_string();
         sys::run(
             keygen,
-            &["-q", "-t", "ed25519", "-N", "", "-C", "haop-lab", "-f", &path],
+            &[
+                "-q", "-t", "ed25519", "-N", "", "-C", "haop-lab", "-f", &path,
+            ],
         )?;
     }
     let public = ssh.identity.with_extension("pub");
@@ -104,7 +106,11 @@ fn is_mount_point(p: &Path) -> bool {
 /// Writes what makes the host itself into its (mounted) root: hostname, hosts, machine id,
 /// its own SSH host key and sshd settings, and the lab's key as root's authorized key. Answers
 /// the host's public key line (`ssh-ed25519 AAAA...`).
-pub fn write_identity(host: &LabHost, b: &BootedHost, client_pub: &str) -> Result<String, LabError> {
+pub fn write_identity(
+    host: &LabHost,
+    b: &BootedHost,
+    client_pub: &str,
+) -> Result<String, LabError> {
     let r = &b.merged;
     let write = |rel: &str, text: &str, mode: u32| -> Result<(), LabError> {
         let p = r.join(rel);
@@ -154,7 +160,11 @@ pub fn write_identity(host: &LabHost, b: &BootedHost, client_pub: &str) -> Resul
     let public = key.with_extension("pub");
     let line = fs::read_to_string(&public).map_err(io_err("read", &public))?;
     // `ssh-ed25519 AAAA... comment` -> without the comment.
-    Ok(line.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+    Ok(line
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// Starts `b`'s container in `host`'s namespace, detached (own process group, output to the
@@ -176,7 +186,10 @@ pub fn spawn(host: &LabHost, b: &BootedHost) -> Result<(u32, Option<u64>), LabEr
         .arg("--boot")
         .arg("--register=no")
         .arg("--keep-unit")
-        .arg(format!("--network-namespace-path=/run/netns/{}", host.namespace))
+        .arg(format!(
+            "--network-namespace-path=/run/netns/{}",
+            host.namespace
+        ))
         .arg(format!("--machine={}", b.machine))
         .arg(format!("--hostname={}", host.name))
         .arg("--link-journal=no")
@@ -204,10 +217,7 @@ pub fn nspawn_process(b: &BootedHost) -> Option<u32> {
         return None;
     }
     let want = format!("--directory={}", b.merged.display());
-    sys::cmdline(pid)?
-        .iter()
-        .any(|a| *a == want)
-        .then_some(pid)
+    sys::cmdline(pid)?.contains(&want).then_some(pid)
 }
 
 /// PID 1 of `b`'s container, as a pid of this machine: the child of nspawn that is pid 1 in
@@ -267,7 +277,10 @@ pub fn machine_pid(leader: u32, inner: u32) -> Option<u32> {
 
 /// A command that runs `command` inside the container of `b` (all its namespaces, through
 /// nsenter), with a plain environment.
-pub fn exec_command(b: &BootedHost, command: &[std::ffi::OsString]) -> Result<std::process::Command, LabError> {
+pub fn exec_command(
+    b: &BootedHost,
+    command: &[std::ffi::OsString],
+) -> Result<std::process::Command, LabError> {
     let leader = leader(b).ok_or_else(|| LabError::AgentNotRunning {
         host: b.name.clone(),
     })?;
@@ -275,7 +288,9 @@ pub fn exec_command(b: &BootedHost, command: &[std::ffi::OsString]) -> Result<st
     cmd.env("HOME", "/root")
         .arg("--target")
         .arg(leader.to_string())
-        .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup", "--root", "--wd", "--"])
+        .args([
+            "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup", "--root", "--wd", "--",
+        ])
         .args(command);
     Ok(cmd)
 }
@@ -318,12 +333,21 @@ pub fn wait_running(b: &BootedHost, timeout: Duration) -> Result<(), LabError> {
                 let failed = sys::hardened(Path::new(NSENTER))
                     .arg("--target")
                     .arg(leader.to_string())
-                    .args(["--all", "/usr/bin/systemctl", "--failed", "--no-legend", "--plain"])
+                    .args([
+                        "--all",
+                        "/usr/bin/systemctl",
+                        "--failed",
+                        "--no-legend",
+                        "--plain",
+                    ])
                     .stdin(Stdio::null())
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                     .unwrap_or_default();
-                return Err(boot_failed(b, &format!("systemd is {state}; failed units: {failed}")));
+                return Err(boot_failed(
+                    b,
+                    &format!("systemd is {state}; failed units: {failed}"),
+                ));
             }
             _ => {}
         }

@@ -101,7 +101,11 @@ impl BootedRecord {
     pub fn write(&self, lab_dir: &Path) -> Result<(), LabError> {
         let mut text = serde_json::to_vec_pretty(self).expect("a booted record serializes");
         text.push(b'\n');
-        Ok(crate::fsio::write_atomic(&Self::path(lab_dir), &text, 0o644)?)
+        Ok(crate::fsio::write_atomic(
+            &Self::path(lab_dir),
+            &text,
+            0o644,
+        )?)
     }
 
     pub fn host(&self, name: &str) -> Option<&BootedHost> {
@@ -203,7 +207,10 @@ pub fn stop(lab_dir: &Path) -> Vec<String> {
     }
     let left = super::agents::wait_gone(&ours, POWEROFF_GRACE);
     for pid in &left {
-        warn!(pid, "container did not power off in time; SIGKILL to nspawn");
+        warn!(
+            pid,
+            "container did not power off in time; SIGKILL to nspawn"
+        );
         if let Err(e) = super::agents::signal(*pid, nix::sys::signal::Signal::SIGKILL) {
             problems.push(crate::error_chain(&e));
         }

@@ -86,7 +86,8 @@ fn mirror() -> String {
         return m;
     }
     // deb822 sources of the machine: the first `URIs:` of a Debian archive.
-    let text = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    let text =
+        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
     text.lines()
         .filter_map(|l| l.strip_prefix("URIs:"))
         .map(str::trim)
@@ -179,7 +180,10 @@ pub fn neutralise(root: &Path) -> Result<(), LabError> {
         }),
     };
     for unit in DISABLED_UNITS {
-        remove(root.join("etc/systemd/system/multi-user.target.wants").join(unit))?;
+        remove(
+            root.join("etc/systemd/system/multi-user.target.wants")
+                .join(unit),
+        )?;
     }
     let ssh = root.join("etc/ssh");
     if let Ok(entries) = std::fs::read_dir(&ssh) {
@@ -217,10 +221,18 @@ mod tests {
         for f in ["etcd.service", "keepalived.service", "ssh.service"] {
             std::os::unix::fs::symlink("/lib/systemd/system/x", wants.join(f)).unwrap();
         }
-        for f in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "sshd_config"] {
+        for f in [
+            "ssh_host_ed25519_key",
+            "ssh_host_ed25519_key.pub",
+            "sshd_config",
+        ] {
             std::fs::write(r.join("etc/ssh").join(f), "x").unwrap();
         }
-        std::fs::write(r.join("etc/machine-id"), "b693e3d032074973ad8bc964783d4caa\n").unwrap();
+        std::fs::write(
+            r.join("etc/machine-id"),
+            "b693e3d032074973ad8bc964783d4caa\n",
+        )
+        .unwrap();
         std::fs::write(r.join("var/cache/apt/archives/etcd.deb"), "x").unwrap();
         neutralise(r).unwrap();
         assert!(!wants.join("etcd.service").exists());
