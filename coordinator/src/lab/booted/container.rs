@@ -22,6 +22,8 @@ const UMOUNT: &str = "/usr/bin/umount";
 const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 const NSENTER: &str = "/usr/bin/nsenter";
 const TIMEOUT: &str = "/usr/bin/timeout";
+/// Units masked on every booted host (see [`write_identity`]).
+const MASKED_UNITS: [&str; 1] = ["systemd-update-utmp-runlevel.service"];
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LabError {
     let path = path.to_path_buf();
@@ -143,6 +145,15 @@ pub fn write_identity(
          PermitRootLogin prohibit-password\n",
         0o644,
     )?;
+    // Masked: it records the runlevel in utmp, which no lab host needs, and on a loaded machine
+    // it sometimes fails in a container (seen here once in four boots), leaving systemd
+    // `degraded` for no reason that concerns haop.
+    for unit in MASKED_UNITS {
+        let link = r.join("etc/systemd/system").join(unit);
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("/dev/null", &link).map_err(io_err("mask", &link))?;
+        }
+    }
     let key = r.join("etc/ssh/ssh_host_ed25519_key");
     if !key.is_file() {
         let path = key.display().to_string();
