@@ -234,6 +234,19 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
         assert!(Instant::now() < deadline, "etcd1's etcd never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let (_, etcd_state) = exec(
+        &lab,
+        "etcd1",
+        &[
+            "/usr/bin/systemctl",
+            "show",
+            "-p",
+            "ActiveState",
+            "--value",
+            "etcd",
+        ],
+    );
+    eprintln!("restarting etcd1's agent during the apply; its etcd is {etcd_state}");
     let agent_before = main_pid(&lab, "etcd1", "haop-agent.service");
     let (ok, out) = exec(
         &lab,
@@ -246,6 +259,9 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
         .await
         .unwrap();
     assert!(applied.status.success(), "{}", text(&applied));
+    if text(&applied).contains("running it again") {
+        eprintln!("the apply ran a step again after the agent's restart broke it");
+    }
     assert!(
         restarted_during_apply,
         "the agent restart came after the apply ended"

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use tracing::warn;
 
 pub use exec::{Change, RunContext, StepError};
 pub use plan::{Action, Context, Phase, PlanError, Step, Target};
@@ -326,6 +327,26 @@ pub async fn apply(
     Ok(report)
 }
 
+/// How often one step is run again after its agent's connection broke in the middle of it.
+const INTERRUPTED_RETRIES: u32 = 3;
+/// How long a restarting agent may take to answer again.
+const AGENT_BACK_WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits until `agent` answers WhoAmI again (its channel reconnects by itself), at most
+/// `within`.
+async fn agent_answers_again(agent: &HostAgent, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if agent.who_am_i().await.is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The files each target changed in this run, for the restarts of its units.
 type ChangedPaths = Arc<Mutex<HashMap<Target, HashSet<String>>>>;
 
@@ -346,7 +367,22 @@ async fn run_target(
             .get(&target)
             .cloned()
             .unwrap_or_default();
-        let outcome = match exec::run(&s, client.as_ref(), &ctx, &paths).await {
+        let mut result = exec::run(&s, client.as_ref(), &ctx, &paths).await;
+        // An agent restarted in the middle of a step (an upgrade, systemd restarting it): wait
+        // until it answers again and run the step again; it is an ensure.
+        let mut retries = 0;
+        while let (Err(e), Some(agent)) = (&result, client.as_ref()) {
+            if !e.agent_interrupted() || retries == INTERRUPTED_RETRIES {
+                break;
+            }
+            retries += 1;
+            warn!(target = %target, step = %s.name, error = %crate::error_chain(e), "the agent's connection broke in the middle of the step; running it again once the agent answers");
+            if !agent_answers_again(agent, AGENT_BACK_WITHIN).await {
+                break;
+            }
+            result = exec::run(&s, client.as_ref(), &ctx, &paths).await;
+        }
+        let outcome = match result {
             Ok(true) => {
                 let mut cp = changed_paths.lock().await;
                 cp.entry(target.clone())
