@@ -60,6 +60,35 @@ fn main_pid(lab: &Lab, host: &str, unit: &str) -> u32 {
     out.trim().parse().unwrap_or(0)
 }
 
+/// Whether a process in network namespace `ns` has `needle` in its command line (an agent's
+/// `systemctl` call in flight). Read from this machine's /proc: no tool inside the host needed.
+fn in_flight(ns: &str, needle: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(theirs) = std::fs::metadata(format!("/run/netns/{ns}")) else {
+        return false;
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            let same_ns = std::fs::metadata(e.path().join("ns/net"))
+                .is_ok_and(|m| m.dev() == theirs.dev() && m.ino() == theirs.ino());
+            same_ns
+                && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+        })
+}
+
 /// `ssh-keygen -lf FILE`'s fingerprint.
 fn fingerprint(public_key: &Path) -> String {
     let out = Command::new("/usr/bin/ssh-keygen")
@@ -220,59 +249,104 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The moment that matters: a host's agent is inside `systemctl start etcd.service` for the
+    // apply (a Type=notify start waits for etcd to join its cluster), so the apply's call is in
+    // flight. Then etcd1's agent is restarted by systemd (`systemctl restart`: SIGTERM, the
+    // agent drains its calls) and etcd2's crashes (`systemctl kill -s KILL`: the call breaks,
+    // systemd starts the agent again). The apply finishes, and neither etcd restarted.
+    let unit_prop = |host: &str, prop: &str| {
+        exec(
+            &lab,
+            host,
+            &[
+                "/usr/bin/systemctl",
+                "show",
+                "-p",
+                prop,
+                "--value",
+                "haop-agent",
+            ],
+        )
+        .1
+    };
+    // The first host caught starting etcd gets its agent killed (its command goes out before
+    // anything is read, to land in the window), the second its agent restarted.
+    let mut caught: Vec<(String, u32, String)> = Vec::new(); // host, etcd pid, agent invocation
     let deadline = Instant::now() + Duration::from_secs(120);
-    let etcd1_pid = loop {
-        let pid = main_pid(&lab, "etcd1", "etcd.service");
-        if pid != 0 {
-            break pid;
-        }
+    while caught.len() < 2 {
         assert!(
             apply.try_wait().unwrap().is_none(),
-            "apply ended before etcd1's etcd ran: {}",
+            "apply ended with {} of 2 agents caught starting etcd: {}",
+            caught.len(),
             text(&apply.wait_with_output().unwrap())
         );
-        assert!(Instant::now() < deadline, "etcd1's etcd never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (_, etcd_state) = exec(
-        &lab,
-        "etcd1",
-        &[
-            "/usr/bin/systemctl",
-            "show",
-            "-p",
-            "ActiveState",
-            "--value",
-            "etcd",
-        ],
-    );
-    eprintln!("restarting etcd1's agent during the apply; its etcd is {etcd_state}");
-    let agent_before = main_pid(&lab, "etcd1", "haop-agent.service");
-    let (ok, out) = exec(
-        &lab,
-        "etcd1",
-        &["/usr/bin/systemctl", "restart", "haop-agent"],
-    );
-    assert!(ok, "{out}");
-    let restarted_during_apply = apply.try_wait().unwrap().is_none();
+        assert!(Instant::now() < deadline, "the agents never started etcd");
+        for host in ["etcd1", "etcd2", "etcd3"] {
+            if caught.len() == 2
+                || caught.iter().any(|(h, _, _)| h == host)
+                || !in_flight(&format!("haop-{name}-{host}"), "start etcd.service")
+            {
+                continue;
+            }
+            if caught.is_empty() {
+                let (ok, out) = exec(
+                    &lab,
+                    host,
+                    &[
+                        "/usr/bin/systemctl",
+                        "kill",
+                        "--kill-whom=main",
+                        "-s",
+                        "KILL",
+                        "haop-agent",
+                    ],
+                );
+                assert!(ok, "{host}: systemctl kill: {out}");
+                let etcd = main_pid(&lab, host, "etcd.service");
+                eprintln!("{host}: agent killed while it starts etcd (pid {etcd})");
+                caught.push((host.to_string(), etcd, String::new()));
+            } else {
+                let etcd = main_pid(&lab, host, "etcd.service");
+                let invocation = unit_prop(host, "InvocationID");
+                let (ok, out) = exec(&lab, host, &["/usr/bin/systemctl", "restart", "haop-agent"]);
+                assert!(ok, "{host}: systemctl restart: {out}");
+                eprintln!("{host}: agent restarted while it starts etcd (pid {etcd})");
+                caught.push((host.to_string(), etcd, invocation));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let applied = tokio::task::spawn_blocking(move || apply.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(applied.status.success(), "{}", text(&applied));
-    if text(&applied).contains("running it again") {
-        eprintln!("the apply ran a step again after the agent's restart broke it");
-    }
+    let said = text(&applied);
+    assert!(applied.status.success(), "{said}");
     assert!(
-        restarted_during_apply,
-        "the agent restart came after the apply ended"
+        said.contains("running it again"),
+        "the crashed agent did not interrupt a step of the apply:\n{said}"
     );
-    let agent_after = main_pid(&lab, "etcd1", "haop-agent.service");
-    assert_ne!(agent_before, agent_after, "the agent did not restart");
-    assert_eq!(
-        main_pid(&lab, "etcd1", "etcd.service"),
-        etcd1_pid,
-        "etcd1's etcd restarted with its agent"
-    );
+    for (host, etcd, invocation) in caught {
+        let host = host.as_str();
+        assert_ne!(etcd, 0, "{host}: etcd had no main pid while it started");
+        if invocation.is_empty() {
+            let restarts = unit_prop(host, "NRestarts");
+            assert_ne!(
+                restarts, "0",
+                "{host}: systemd did not restart the killed agent"
+            );
+        } else {
+            assert_ne!(
+                unit_prop(host, "InvocationID"),
+                invocation,
+                "{host}: no restart"
+            );
+        }
+        assert_eq!(
+            main_pid(&lab, host, "etcd.service"),
+            etcd,
+            "{host}: etcd restarted with its agent"
+        );
+    }
     // etcd is systemd's: Type=notify, logging to journald.
     let (_, kind) = exec(
         &lab,

@@ -380,7 +380,10 @@ async fn run_target(
             if !agent_answers_again(agent, AGENT_BACK_WITHIN).await {
                 break;
             }
-            result = exec::run(&s, client.as_ref(), &ctx, &paths).await;
+            // Run again as a later apply would: the interrupted attempt may have started or
+            // restarted the unit already, so a restart is judged by the files' times against
+            // the unit's process, not by what this run wrote before.
+            result = exec::run(&s, client.as_ref(), &ctx, &HashSet::new()).await;
         }
         let outcome = match result {
             Ok(true) => {
