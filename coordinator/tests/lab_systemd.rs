@@ -4,8 +4,9 @@
 //! maintainer scripts, etcd as `Type=notify` under systemd with journald, the agent restarted by
 //! systemd in the middle of an apply while etcd runs on, a rolling agent upgrade that keeps etcd
 //! running, a member killed and wiped and recovered under a writer with no acknowledged write
-//! lost, a host whose SSH key changed refused with both fingerprints, and `dpkg -P` leaving
-//! nothing of the agent behind while etcd keeps running.
+//! lost, installs through a bastion (and a missing bastion failing every host), a host whose
+//! SSH key changed refused with both fingerprints and then accepted only explicitly, and
+//! `dpkg -P` leaving nothing of the agent behind while etcd keeps running.
 //!
 //! It needs the cached Debian root (built with debootstrap on first use, minutes) and the
 //! agent's .deb (`packaging/build`; `scripts/test` runs it first). It skips, saying why, only
@@ -87,6 +88,11 @@ fn in_flight(ns: &str, needle: &str) -> bool {
                         .contains(needle)
                 })
         })
+}
+
+/// A host's address, from the lab's record.
+fn inventory_address(lab: &Lab, host: &str) -> String {
+    lab.host(host).unwrap().address.to_string()
 }
 
 /// `ssh-keygen -lf FILE`'s fingerprint.
@@ -233,8 +239,22 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
             "{h}: the package's postinst enables the unit"
         );
     }
-    // Again: every host enrolled at the same version is left alone.
-    let again = run(&install_args(&deb_arg));
+    // Again, through etcd1 as a bastion (its key pinned too): every host enrolled at the same
+    // version is left alone.
+    let etcd1_address = inventory_address(&lab, "etcd1");
+    let mut via_bastion = install_args(&deb_arg);
+    via_bastion.extend(["--jump".to_string(), format!("root@{etcd1_address}")]);
+    // A bastion that does not exist fails every host: connections do go through it.
+    let mut via_nowhere = install_args(&deb_arg);
+    let nowhere = etcd1_address
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.99"))
+        .unwrap();
+    via_nowhere.extend(["--jump".to_string(), format!("root@{nowhere}")]);
+    let refused = run(&via_nowhere);
+    let said = text(&refused);
+    assert!(said.contains("0 of 3 hosts ok"), "{said}");
+    let again = run(&via_bastion);
     let said = text(&again);
     assert!(again.status.success(), "{said}");
     assert!(said.contains("3 of 3 hosts ok (0 changed)"), "{said}");
@@ -472,6 +492,37 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     assert!(
         line.contains(&pinned) && line.contains(&offered),
         "the error does not name both fingerprints ({pinned}, {offered}):\n{line}"
+    );
+    // The operator checks the new key and accepts it explicitly: with the old key removed, the
+    // host is refused as unknown until --accept-new-host-keys records the offered key.
+    let etcd3_address = inventory_address(&lab, "etcd3");
+    let removed = Command::new("/usr/bin/ssh-keygen")
+        .args(["-R", &etcd3_address, "-f", &known_hosts])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{}", text(&removed));
+    let unknown = run(&install_args(&newer.display().to_string()));
+    let said = text(&unknown);
+    assert_eq!(unknown.status.code(), Some(1), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.contains("etcd3") && l.contains("is not pinned")),
+        "{said}"
+    );
+    let mut accept = install_args(&newer.display().to_string());
+    accept.push("--accept-new-host-keys".to_string());
+    let accepted = run(&accept);
+    let said = text(&accepted);
+    assert!(accepted.status.success(), "{said}");
+    assert!(said.contains("3 of 3 hosts ok (0 changed)"), "{said}");
+    let pinned_now = Command::new("/usr/bin/ssh-keygen")
+        .args(["-l", "-F", &etcd3_address, "-f", &known_hosts])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&pinned_now.stdout).contains(&offered),
+        "the accepted key is not pinned: {}",
+        text(&pinned_now)
     );
 
     // `dpkg -P haop-agent`: no unit, user or file of the agent left; etcd keeps running.
