@@ -16,7 +16,10 @@
 //! * The [`journal`] in the state dir records every step. An apply that was killed is simply run
 //!   again: every step compares before it acts, so the rerun continues where the state of the
 //!   hosts is (a file written but its unit not restarted is found newer than the unit's process),
-//!   and a converged cluster reports zero changes.
+//!   and a converged cluster reports zero changes. The same holds within one apply: a step
+//!   whose agent's connection broke before it answered (the agent restarted or crashed in the
+//!   middle of the call; systemd restarts it) is run again, up to three times, once the agent
+//!   answers, judging a restart by file times as a rerun would (kubeadm's steps excepted).
 
 pub mod exec;
 pub mod journal;
