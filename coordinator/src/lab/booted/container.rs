@@ -203,6 +203,9 @@ pub fn spawn(host: &LabHost, b: &BootedHost) -> Result<(u32, Option<u64>), LabEr
         ))
         .arg(format!("--machine={}", b.machine))
         .arg(format!("--hostname={}", host.name))
+        // The namespace is the host's own: keepalived there adds and removes the VIP, which
+        // nspawn's default capability set (no CAP_NET_ADMIN) would refuse.
+        .arg("--capability=CAP_NET_ADMIN")
         .arg("--link-journal=no")
         .arg("--console=read-only")
         .stdin(Stdio::null())
@@ -376,6 +379,27 @@ pub fn wait_running(b: &BootedHost, timeout: Duration) -> Result<(), LabError> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Makes `/proc/sys/net` writable inside `b`'s container (nspawn mounts `/proc/sys` read-only
+/// when it did not make the network namespace itself). Those sysctls belong to the host's own
+/// network namespace, which is what the agent's lab kernel mode applies (forwarding, bridge
+/// settings); the rest of `/proc/sys` stays read-only: it is the machine's kernel.
+pub fn writable_net_sysctls(b: &BootedHost) -> Result<(), LabError> {
+    let leader = leader(b).ok_or_else(|| LabError::AgentNotRunning {
+        host: b.name.clone(),
+    })?;
+    let nsenter = tool(NSENTER, "nsenter (util-linux)")?;
+    let target = leader.to_string();
+    for args in [
+        ["--bind", "/proc/sys/net", "/proc/sys/net"].as_slice(),
+        ["-o", "remount,bind,rw", "/proc/sys/net"].as_slice(),
+    ] {
+        let mut all = vec!["--target", target.as_str(), "--mount", MOUNT];
+        all.extend_from_slice(args);
+        sys::run(nsenter, &all)?;
+    }
+    Ok(())
 }
 
 /// Runs `systemctl ARGS` in the container whose PID 1 is `leader`; its stdout (empty when it

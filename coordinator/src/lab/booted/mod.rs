@@ -177,6 +177,7 @@ pub fn start(lab_dir: &Path, root: &Path, hosts: &[LabHost]) -> Result<BootedRec
     let started = std::time::Instant::now();
     for b in &record.hosts {
         container::wait_running(b, BOOT_TIMEOUT.saturating_sub(started.elapsed()))?;
+        container::writable_net_sysctls(b)?;
     }
     info!(
         hosts = record.hosts.len(),
