@@ -1,8 +1,9 @@
 //! The booted lab: hosts with systemd as PID 1 (systemd-nspawn), real sshd, and haop-agent from
 //! the .deb that packaging/build makes, installed over SSH by `haop hosts install`. The one path
-//! that runs together what real Debian hosts run: the agent's systemd backend, the package's
-//! maintainer scripts, etcd as `Type=notify` under systemd with journald, the agent restarted by
-//! systemd in the middle of an apply while etcd runs on, a rolling agent upgrade that keeps etcd
+//! that runs together what real Debian hosts run (three etcd hosts, two masters with keepalived
+//! and the VIP): the agent's systemd backend, the package's maintainer scripts, etcd as
+//! `Type=notify` under systemd with journald, agents killed and restarted by systemd in the
+//! middle of an apply while etcd runs on, a rolling agent upgrade that keeps etcd and keepalived
 //! running, a member killed and wiped and recovered under a writer with no acknowledged write
 //! lost, installs through a bastion (and a missing bastion failing every host), a host whose
 //! SSH key changed refused with both fingerprints and then accepted only explicitly, and
@@ -24,6 +25,9 @@ use std::time::{Duration, Instant};
 use haop_coordinator::agent::HostAgent;
 use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::lab::{booted, Lab, LabError, LabGuard};
+
+/// The lab's hosts: three etcd members, two masters with keepalived and the VIP.
+const HOSTS: [&str; 5] = ["etcd1", "etcd2", "etcd3", "master1", "master2"];
 
 /// Runs `cmd` inside `host` of `lab`; its stdout (trimmed) and whether it exited 0.
 fn exec(lab: &Lab, host: &str, cmd: &[&str]) -> (bool, String) {
@@ -179,7 +183,10 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
 
     // `haop lab up --systemd --bare`: three booted hosts with sshd and no agent.
     let started = Instant::now();
-    let up = haop(st, &["lab", "up", &name, "--systemd", "--bare"]);
+    let up = haop(
+        st,
+        &["lab", "up", &name, "--systemd", "--bare", "--masters", "2"],
+    );
     // Owned from here on, also if `up` half-worked: the guard takes everything down on panic.
     let lab = match Lab::open(st, &name) {
         Ok(l) => LabGuard::new(l),
@@ -187,7 +194,7 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     };
     assert!(up.status.success(), "{}", text(&up));
     eprintln!("booted lab up in {:.1} s", started.elapsed().as_secs_f64());
-    for h in ["etcd1", "etcd2", "etcd3"] {
+    for h in HOSTS {
         let (_, pid1) = exec(&lab, h, &["/bin/cat", "/proc/1/comm"]);
         assert_eq!(pid1, "systemd", "{h}: PID 1 is not systemd");
         let (ok, agent) = exec(&lab, h, &["/usr/bin/test", "-e", "/usr/bin/haop-agent"]);
@@ -225,12 +232,12 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     let installed = run(&install_args(&deb_arg));
     let said = text(&installed);
     assert!(installed.status.success(), "{said}");
-    assert!(said.contains("3 of 3 hosts ok (3 changed)"), "{said}");
+    assert!(said.contains("5 of 5 hosts ok (5 changed)"), "{said}");
     eprintln!(
         "agents installed over ssh in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    for h in ["etcd1", "etcd2", "etcd3"] {
+    for h in HOSTS {
         let (_, active) = exec(&lab, h, &["/usr/bin/systemctl", "is-active", "haop-agent"]);
         assert_eq!(active, "active", "{h}");
         let (_, enabled) = exec(&lab, h, &["/usr/bin/systemctl", "is-enabled", "haop-agent"]);
@@ -253,11 +260,11 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     via_nowhere.extend(["--jump".to_string(), format!("root@{nowhere}")]);
     let refused = run(&via_nowhere);
     let said = text(&refused);
-    assert!(said.contains("0 of 3 hosts ok"), "{said}");
+    assert!(said.contains("0 of 5 hosts ok"), "{said}");
     let again = run(&via_bastion);
     let said = text(&again);
     assert!(again.status.success(), "{said}");
-    assert!(said.contains("3 of 3 hosts ok (0 changed)"), "{said}");
+    assert!(said.contains("5 of 5 hosts ok (0 changed)"), "{said}");
 
     // `haop apply`, with etcd1's agent restarted by systemd once its etcd runs: the apply
     // finishes and etcd keeps its pid (units outlive the agent under systemd).
@@ -402,15 +409,26 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     // `haop status`: healthy, every agent on systemd.
     let s = common::status::status(st, &inv, &[]);
     assert_eq!(s.code, 0, "{:#}", s.json);
-    for h in s.json["hosts"].as_array().unwrap() {
+    let hosts = s.json["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), HOSTS.len(), "{:#}", s.json);
+    for h in hosts {
         assert_eq!(h["service_manager"], "systemd", "{h:#}");
     }
 
-    // `haop agent upgrade`: a newer .deb, one host at a time; the agent restarts, etcd does not.
+    // `haop agent upgrade`: a newer .deb, one host at a time; the agent restarts, etcd and
+    // keepalived do not.
     let (inventory, _) = haop_coordinator::inventory::Inventory::load(Path::new(&inv)).unwrap();
-    let etcd_pids: Vec<u32> = ["etcd1", "etcd2", "etcd3"]
+    // Each host's unit: etcd on the etcd hosts, keepalived on the masters.
+    let unit_of = |h: &str| {
+        if h.starts_with("etcd") {
+            "etcd.service"
+        } else {
+            "keepalived.service"
+        }
+    };
+    let unit_pids: Vec<u32> = HOSTS
         .iter()
-        .map(|h| main_pid(&lab, h, "etcd.service"))
+        .map(|h| main_pid(&lab, h, unit_of(h)))
         .collect();
     let (newer, newer_version) = newer_deb(&deb, st);
     let mut up_args = install_args(&newer.display().to_string());
@@ -419,18 +437,20 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     let upgraded = run(&up_args);
     let said = text(&upgraded);
     assert!(upgraded.status.success(), "{said}");
-    assert!(said.contains("3 of 3 hosts ok (3 changed)"), "{said}");
-    for (i, h) in ["etcd1", "etcd2", "etcd3"].iter().enumerate() {
+    assert!(said.contains("5 of 5 hosts ok (5 changed)"), "{said}");
+    for (i, h) in HOSTS.iter().enumerate() {
         let (_, v) = exec(
             &lab,
             h,
             &["/usr/bin/dpkg-query", "-W", "-f=${Version}", "haop-agent"],
         );
         assert_eq!(v, newer_version, "{h}");
+        assert_ne!(unit_pids[i], 0, "{h}: {} was not running", unit_of(h));
         assert_eq!(
-            main_pid(&lab, h, "etcd.service"),
-            etcd_pids[i],
-            "{h}: etcd restarted"
+            main_pid(&lab, h, unit_of(h)),
+            unit_pids[i],
+            "{h}: {} restarted with the agent's upgrade",
+            unit_of(h)
         );
     }
 
@@ -482,7 +502,7 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     let said = text(&refused);
     assert_eq!(refused.status.code(), Some(1), "{said}");
     assert!(
-        said.contains("2 of 3 hosts ok (0 changed), 1 failed"),
+        said.contains("4 of 5 hosts ok (0 changed), 1 failed"),
         "{said}"
     );
     let line = said
@@ -514,7 +534,7 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
     let accepted = run(&accept);
     let said = text(&accepted);
     assert!(accepted.status.success(), "{said}");
-    assert!(said.contains("3 of 3 hosts ok (0 changed)"), "{said}");
+    assert!(said.contains("5 of 5 hosts ok (0 changed)"), "{said}");
     let pinned_now = Command::new("/usr/bin/ssh-keygen")
         .args(["-l", "-F", &etcd3_address, "-f", &known_hosts])
         .output()
@@ -606,7 +626,7 @@ async fn booted_hosts_with_agents_over_ssh_apply_recover_upgrade_and_purge() {
             "nspawn {pid} still runs: {stat}"
         );
     }
-    for h in ["etcd1", "etcd2", "etcd3"] {
+    for h in HOSTS {
         let ns = format!("/run/netns/haop-{name}-{h}");
         assert!(!Path::new(&ns).exists(), "{ns} is left");
     }
