@@ -56,6 +56,12 @@ pub enum AgentCommand {
         #[arg(value_enum)]
         action: UnitVerb,
     },
+    /// Roll a newer haop-agent .deb to every host of an inventory over SSH, one host at a time.
+    ///
+    /// Each host's agent restarts (the package's postinst); etcd and keepalived keep running
+    /// under systemd, and haop checks that their main pids did not change. The rollout stops at
+    /// the first host that fails. Hosts already at the version are left alone.
+    Upgrade(crate::hosts::SshArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -83,6 +89,9 @@ async fn endpoint(state_dir: &Path, args: &AgentArgs) -> anyhow::Result<String> 
 }
 
 pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if let AgentCommand::Upgrade(ssh) = &args.command {
+        return crate::hosts::upgrade(state_dir, ssh).await;
+    }
     let ep = endpoint(state_dir, &args).await?;
     let trust = haop_coordinator::trust::Trust::load(state_dir)?;
     let client = agent::HostAgent::connect(&trust, &ep, &ep, Duration::from_secs(5)).await?;
@@ -183,6 +192,8 @@ pub async fn run(state_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> 
                 );
             }
         }
+        // Answered before connecting to any one agent.
+        AgentCommand::Upgrade(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,6 +30,25 @@ pub enum LabCommand {
         /// Number of Kubernetes worker hosts (addresses .71 and up).
         #[arg(long, default_value_t = 0)]
         workers: u8,
+        /// Boot each host: a systemd-nspawn container with systemd as PID 1 and sshd, on an
+        /// overlay of a cached Debian root (/var/cache/haop/lab-root-bookworm, built once with
+        /// debootstrap), with haop-agent installed from its .deb over SSH and run by systemd.
+        #[arg(long)]
+        systemd: bool,
+        /// With --systemd: leave the hosts bare (sshd, no agent), for `haop hosts install`.
+        #[arg(long, requires = "systemd")]
+        bare: bool,
+        /// With --systemd: the agent's .deb [default: the newest in target/debian].
+        #[arg(
+            long,
+            requires = "systemd",
+            conflicts_with = "bare",
+            value_name = "FILE"
+        )]
+        deb: Option<std::path::PathBuf>,
+        /// With --systemd: build the cached Debian root again first.
+        #[arg(long, requires = "systemd")]
+        refresh_root: bool,
     },
     /// Print the path of the lab's inventory file (for `haop plan|apply|status -f`).
     Inventory {
@@ -140,15 +159,33 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
             etcd,
             masters,
             workers,
+            systemd,
+            bare,
+            deb,
+            refresh_root,
         } => {
             let spec = LabSpec {
                 etcd,
                 masters,
                 workers,
             };
-            let lab = Lab::up(state_dir, &name, spec)
-                .await
-                .with_context(|| format!("lab {name} is not up"))?;
+            let lab = if systemd {
+                let agent_deb = match (bare, deb) {
+                    (true, _) => None,
+                    (false, Some(d)) => Some(d),
+                    (false, None) => Some(haop_coordinator::lab::booted::find_agent_deb()?),
+                };
+                let options = haop_coordinator::lab::booted::BootedOptions {
+                    refresh_root,
+                    agent_deb,
+                };
+                let progress: haop_coordinator::hosts::Progress =
+                    std::sync::Arc::new(|host: &str, what: &str| eprintln!("{host:<12} {what}"));
+                Lab::up_booted(state_dir, &name, spec, options, progress).await
+            } else {
+                Lab::up(state_dir, &name, spec).await
+            }
+            .with_context(|| format!("lab {name} is not up"))?;
             let rows = lab
                 .hosts()
                 .iter()

@@ -4,6 +4,7 @@ mod agent;
 mod certs;
 mod docs;
 mod etcd;
+mod hosts;
 mod identity;
 mod lab;
 mod operator;
@@ -64,6 +65,9 @@ enum Command {
     /// client for backups): issue, list, revoke.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
+    /// Agents onto hosts over SSH: install, configure, enroll.
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
     /// Hosts on this machine, one network namespace each, to try haop and to rehearse repairs.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             Command::Apply(args) => runbook::apply(&cli.state_dir, args).await,
             Command::Etcd(cmd) => etcd::run(&cli.state_dir, cmd).await,
             Command::Certs(cmd) => certs::run(&cli.state_dir, cmd).await,
+            Command::Hosts(cmd) => hosts::run(&cli.state_dir, cmd).await,
             Command::Lab(cmd) => lab::run(&cli.state_dir, cmd).await,
             Command::Agent(args) => agent::run(&cli.state_dir, args).await,
             Command::Operator(cmd) => operator::run(&cli.state_dir, cmd).await,

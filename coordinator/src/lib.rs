@@ -13,6 +13,7 @@
 //! * [`etcd`]: the etcd lifecycle (API, quorum planner, recover, scale, restore, maintenance).
 //! * [`certs`]: certificates in place (list) and their rolling renewal.
 //! * [`status`]: cluster-wide health.
+//! * [`hosts`]: agents onto bare hosts over SSH (install, enroll, rolling upgrade).
 //! * [`lab`]: hosts on this machine, in network namespaces, for trying haop and for its tests.
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod etcd;
 pub mod failpoint;
 pub mod fsio;
+pub mod hosts;
 pub mod https;
 pub mod identity;
 pub mod inventory;

@@ -164,4 +164,36 @@ pub enum LabError {
     },
     #[error("lab {lab} was not fully removed, its record stays for another `down`: {errors}")]
     Teardown { lab: String, errors: String },
+    #[error(
+        "the lab root {root} is in use by a booted lab host ({mount}); take those labs down \
+         before --refresh-root"
+    )]
+    RootInUse { root: PathBuf, mount: String },
+    #[error("cannot build the lab root {root}: {reason}")]
+    RootBuild { root: PathBuf, reason: String },
+    #[error("host {host} is not a booted lab host (made with `haop lab up --systemd`)")]
+    NotBooted { host: String },
+    #[error("booted host {host} did not come up ({state}); {log}")]
+    BootFailed {
+        host: String,
+        state: String,
+        log: Box<LogTail>,
+    },
+    #[error("agent package for the booted lab: none found (tried {tried}); run packaging/build or pass --deb")]
+    NoAgentDeb { tried: String },
+    #[error("installing the agents of the booted lab over SSH failed: {errors}")]
+    Install { errors: String },
+    #[error(
+        "the agent of booted host {host} is systemd's: `haop lab exec {lab} {host} -- systemctl \
+         restart haop-agent` (or `systemctl kill -s KILL haop-agent`) restarts it"
+    )]
+    SystemdOwnsAgent { lab: String, host: String },
+    #[error(transparent)]
+    Hosts(Box<crate::hosts::HostsError>),
+}
+
+impl From<crate::hosts::HostsError> for LabError {
+    fn from(e: crate::hosts::HostsError) -> Self {
+        LabError::Hosts(Box::new(e))
+    }
 }

@@ -139,6 +139,13 @@ impl Lab {
         how: AgentStop,
     ) -> Result<AgentRestart, LabError> {
         sys::require_root()?;
+        if self.booted().is_some() {
+            // systemd owns a booted host's agent: restart it there, as an operator would.
+            return Err(LabError::SystemdOwnsAgent {
+                lab: self.name().to_string(),
+                host: host.to_string(),
+            });
+        }
         let agent = agents::find_agent_binary()?;
         let ip = Ip::find()?;
         let Some(i) = self.record.hosts.iter().position(|h| h.name == host) else {

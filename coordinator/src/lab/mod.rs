@@ -21,6 +21,7 @@
 //! any one state dir. Network namespaces do not isolate pids: nothing here kills by name.
 
 mod agents;
+pub mod booted;
 mod error;
 mod faults;
 mod inventory;
@@ -379,10 +380,18 @@ impl Lab {
             .map(std::sync::Arc::new)
             .map_err(|e| crate::error_chain(&e));
         let mut set = tokio::task::JoinSet::new();
+        let is_booted = self.booted().is_some();
         for (i, host) in self.record.hosts.iter().cloned().enumerate() {
             let trust = trust.clone();
+            let dir = self.dir.clone();
             set.spawn(async move {
-                let alive = matches!(agents::agent_process(&host), AgentProcess::Ours(_));
+                // A booted host's agent is systemd's business: the container running is what
+                // the lab can tell; the agent answering says the rest.
+                let alive = if is_booted {
+                    booted::running(&dir, &host.name)
+                } else {
+                    matches!(agents::agent_process(&host), AgentProcess::Ours(_))
+                };
                 let (facts, error) = if !alive {
                     (None, Some("agent is not running".to_string()))
                 } else {
@@ -441,7 +450,19 @@ impl Lab {
                 ),
             });
         }
-        let pid = status.main_pid;
+        // systemd in a booted host reports the pid its container sees.
+        let pid = match self.booted() {
+            Some(_) => {
+                let leader = booted::leader(&self.dir, &h.name)?;
+                booted::machine_pid(leader, status.main_pid).ok_or_else(|| {
+                    LabError::ForeignProcess {
+                        pid: status.main_pid,
+                        reason: format!("no process has that pid inside host {}", h.name),
+                    }
+                })?
+            }
+            None => status.main_pid,
+        };
         if Some(pid) == h.agent_pid {
             return Err(LabError::ForeignProcess {
                 pid,
@@ -489,6 +510,9 @@ impl Lab {
     ) -> Result<std::process::Command, LabError> {
         sys::require_root()?;
         let h = self.host(host)?;
+        if self.booted().is_some() {
+            return booted::exec_command(&self.dir, &h.name, command);
+        }
         let AgentProcess::Ours(pid) = agents::agent_process(h) else {
             return Err(LabError::AgentNotRunning {
                 host: h.name.clone(),
@@ -750,7 +774,9 @@ fn kill_namespace_processes(ip: &Ip, ns: &str) -> Result<(), String> {
 
 /// Removes what `record` describes and exists; then the lab's directory, when all went well.
 fn teardown(ip: &Ip, dir: &Path, record: &LabRecord) -> Result<(), LabError> {
-    let mut problems = agents::stop_agents(&record.hosts);
+    // Booted hosts are powered off (and their roots unmounted) before their namespaces go.
+    let mut problems = booted::stop(dir);
+    problems.extend(agents::stop_agents(&record.hosts));
     for h in &record.hosts {
         if sys::netns_exists(&h.namespace) {
             if let Err(p) = kill_namespace_processes(ip, &h.namespace) {

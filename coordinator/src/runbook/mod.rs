@@ -16,7 +16,10 @@
 //! * The [`journal`] in the state dir records every step. An apply that was killed is simply run
 //!   again: every step compares before it acts, so the rerun continues where the state of the
 //!   hosts is (a file written but its unit not restarted is found newer than the unit's process),
-//!   and a converged cluster reports zero changes.
+//!   and a converged cluster reports zero changes. The same holds within one apply: a step
+//!   whose agent's connection broke before it answered (the agent restarted or crashed in the
+//!   middle of the call; systemd restarts it) is run again, up to three times, once the agent
+//!   answers, judging a restart by file times as a rerun would (kubeadm's steps excepted).
 
 pub mod exec;
 pub mod journal;
@@ -30,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use tracing::warn;
 
 pub use exec::{Change, RunContext, StepError};
 pub use plan::{Action, Context, Phase, PlanError, Step, Target};
@@ -326,6 +330,26 @@ pub async fn apply(
     Ok(report)
 }
 
+/// How often one step is run again after its agent's connection broke in the middle of it.
+const INTERRUPTED_RETRIES: u32 = 3;
+/// How long a restarting agent may take to answer again.
+const AGENT_BACK_WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits until `agent` answers WhoAmI again (its channel reconnects by itself), at most
+/// `within`.
+async fn agent_answers_again(agent: &HostAgent, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if agent.who_am_i().await.is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The files each target changed in this run, for the restarts of its units.
 type ChangedPaths = Arc<Mutex<HashMap<Target, HashSet<String>>>>;
 
@@ -346,7 +370,25 @@ async fn run_target(
             .get(&target)
             .cloned()
             .unwrap_or_default();
-        let outcome = match exec::run(&s, client.as_ref(), &ctx, &paths).await {
+        let mut result = exec::run(&s, client.as_ref(), &ctx, &paths).await;
+        // An agent restarted in the middle of a step (an upgrade, systemd restarting it): wait
+        // until it answers again and run the step again; it is an ensure.
+        let mut retries = 0;
+        while let (Err(e), Some(agent)) = (&result, client.as_ref()) {
+            if !e.agent_interrupted() || retries == INTERRUPTED_RETRIES {
+                break;
+            }
+            retries += 1;
+            warn!(target = %target, step = %s.name, error = %crate::error_chain(e), "the agent's connection broke in the middle of the step; running it again once the agent answers");
+            if !agent_answers_again(agent, AGENT_BACK_WITHIN).await {
+                break;
+            }
+            // Run again as a later apply would: the interrupted attempt may have started or
+            // restarted the unit already, so a restart is judged by the files' times against
+            // the unit's process, not by what this run wrote before.
+            result = exec::run(&s, client.as_ref(), &ctx, &HashSet::new()).await;
+        }
+        let outcome = match result {
             Ok(true) => {
                 let mut cp = changed_paths.lock().await;
                 cp.entry(target.clone())

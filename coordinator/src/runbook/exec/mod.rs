@@ -65,6 +65,24 @@ pub enum StepError {
     Command(#[from] command::CommandError),
 }
 
+impl StepError {
+    /// The connection to the host's agent broke before it answered (the agent restarted or
+    /// exited in the middle of the call): the step may or may not have acted. Every step of
+    /// these families is an ensure that compares before it acts, so running it again once the
+    /// agent answers is how to finish it. kubeadm's steps are left out: they are not retried
+    /// behind the operator's back.
+    pub fn agent_interrupted(&self) -> bool {
+        let agent = match self {
+            StepError::Agent(e)
+            | StepError::File(files::FileError::Agent(e))
+            | StepError::Unit(units::UnitError::Agent(e))
+            | StepError::Certificate(certificates::CertificateError::Agent(e)) => e,
+            _ => return false,
+        };
+        agent.outcome_unknown()
+    }
+}
+
 /// The agent a host step acts through.
 fn agent_of<'a>(step: &Step, agent: Option<&'a HostAgent>) -> Result<&'a HostAgent, StepError> {
     match (&step.target, agent) {
