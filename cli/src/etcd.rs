@@ -61,6 +61,10 @@ pub enum EtcdCommand {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
+        /// Seconds each master's API server has to answer /readyz again after its etcd
+        /// endpoints changed (Kubernetes on); the masters change one at a time.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        api_server_timeout: u64,
     },
     /// Remove HOST's member (refused when quorum could be lost), stop it and move its data
     /// aside; then take it out of the inventory's etcd role.
@@ -69,6 +73,10 @@ pub enum EtcdCommand {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
+        /// Seconds each master's API server has to answer /readyz again after its etcd
+        /// endpoints changed (Kubernetes on); the masters change one at a time.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        api_server_timeout: u64,
     },
     /// Replace OLD's member with NEW (an etcd host of the inventory), one change at a time: a
     /// dead OLD is removed first; a healthy one only after NEW is a voter.
@@ -79,6 +87,10 @@ pub enum EtcdCommand {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
         inventory: PathBuf,
+        /// Seconds each master's API server has to answer /readyz again after its etcd
+        /// endpoints changed (Kubernetes on); the masters change one at a time.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        api_server_timeout: u64,
     },
     /// Recover every failed member, one at a time, while that is safe. With --watch, keep
     /// doing so (a long-running mode to run under systemd); without, exit when all are healthy.
@@ -243,13 +255,22 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
         EtcdCommand::Upgrade(args) => upgrade_command(state_dir, args).await,
-        EtcdCommand::Add { host, inventory } => {
+        EtcdCommand::Add {
+            host,
+            inventory,
+            api_server_timeout,
+        } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("adding {host}:");
             let view = View::new("done");
-            haop_coordinator::etcd::scale::add(state_dir, inv, Some(&inventory), &host, &|p| {
-                view.show(p)
-            })
+            haop_coordinator::etcd::scale::add(
+                state_dir,
+                inv,
+                Some(&inventory),
+                &host,
+                Duration::from_secs(api_server_timeout.max(1)),
+                &|p| view.show(p),
+            )
             .await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -257,6 +278,7 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
             old,
             new,
             inventory,
+            api_server_timeout,
         } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("replacing {old} with {new}:");
@@ -267,18 +289,28 @@ pub async fn run(state_dir: &Path, cmd: EtcdCommand) -> anyhow::Result<ExitCode>
                 Some(&inventory),
                 &old,
                 &new,
+                Duration::from_secs(api_server_timeout.max(1)),
                 &|p| view.show(p),
             )
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        EtcdCommand::Remove { host, inventory } => {
+        EtcdCommand::Remove {
+            host,
+            inventory,
+            api_server_timeout,
+        } => {
             let inv = load_inventory(&inventory)?;
             eprintln!("removing {host}:");
             let view = View::new("done");
-            haop_coordinator::etcd::scale::remove(state_dir, inv, Some(&inventory), &host, &|p| {
-                view.show(p)
-            })
+            haop_coordinator::etcd::scale::remove(
+                state_dir,
+                inv,
+                Some(&inventory),
+                &host,
+                Duration::from_secs(api_server_timeout.max(1)),
+                &|p| view.show(p),
+            )
             .await?;
             Ok(ExitCode::SUCCESS)
         }

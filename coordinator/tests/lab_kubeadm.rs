@@ -16,6 +16,22 @@
 //! command; with the join info gone, a new worker gets a fresh token; `haop etcd add` and
 //! `remove` bring the masters' etcd endpoints along (kubeadm-config.yaml, the kubeadm-config
 //! ConfigMap, each kube-apiserver manifest) and the inventory file.
+//!
+//! containerd: `tests/fixtures/containerd-standin` runs as containerd.service on the masters
+//! and the worker (STAND-IN: records each start and the config it read), started before apply
+//! with a packaged config that disables the CRI plugin. Checked: apply writes haop's config and
+//! restarts containerd, which then runs with `SystemdCgroup = true`; applies that leave the
+//! config unchanged do not restart it.
+//!
+//! The endpoint sync, one master at a time: `tests/fixtures/kube-apiserver-standin` runs on
+//! each master (certificates from a test CA that the test puts where kubeadm keeps the cluster
+//! CA), exiting when its manifest changes as the kubelet would replace it. Checked: master2's
+//! manifest is rewritten only after master1's new API server started; a ConfigMap upload that
+//! failed (the kubeadm stand-in told to fail it) stops the sync before any manifest and is
+//! retried by the next sync (`haop etcd add` of the same host again); master1's API server
+//! answering 500 after its rewrite stops `haop etcd remove` with an error naming it, before
+//! master2's manifest is touched and before the member goes, and the same command run again
+//! finishes.
 
 mod common;
 
@@ -24,9 +40,104 @@ use common::{haop, require_root, text};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use std::time::{Duration, Instant};
+
+use haop_coordinator::agent::HostAgent;
 use haop_coordinator::inventory::{Inventory, Version};
 use haop_coordinator::lab::{LabGuard, LabSpec};
+use haop_coordinator::pki::{
+    CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest,
+};
 use haop_coordinator::render::kubeadm::parse_kubeadm_init_output;
+use haop_coordinator::render::nodeprep::containerd_config;
+use haop_proto::v1 as pb;
+
+/// A config as some containerd packages ship it: the CRI plugin off (kubeadm's preflight fails
+/// on the CRI socket), runc on cgroupfs.
+const PACKAGED_CONTAINERD_CONFIG: &str = "disabled_plugins = [\"cri\"]\n";
+
+const CONTAINERD_UNIT: &str = "[Unit]\n\
+    Description=STAND-IN for containerd (haop lab tests only)\n\
+    \n\
+    [Service]\n\
+    ExecStart=/usr/local/bin/containerd\n";
+
+const APISERVER_UNIT: &str = "kube-apiserver-standin.service";
+
+fn apiserver_unit() -> String {
+    "[Unit]\n\
+     Description=STAND-IN for kube-apiserver and the kubelet's restarts of it (haop lab tests only)\n\
+     \n\
+     [Service]\n\
+     ExecStart=/usr/bin/python3 /usr/local/bin/kube-apiserver-standin\n\
+     Restart=always\n\
+     RestartSec=200ms\n"
+        .to_string()
+}
+
+fn put(root: &Path, rel: &str, data: &[u8], mode: u32) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, data).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Polls `what` every 100 ms until it holds, at most `within`.
+async fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `action` on `unit` of `host` through its agent.
+async fn unit_action(st: &Path, lab: &LabGuard, host: &str, unit: &str, action: pb::Action) {
+    let trust = haop_coordinator::trust::Trust::load(st).unwrap();
+    let h = lab.host(host).unwrap();
+    let c = HostAgent::connect(&trust, host, &h.endpoint, Duration::from_secs(5))
+        .await
+        .unwrap();
+    c.unit_action(unit, action)
+        .await
+        .unwrap_or_else(|e| panic!("{action:?} {unit} on {host}: {e}"));
+}
+
+/// The containerd stand-in's starts on a host: (sha256 of the config read, its SystemdCgroup).
+fn containerd_starts(root: &Path) -> Vec<(String, String)> {
+    record(root, "containerd.starts")
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+fn sha256(data: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+}
+
+/// The kube-apiserver stand-in's starts on a master: (unix time, --etcd-servers read).
+fn apiserver_starts(root: &Path) -> Vec<(f64, String)> {
+    record(root, "apiserver.starts")
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[1].parse().unwrap(), f[2].to_string())
+        })
+        .collect()
+}
+
+fn modified_unix(p: &Path) -> f64 {
+    std::fs::metadata(p)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,6 +170,21 @@ fn install(root: &Path, kubeadm_version: &str, store: &str, kubectl: bool) {
         0o644,
     );
     put("etc/haop-standin/api", store.as_bytes(), 0o644);
+    put(
+        "usr/local/bin/containerd",
+        &fixture("containerd-standin"),
+        0o755,
+    );
+    put(
+        "etc/systemd/system/containerd.service",
+        CONTAINERD_UNIT.as_bytes(),
+        0o644,
+    );
+    put(
+        "etc/containerd/config.toml",
+        PACKAGED_CONTAINERD_CONFIG.as_bytes(),
+        0o644,
+    );
 }
 
 /// The lines of a stand-in's record on a host (empty when it never ran).
@@ -141,7 +267,101 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
     let root = |n: &str| lab.host(n).unwrap().root_dir.clone();
     let (m1, m2, w1) = (root("master1"), root("master2"), root("worker1"));
 
+    // The kube-apiserver stand-in's files on the masters: the test CA where kubeadm keeps the
+    // cluster CA (init keeps one that exists), a server certificate for the master and the VIP.
+    let ca_dir = st.join("kube-standin-pki");
+    let ca = CertificateAuthority::create(
+        &ca_dir,
+        "kube-ca-standin",
+        "kubernetes",
+        KeyAlgorithm::EcdsaP256,
+        Duration::from_secs(400 * 86_400),
+    )
+    .unwrap();
+    let vip_addr = inventory.vip.as_ref().unwrap().address;
+    for m in ["master1", "master2"] {
+        let host = lab.host(m).unwrap();
+        let leaf = ca
+            .issue_local(
+                &ca_dir,
+                m,
+                KeyAlgorithm::EcdsaP256,
+                &SigningRequest {
+                    profile: Profile::Server,
+                    lifetime: Duration::from_secs(3600),
+                    expected: ExpectedNames {
+                        dns: vec!["kubernetes".into(), m.into()],
+                        ips: vec![host.address.into(), vip_addr],
+                    },
+                    organization: None,
+                    common_name: "kube-apiserver".into(),
+                },
+            )
+            .unwrap();
+        let r = &host.root_dir;
+        put(
+            r,
+            "etc/kubernetes/pki/ca.crt",
+            ca.cert_pem().as_bytes(),
+            0o644,
+        );
+        put(
+            r,
+            "var/lib/haop-standin/apiserver.crt",
+            leaf.cert_pem.as_bytes(),
+            0o644,
+        );
+        put(
+            r,
+            "var/lib/haop-standin/apiserver.key",
+            &std::fs::read(&leaf.key_path).unwrap(),
+            0o600,
+        );
+        put(
+            r,
+            "usr/local/bin/kube-apiserver-standin",
+            &fixture("kube-apiserver-standin"),
+            0o755,
+        );
+        put(
+            r,
+            &format!("etc/systemd/system/{APISERVER_UNIT}"),
+            apiserver_unit().as_bytes(),
+            0o644,
+        );
+    }
+
+    // containerd runs before apply, with the packaged config.
+    for h in ["master1", "master2", "worker1"] {
+        unit_action(st, &lab, h, "containerd.service", pb::Action::Start).await;
+        let r = root(h);
+        wait_until(Duration::from_secs(10), "containerd started", || {
+            !containerd_starts(&r).is_empty()
+        })
+        .await;
+    }
+    let packaged = sha256(PACKAGED_CONTAINERD_CONFIG.as_bytes());
+    let haops = containerd_config();
+    let ours = sha256(haops.content.as_bytes());
+
     apply(st, &inv);
+
+    // containerd restarted with haop's config: runc on the systemd cgroup driver.
+    for r in [&m1, &m2, &w1] {
+        assert_eq!(
+            containerd_starts(r),
+            [
+                (packaged.clone(), "-".to_string()),
+                (ours.clone(), "SystemdCgroup=true".to_string())
+            ],
+            "{}",
+            r.display()
+        );
+        assert_eq!(
+            std::fs::read_to_string(r.join("var/lib/haop-standin/containerd.config-read")).unwrap(),
+            haops.content
+        );
+    }
 
     // init exactly once on the first master, with the generated config.
     // init without --upload-certs, then the certificates uploaded with the configuration that
@@ -318,6 +538,14 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
         .flat_map(|r| [record(r, "kubeadm.args"), record(r, "kubectl.args")])
         .collect();
     assert_eq!(before, after);
+    for r in [&m1, &m2, &w1] {
+        assert_eq!(
+            containerd_starts(r).len(),
+            2,
+            "containerd restarted with its config unchanged: {}",
+            r.display()
+        );
+    }
     let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
     assert_eq!(
         plan.status.code(),
@@ -385,17 +613,64 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
     let three = urls(&["etcd1", "etcd2", "etcd3"]);
     assert_eq!((servers(&m1), servers(&m2)), (three.clone(), three.clone()));
 
+    // The masters' API servers (stand-ins) run, each having read its manifest.
+    for (m, r) in [("master1", &m1), ("master2", &m2)] {
+        unit_action(st, &lab, m, APISERVER_UNIT, pb::Action::Start).await;
+        wait_until(
+            Duration::from_secs(10),
+            "the API server stand-in started",
+            || apiserver_starts(r).last().map(|s| s.1.as_str()) == Some(three.as_str()),
+        )
+        .await;
+    }
+
     // The operator puts etcd4 in the inventory; `haop etcd add` joins it, then the masters
-    // use it.
+    // would use it, but the ConfigMap upload fails on master1: the sync stops there, before
+    // any manifest.
     std::fs::write(&inv_path, with_etcd4.to_yaml().unwrap()).unwrap();
+    let fail_upload = m1.join("etc/haop-standin/fail-upload-config");
+    std::fs::write(&fail_upload, b"").unwrap();
+    let added = haop(st, &["etcd", "add", "etcd4", "-f", &inv]);
+    let said = text(&added);
+    assert!(!added.status.success(), "{said}");
+    assert!(
+        said.contains("master1: uploading the kubeadm ClusterConfiguration"),
+        "{said}"
+    );
+    let four = urls(&["etcd1", "etcd2", "etcd3", "etcd4"]);
+    assert_eq!(configured(), four);
+    assert_eq!((servers(&m1), servers(&m2)), (three.clone(), three.clone()));
+    assert_eq!(record(&m1, "kubeadm-config.endpoints"), [three.as_str()]);
+    // The next sync (the same command again: etcd4 is a voter already) retries the upload,
+    // although kubeadm-config.yaml no longer changes.
+    std::fs::remove_file(&fail_upload).unwrap();
     let added = haop(st, &["etcd", "add", "etcd4", "-f", &inv]);
     assert!(added.status.success(), "{}", text(&added));
-    let four = urls(&["etcd1", "etcd2", "etcd3", "etcd4"]);
     assert_eq!((servers(&m1), servers(&m2)), (four.clone(), four.clone()));
     assert_eq!(configured(), four);
     let upload = "init phase upload-config kubeadm --config /etc/kubernetes/kubeadm-config.yaml";
     assert_eq!(record(&m1, "kubeadm.args").last().unwrap(), upload);
+    let uploads = record(&m1, "kubeadm.args")
+        .iter()
+        .filter(|a| *a == upload)
+        .count();
+    assert_eq!(uploads, 2, "the failed upload and its retry");
     assert_eq!(record(&m1, "kubeadm-config.endpoints"), [four.as_str()]);
+    // One master at a time: master2's manifest was rewritten only after master1's new API
+    // server (reading the four endpoints) had started; each came back with the new list.
+    let m1_new = apiserver_starts(&m1)
+        .into_iter()
+        .find(|s| s.1 == four)
+        .expect("master1's API server restarted with four endpoints");
+    assert!(
+        modified_unix(&m2.join(manifest_rel)) >= m1_new.0,
+        "master2's manifest was rewritten before master1's API server came back"
+    );
+    for r in [&m1, &m2] {
+        let starts = apiserver_starts(r);
+        assert_eq!(starts.len(), 2, "{starts:?}");
+        assert_eq!(starts[1].1, four);
+    }
     assert!(
         record(&m2, "kubeadm.args")
             .iter()
@@ -403,10 +678,39 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
         "the ConfigMap is uploaded once, from the first master"
     );
 
-    // `haop etcd remove etcd1`: the masters stop using it, the inventory file loses it.
+    // `haop etcd remove etcd1` while master1's API server does not come back after its
+    // rewrite (answering 500): the sync stops at master1, names it, and master2's manifest and
+    // the member are left as they were.
+    let later = urls(&["etcd2", "etcd3", "etcd4"]);
+    let readyz_fail = m1.join("var/lib/haop-standin/readyz-fail");
+    std::fs::write(&readyz_fail, b"").unwrap();
+    let removed = haop(
+        st,
+        &[
+            "etcd",
+            "remove",
+            "etcd1",
+            "-f",
+            &inv,
+            "--api-server-timeout",
+            "3",
+        ],
+    );
+    let said = text(&removed);
+    assert!(!removed.status.success(), "{said}");
+    assert!(
+        said.contains("master1: its kube-apiserver did not answer")
+            && said.contains("[-]etcd failed")
+            && said.contains("the masters after it were not touched"),
+        "{said}"
+    );
+    assert_eq!((servers(&m1), servers(&m2)), (later.clone(), four.clone()));
+    let (still, _) = Inventory::load(&inv_path).unwrap();
+    assert!(still.host("etcd1").is_some(), "etcd1 left the inventory");
+    // master1 answers again; the same command finishes: master2 now, then the member.
+    std::fs::remove_file(&readyz_fail).unwrap();
     let removed = haop(st, &["etcd", "remove", "etcd1", "-f", &inv]);
     assert!(removed.status.success(), "{}", text(&removed));
-    let later = urls(&["etcd2", "etcd3", "etcd4"]);
     assert_eq!((servers(&m1), servers(&m2)), (later.clone(), later.clone()));
     assert_eq!(configured(), later);
     assert_eq!(record(&m1, "kubeadm-config.endpoints"), [later.as_str()]);
@@ -427,6 +731,9 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
     assert_eq!(record(&m1, "kubeadm.args"), kubeadm_before);
     let plan = haop(st, &["plan", "-f", &inv, "--exit-code"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    for r in [&m1, &m2, &w1] {
+        assert_eq!(containerd_starts(r).len(), 2, "{}", r.display());
+    }
 
     lab.down().expect("lab down");
 }

@@ -11,11 +11,19 @@
 //! member goes, so no API server is left talking to a removed member; an addition syncs once
 //! the new member is a voter.
 //!
+//! The masters go one at a time, in inventory order, as upstream kubeadm changes control-plane
+//! nodes: after a master's manifest is rewritten, the sync waits until its API server answers
+//! `/readyz` again ([`super::kube_readyz`]) before it touches the next one, so at most one API
+//! server restarts at a time. A master that does not come back stops the sync with an error
+//! naming it; the masters after it keep their manifests (and the old members, which are still
+//! there: a removal happens only after the sync). The same command run again continues.
+//!
 //! The ConfigMap is uploaded whenever the file differs from what was last uploaded
 //! successfully: [`UPLOADED_MARKER`] on the first master holds that file's sha256 and is
 //! written only after kubeadm succeeded, so an upload that failed is tried again by the next
 //! sync instead of being forgotten because the file itself no longer changes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::agent::{AgentError, HostAgent};
@@ -51,6 +59,8 @@ pub enum EndpointsError {
     NoEtcdServers { host: String },
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    NotReady(#[from] super::kube_readyz::ReadyError),
 }
 
 /// `manifest` with its `--etcd-servers=` argument set to `endpoints`; `None` when it has no
@@ -81,11 +91,14 @@ pub fn set_etcd_servers(manifest: &str, endpoints: &[String]) -> Option<String> 
     found.then_some(out)
 }
 
-/// Brings the masters' kubeadm etcd endpoints to the etcd hosts of `inventory`; answers one
-/// line per change made (empty when Kubernetes is off or everything already matched).
+/// Brings the masters' kubeadm etcd endpoints to the etcd hosts of `inventory`, one master at a
+/// time, each API server given `ready_within` to answer `/readyz` again after its manifest
+/// changed; answers one line per change made (empty when Kubernetes is off or everything
+/// already matched).
 pub async fn sync(
     state_dir: &std::path::Path,
     inventory: &Inventory,
+    ready_within: Duration,
 ) -> Result<Vec<String>, EndpointsError> {
     if !inventory.kubernetes.enabled || inventory.masters().is_empty() {
         return Ok(Vec::new());
@@ -211,9 +224,14 @@ pub async fn sync(
             .await
             .map_err(StepError::from)
             .map_err(host_err(name, "writing the kube-apiserver manifest"))?;
+            // One API server down at a time: this one answers again before the next master.
+            let addr = SocketAddr::new(master.address, inventory.kubernetes.api_port);
+            let took =
+                super::kube_readyz::after_manifest_change(&c, name, addr, ready_within).await?;
             said.push(format!(
-                "{name}: kube-apiserver --etcd-servers={}",
-                endpoints.join(",")
+                "{name}: kube-apiserver --etcd-servers={} (ready again after {:.1} s)",
+                endpoints.join(","),
+                took.as_secs_f64()
             ));
         }
     }

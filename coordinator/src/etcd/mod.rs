@@ -21,7 +21,8 @@
 //! * [`snapshots`]: snapshots a restore can count on: recorded, encrypted, verified by a real
 //!   restore, copied to hosts, kept by the retention, on a schedule.
 //! * [`kube_endpoints`]: the masters' view of the members (kubeadm's etcd endpoints), kept in
-//!   step by add, remove and replace.
+//!   step by add, remove and replace, one master at a time, each API server ready again
+//!   ([`kube_readyz`]) before the next is touched.
 //! * [`versions`]: the releases haop knows and their problems; [`upgrade`]: rolling upgrades
 //!   (and rollbacks) between them, gated.
 
@@ -29,6 +30,7 @@ pub mod api;
 pub mod catchup;
 pub mod config;
 pub mod kube_endpoints;
+pub mod kube_readyz;
 pub mod maintenance;
 pub mod member_host;
 pub mod quorum;

@@ -74,10 +74,20 @@ pub async fn add(
     inventory: Inventory,
     file: Option<&Path>,
     host: &str,
+    api_ready_within: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
     let recovery = Recovery::connect(state_dir, with_etcd_role(inventory.clone(), host)).await?;
-    add_with(&recovery, state_dir, inventory, file, host, progress).await
+    add_with(
+        &recovery,
+        state_dir,
+        inventory,
+        file,
+        host,
+        api_ready_within,
+        progress,
+    )
+    .await
 }
 
 /// `inventory` with `host` given the etcd role (when it is a host of it).
@@ -97,6 +107,7 @@ async fn add_with(
     mut inventory: Inventory,
     file: Option<&Path>,
     host: &str,
+    api_ready_within: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
     let Some(h) = inventory.hosts.iter_mut().find(|h| h.name.as_str() == host) else {
@@ -133,7 +144,7 @@ async fn add_with(
             "{host} is a voter already (haop etcd recover {host} if it is unhealthy)"
         )));
         record(file, host, &roles, progress)?;
-        for line in kube_endpoints::sync(state_dir, &inventory).await? {
+        for line in kube_endpoints::sync(state_dir, &inventory, api_ready_within).await? {
             progress(Progress::Action(line));
         }
         return Ok(());
@@ -171,7 +182,7 @@ async fn add_with(
     recovery.recover(host, None, progress).await?;
     record(file, host, &roles, progress)?;
     // The API servers use the new member once it is a voter.
-    for line in kube_endpoints::sync(state_dir, &inventory).await? {
+    for line in kube_endpoints::sync(state_dir, &inventory, api_ready_within).await? {
         progress(Progress::Action(line));
     }
     Ok(())
@@ -208,10 +219,20 @@ pub async fn remove(
     inventory: Inventory,
     file: Option<&Path>,
     host: &str,
+    api_ready_within: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
     let recovery = Recovery::connect(state_dir, inventory.clone()).await?;
-    remove_with(&recovery, state_dir, inventory, file, host, progress).await
+    remove_with(
+        &recovery,
+        state_dir,
+        inventory,
+        file,
+        host,
+        api_ready_within,
+        progress,
+    )
+    .await
 }
 
 /// [`remove`] as part of the operation `recovery` (its snapshot is shared).
@@ -221,6 +242,7 @@ async fn remove_with(
     inventory: Inventory,
     file: Option<&Path>,
     host: &str,
+    api_ready_within: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
     // The planner's answer first (quorum kept, no learner pending, every state known), so that
@@ -238,7 +260,7 @@ async fn remove_with(
         roles = h.roles.clone();
     }
     after.hosts.retain(|h| !h.roles.is_empty());
-    for line in kube_endpoints::sync(state_dir, &after).await? {
+    for line in kube_endpoints::sync(state_dir, &after, api_ready_within).await? {
         progress(Progress::Action(line));
     }
     let id = recovery.remove_member(host, progress).await?;
@@ -284,6 +306,7 @@ pub async fn replace(
     file: Option<&Path>,
     old: &str,
     new: &str,
+    api_ready_within: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), ScaleError> {
     let probe = Recovery::connect(state_dir, inventory.clone()).await?;
@@ -301,13 +324,40 @@ pub async fn replace(
         progress(Progress::Action(format!(
             "{old} is healthy: adding {new} first, then removing {old}"
         )));
-        add_with(&recovery, state_dir, inventory, file, new, progress).await?;
-        remove_with(&recovery, state_dir, both, file, old, progress).await
+        add_with(
+            &recovery,
+            state_dir,
+            inventory,
+            file,
+            new,
+            api_ready_within,
+            progress,
+        )
+        .await?;
+        remove_with(
+            &recovery,
+            state_dir,
+            both,
+            file,
+            old,
+            api_ready_within,
+            progress,
+        )
+        .await
     } else {
         progress(Progress::Action(format!(
             "{old} is not healthy: removing it first, then adding {new}"
         )));
-        remove_with(&recovery, state_dir, inventory.clone(), file, old, progress).await?;
+        remove_with(
+            &recovery,
+            state_dir,
+            inventory.clone(),
+            file,
+            old,
+            api_ready_within,
+            progress,
+        )
+        .await?;
         let mut without_old = inventory;
         if let Some(h) = without_old
             .hosts
@@ -317,6 +367,15 @@ pub async fn replace(
             h.roles.retain(|r| *r != Role::Etcd);
         }
         without_old.hosts.retain(|h| !h.roles.is_empty());
-        add_with(&recovery, state_dir, without_old, file, new, progress).await
+        add_with(
+            &recovery,
+            state_dir,
+            without_old,
+            file,
+            new,
+            api_ready_within,
+            progress,
+        )
+        .await
     }
 }

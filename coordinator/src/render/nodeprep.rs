@@ -16,6 +16,10 @@
 //!   unstable. haop writes a minimal config that sets `SystemdCgroup = true` for the CRI
 //!   plugin's runc runtime and leaves everything else at containerd's defaults, which also
 //!   drops a `disabled_plugins = ["cri"]` that some containerd packages ship.
+//! * The seed writes the config and never restarts containerd, so the packaged config (the CRI
+//!   plugin disabled, runc on cgroupfs) stays live until the next reboot and kubeadm's
+//!   preflight fails on the CRI socket. With Kubernetes enabled the runbook keeps
+//!   [`CONTAINERD_UNIT`] running and restarts it when [`CONTAINERD_CONFIG_PATH`] changes.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +49,13 @@ pub const SYSCTLS: [(&str, &str); 3] = [
 ];
 
 pub const CONTAINERD_CONFIG_PATH: &str = "/etc/containerd/config.toml";
+
+/// containerd's unit, as its packages name it (Debian's, Ubuntu's and containerd.io's).
+pub const CONTAINERD_UNIT: &str = "containerd.service";
+
+/// Where containerd may be installed: the distributions' package (`/usr/bin`) or the upstream
+/// release tarball (`/usr/local/bin`).
+pub const CONTAINERD_PATHS: [&str; 2] = ["/usr/bin/containerd", "/usr/local/bin/containerd"];
 
 /// [`MODULES`] for the agent's `LoadModules`, in load order (`br_netfilter` first: the bridge
 /// sysctls exist only once it is loaded).

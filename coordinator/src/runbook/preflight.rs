@@ -7,6 +7,7 @@ use std::path::Path;
 use super::plan::kubeadm::{KUBEADM_PATHS, KUBECTL_PATHS};
 use crate::agent::HostAgent;
 use crate::inventory::{EtcdBinary, Inventory, Role};
+use crate::render::nodeprep::CONTAINERD_PATHS;
 
 /// The problems found; empty when everything is in place.
 pub async fn check(
@@ -72,6 +73,12 @@ pub async fn check(
             any_of.push((
                 &KUBEADM_PATHS,
                 "install kubeadm (kubernetes.enabled is true): the kubeadm phases run it".into(),
+            ));
+            any_of.push((
+                &CONTAINERD_PATHS,
+                "install containerd (apt-get install containerd; kubernetes.enabled is true): \
+                 node preparation configures and restarts it, and kubeadm needs its CRI socket"
+                    .into(),
             ));
             if inv.kubernetes.cni_manifest.is_some()
                 && inv.masters().first().map(|m| m.name.as_str()) == Some(h.name.as_str())

@@ -20,7 +20,8 @@
 //! Lifecycle: [`probe`] runs beside the hosts' and etcd's probes under the same deadline: the
 //! CA first, then every endpoint at once, each one TLS connection and one HTTP/1.1 GET whose
 //! body is read up to [`MAX_BODY`]. The verdict rules for what it finds are in the parent
-//! module's doc.
+//! module's doc. The endpoint sync after an etcd membership change (`etcd::kube_readyz`) asks
+//! the same question the same way, one master at a time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +54,7 @@ pub(super) struct Target {
 
 /// What asking one endpoint gave: the HTTP status and body, or why there is none; and how long
 /// it took.
-pub(super) type Answer = (Result<(u16, String), String>, Duration);
+pub(crate) type Answer = (Result<(u16, String), String>, Duration);
 
 /// The endpoints of `inventory`: through the VIP (when there is one) and on each master, in
 /// file order. None when Kubernetes is disabled or there is no master.
@@ -193,13 +194,13 @@ async fn fetch_ca(
 }
 
 /// A TLS client that trusts the certificates of `pem` and nothing else.
-pub(super) fn client_config(pem: &str) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(pem: &str) -> Result<Arc<ClientConfig>, String> {
     crate::https::client_config(pem)
 }
 
 /// `GET https://ADDR/readyz`, the server verified by `config` under the name `ADDR`'s IP,
 /// answered by `deadline`.
-pub(super) async fn readyz(
+pub(crate) async fn readyz(
     config: Arc<ClientConfig>,
     addr: SocketAddr,
     deadline: Instant,
@@ -220,7 +221,7 @@ pub(super) async fn readyz(
 /// What a `/readyz` body says in one line: its failed checks (`[-]etcd failed: reason
 /// withheld`; the API server lists every check, passed ones as `[+]`, when one fails), or else
 /// its first line (`ok`; for a 403, the start of the Status object).
-pub(super) fn detail(body: &str) -> Option<String> {
+pub(crate) fn detail(body: &str) -> Option<String> {
     let mut lines = body.lines().map(str::trim).filter(|l| !l.is_empty());
     let failed: Vec<&str> = lines.clone().filter(|l| l.starts_with("[-]")).collect();
     let text = if failed.is_empty() {

@@ -27,7 +27,7 @@
 
 mod agent_io;
 mod collect;
-mod kube;
+pub(crate) mod kube;
 pub mod prometheus;
 pub mod table;
 

@@ -369,6 +369,23 @@ pub fn desired(inv: &Inventory, ctx: &Context) -> Result<Vec<Step>, PlanError> {
             format!("file {}", containerd.path),
             file(containerd),
         );
+        // The config takes effect only when containerd reads it again: restarted when it
+        // changed (in this run, or after containerd started), started when it is not running.
+        // Only with Kubernetes on: preflight then requires containerd on the host.
+        if inv.kubernetes.enabled {
+            push(
+                &mut steps,
+                Phase::NodePrep,
+                n,
+                format!("unit {} running", nodeprep::CONTAINERD_UNIT),
+                Action::Unit(UnitAction::Running {
+                    unit: nodeprep::CONTAINERD_UNIT.into(),
+                    restart_on: vec![nodeprep::CONTAINERD_CONFIG_PATH.into()],
+                    rolling_etcd: None,
+                    start_delay_ms: 0,
+                }),
+            );
+        }
     }
     if inv.kubernetes.enabled {
         steps.extend(super::kubeadm::steps(inv).map_err(PlanError::Kubeadm)?);
@@ -455,6 +472,42 @@ mod tests {
             .map(|s| s.target.as_str())
             .collect();
         assert_eq!(swap, ["m1", "m2"]);
+    }
+
+    #[test]
+    fn containerd_restarts_on_its_config_only_with_kubernetes() {
+        let containerd = |inv: &Inventory| -> Vec<(String, Vec<String>)> {
+            let steps = desired(inv, &context()).unwrap();
+            steps
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match &s.action {
+                    Action::Unit(UnitAction::Running {
+                        unit, restart_on, ..
+                    }) if unit == nodeprep::CONTAINERD_UNIT => {
+                        // Right after the host's config file step.
+                        assert_eq!(
+                            steps[i - 1].name,
+                            format!("file {}", nodeprep::CONTAINERD_CONFIG_PATH)
+                        );
+                        assert_eq!(steps[i - 1].target, s.target);
+                        Some((s.target.as_str().to_string(), restart_on.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(containerd(&inventory()).is_empty(), "kubernetes is off");
+        let mut on = inventory();
+        on.kubernetes.enabled = true;
+        let config = vec![nodeprep::CONTAINERD_CONFIG_PATH.to_string()];
+        assert_eq!(
+            containerd(&on),
+            [
+                ("m1".to_string(), config.clone()),
+                ("m2".to_string(), config)
+            ]
+        );
     }
 
     #[test]
