@@ -338,22 +338,27 @@ def sizes_main(results, runs, out, failures, sizes):
         ("  haop: learners added (\"as a learner\" lines of its log)", "haop_recover_learner_adds", ""),
         ("  haop: moved-aside copies left on etcd2 (/var/lib/etcd.wiped-*)", "haop_recover_wiped_copies", ""),
         ("  haop: their size", "haop_recover_wiped_mib", "MiB"),
+        ("**haop, reusing** a verified snapshot (`etcd.snapshots.reuse_for_repairs: 1h`)", "haop_recover_reuse", "s"),
+        ("  haop reusing: snapshots taken", "haop_recover_reuse_snapshots_said", ""),
+        ("  haop reusing: state dir growth", "haop_recover_reuse_state_growth_mib", "MiB"),
         ("**seed**: the seed's manual recovery (bench/seed-recover.sh)", "seed_recover", "s"),
         ("  seed: \"unhealthy cluster\"/timeout retries", "seed_recover_retries", ""),
-        ("etcd2's data afterwards equal to the fill: floor / haop / seed (1 = yes)", None, ""),
+        ("etcd2's data afterwards equal to the fill: floor / haop / haop reusing / seed (1 = yes)", None, ""),
     ]
     for label, key, unit in rows:
         if key is None:
             cells = []
             for sz in sizes:
                 parts = []
-                for k in ("floor_learner_data_ok", "haop_recover_data_ok", "seed_recover_data_ok"):
+                for k in ("floor_learner_data_ok", "haop_recover_data_ok",
+                          "haop_recover_reuse_data_ok", "seed_recover_data_ok"):
                     v = vals(sz, k)
                     parts.append(f"{min(v):g}" if v else "-")
                 cells.append(" / ".join(parts))
             L.append(f"| {label} | " + " | ".join(cells) + " |")
             continue
-        failed = "haop_recover_failed" if key == "haop_recover" else None
+        failed = {"haop_recover": "haop_recover_failed",
+                  "haop_recover_reuse": "haop_recover_reuse_failed"}.get(key)
         if not any(vals(sz, key) or (failed and vals(sz, failed)) for sz in sizes):
             continue
         L.append(f"| {label} | " + " | ".join(cell(sz, key, unit, failed) for sz in sizes) + " |")
@@ -367,6 +372,9 @@ def sizes_main(results, runs, out, failures, sizes):
             parts.append(f"haop/floor **{hp / fl:.2f}x**")
         elif vals(sz, "haop_recover_failed"):
             parts.append("haop/floor: haop **failed**")
+        hr = med(sz, "haop_recover_reuse")
+        if hr is not None and fl:
+            parts.append(f"haop reusing/floor **{hr / fl:.2f}x**")
         if sd is not None and fl:
             parts.append(f"seed/floor {sd / fl:.2f}x")
         if hp is not None and sd:
@@ -415,6 +423,10 @@ def sizes_main(results, runs, out, failures, sizes):
         elif nf:
             L.append(f"| recovery within 1.3x of etcd's learner catch-up | {sz} | haop's recovery failed "
                      f"in {nf} of {nf} run(s) (see Failures) | **not met** |")
+        hr = med(sz, "haop_recover_reuse")
+        if hr is not None and fl:
+            L.append(f"| recovery within 1.3x, reusing a verified snapshot (reuse_for_repairs) | {sz} | "
+                     f"{hr / fl:.2f}x ({hr:.2f} s vs {fl:.2f} s) | {verdict(hr / fl <= 1.3)} |")
         snaps = vals(sz, "haop_recover_snapshot_files") + vals(sz, "haop_recover_snapshots_said")
         if snaps:
             L.append(f"| at most one snapshot of state dir growth per operation (recovery) | {sz} | "
