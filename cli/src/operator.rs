@@ -20,7 +20,9 @@ pub enum OperatorCommand {
     /// policy (leader last, never on an unhealthy cluster), warns of expiring certificates and
     /// renews them if the config allows. Without quorum it does nothing and says why. Every
     /// instance serves Prometheus metrics when metrics_listen (or --metrics) is set.
-    /// The haop .deb runs it as haop-operator.service with /etc/haop/operator.toml.
+    /// The haop .deb runs it as haop-operator@NAME.service with /etc/haop/NAME.yaml and
+    /// /etc/haop/NAME.operator.toml (an example with every field:
+    /// /usr/share/haop/operator.toml.example).
     Run {
         /// The inventory file (read again each round).
         #[arg(short = 'f', long = "file")]
