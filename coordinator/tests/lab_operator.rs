@@ -57,7 +57,9 @@ impl Operator {
                 "--interval",
                 "1s",
                 "--lease-ttl",
-                "6s",
+                // Long enough that an etcd leader election under a loaded CI machine (the
+                // crashed member may have led) never costs the operator its lease.
+                "10s",
                 "--metrics",
                 metrics,
             ])
