@@ -18,32 +18,21 @@
 
 mod common;
 
+use common::apiserver::put;
 use common::{haop, require_root, text};
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use haop_coordinator::agent::HostAgent;
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
-use haop_coordinator::pki::{
-    CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest,
-};
 use haop_coordinator::render::keepalived::{
     check_apiserver_script, keepalived_conf, VrrpPassword, UNIT_NAME,
 };
 use haop_proto::v1 as pb;
 
 const STANDIN_UNIT: &str = "kube-apiserver-standin.service";
-
-fn put(root: &Path, rel: &str, data: &[u8], mode: u32) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, data).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vip_leaves_each_of_four_masters_whose_api_check_fails() {
@@ -70,59 +59,14 @@ async fn the_vip_leaves_each_of_four_masters_whose_api_check_fails() {
         haop_coordinator::runbook::vrrp_password(st, inventory.cluster.as_str()).unwrap();
     let password = VrrpPassword::try_from(password.as_str()).unwrap();
     let script = check_apiserver_script(&inventory).unwrap();
-    let ca_dir = st.join("kube-standin-pki");
-    let ca = CertificateAuthority::create(
-        &ca_dir,
-        "kube-ca-standin",
-        "kubernetes",
-        KeyAlgorithm::EcdsaP256,
-        Duration::from_secs(86_400),
-    )
-    .unwrap();
+    let ca = common::apiserver::StandinCa::create(st);
     let trust = haop_coordinator::trust::Trust::load(st).unwrap();
     let masters: Vec<String> = (1..=4).map(|i| format!("master{i}")).collect();
     let mut agents = Vec::new();
     for m in &masters {
         let host = lab.host(m).unwrap();
+        ca.install(host, vip);
         let r = &host.root_dir;
-        let leaf = ca
-            .issue_local(
-                &ca_dir,
-                m,
-                KeyAlgorithm::EcdsaP256,
-                &SigningRequest {
-                    profile: Profile::Server,
-                    lifetime: Duration::from_secs(3600),
-                    expected: ExpectedNames {
-                        dns: vec!["localhost".into()],
-                        ips: vec![host.address.into(), vip],
-                    },
-                    organization: None,
-                    common_name: "kube-apiserver".into(),
-                },
-            )
-            .unwrap();
-        put(
-            r,
-            "var/lib/haop-standin/apiserver.crt",
-            leaf.cert_pem.as_bytes(),
-            0o644,
-        );
-        put(
-            r,
-            "var/lib/haop-standin/apiserver.key",
-            &std::fs::read(&leaf.key_path).unwrap(),
-            0o600,
-        );
-        put(
-            r,
-            "usr/local/bin/kube-apiserver-standin",
-            &std::fs::read(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube-apiserver-standin"),
-            )
-            .unwrap(),
-            0o755,
-        );
         let h = inventory.host(m).unwrap();
         let conf = keepalived_conf(&inventory, h, &password).unwrap();
         let fast = conf

@@ -35,6 +35,7 @@
 
 mod common;
 
+use common::apiserver::{fixture, put};
 use common::{haop, require_root, text};
 
 use std::os::unix::fs::PermissionsExt;
@@ -45,9 +46,6 @@ use std::time::{Duration, Instant};
 use haop_coordinator::agent::HostAgent;
 use haop_coordinator::inventory::{Inventory, Version};
 use haop_coordinator::lab::{LabGuard, LabSpec};
-use haop_coordinator::pki::{
-    CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest,
-};
 use haop_coordinator::render::kubeadm::parse_kubeadm_init_output;
 use haop_coordinator::render::nodeprep::containerd_config;
 use haop_proto::v1 as pb;
@@ -73,13 +71,6 @@ fn apiserver_unit() -> String {
      Restart=always\n\
      RestartSec=200ms\n"
         .to_string()
-}
-
-fn put(root: &Path, rel: &str, data: &[u8], mode: u32) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, data).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Polls `what` every 100 ms until it holds, at most `within`.
@@ -137,13 +128,6 @@ fn modified_unix(p: &Path) -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Puts the stand-ins, the field list, the kubeadm version and the store's URL into a host's
@@ -269,60 +253,12 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
 
     // The kube-apiserver stand-in's files on the masters: the test CA where kubeadm keeps the
     // cluster CA (init keeps one that exists), a server certificate for the master and the VIP.
-    let ca_dir = st.join("kube-standin-pki");
-    let ca = CertificateAuthority::create(
-        &ca_dir,
-        "kube-ca-standin",
-        "kubernetes",
-        KeyAlgorithm::EcdsaP256,
-        Duration::from_secs(400 * 86_400),
-    )
-    .unwrap();
+    let ca = common::apiserver::StandinCa::create(st);
     let vip_addr = inventory.vip.as_ref().unwrap().address;
     for m in ["master1", "master2"] {
         let host = lab.host(m).unwrap();
-        let leaf = ca
-            .issue_local(
-                &ca_dir,
-                m,
-                KeyAlgorithm::EcdsaP256,
-                &SigningRequest {
-                    profile: Profile::Server,
-                    lifetime: Duration::from_secs(3600),
-                    expected: ExpectedNames {
-                        dns: vec!["kubernetes".into(), m.into()],
-                        ips: vec![host.address.into(), vip_addr],
-                    },
-                    organization: None,
-                    common_name: "kube-apiserver".into(),
-                },
-            )
-            .unwrap();
+        ca.install(host, vip_addr);
         let r = &host.root_dir;
-        put(
-            r,
-            "etc/kubernetes/pki/ca.crt",
-            ca.cert_pem().as_bytes(),
-            0o644,
-        );
-        put(
-            r,
-            "var/lib/haop-standin/apiserver.crt",
-            leaf.cert_pem.as_bytes(),
-            0o644,
-        );
-        put(
-            r,
-            "var/lib/haop-standin/apiserver.key",
-            &std::fs::read(&leaf.key_path).unwrap(),
-            0o600,
-        );
-        put(
-            r,
-            "usr/local/bin/kube-apiserver-standin",
-            &fixture("kube-apiserver-standin"),
-            0o755,
-        );
         put(
             r,
             &format!("etc/systemd/system/{APISERVER_UNIT}"),

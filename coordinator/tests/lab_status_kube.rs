@@ -21,15 +21,11 @@ mod common;
 use common::status::{wait_status, Status};
 use common::{haop, require_root};
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
-use haop_coordinator::pki::{
-    CertificateAuthority, ExpectedNames, KeyAlgorithm, Profile, SigningRequest,
-};
+use haop_coordinator::pki::{ExpectedNames, KeyAlgorithm, Profile, SigningRequest};
 use haop_proto::v1 as pb;
 use serde_json::Value;
 
@@ -124,58 +120,13 @@ async fn status_asks_the_api_servers_readyz_through_the_vip_and_on_each_master()
     // The test CA, and on each master: the CA where kubeadm keeps it, a server certificate for
     // the master's address and the VIP, the stand-in and its units, started.
     // Status reads the CA's expiry too (kubeadm's CA lasts ten years): a long-lived one here.
-    let ca = CertificateAuthority::create(
-        &st.join("kube-standin-pki"),
-        "kube-ca-standin",
-        "kubernetes",
-        KeyAlgorithm::EcdsaP256,
-        Duration::from_secs(400 * 86_400),
-    )
-    .unwrap();
-    let script = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube-apiserver-standin"),
-    )
-    .unwrap();
+    let standin = common::apiserver::StandinCa::create(st);
+    let ca = &standin.ca;
     let trust = haop_coordinator::trust::Trust::load(st).unwrap();
     let mut clients = Vec::new();
     for m in ["master1", "master2"] {
         let host = lab.host(m).unwrap();
-        let leaf = ca
-            .issue_local(
-                &st.join("kube-standin-pki"),
-                m,
-                KeyAlgorithm::EcdsaP256,
-                &SigningRequest {
-                    profile: Profile::Server,
-                    lifetime: Duration::from_secs(3600),
-                    expected: ExpectedNames {
-                        dns: vec!["kubernetes".into(), m.into()],
-                        ips: vec![host.address.into(), vip],
-                    },
-                    organization: None,
-                    common_name: "kube-apiserver".into(),
-                },
-            )
-            .unwrap();
-        let root = &host.root_dir;
-        let put = |path: &str, data: &[u8], mode: u32| {
-            let p = root.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, data).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-        };
-        put("etc/kubernetes/pki/ca.crt", ca.cert_pem().as_bytes(), 0o644);
-        put(
-            "var/lib/haop-standin/apiserver.crt",
-            leaf.cert_pem.as_bytes(),
-            0o644,
-        );
-        put(
-            "var/lib/haop-standin/apiserver.key",
-            &std::fs::read(&leaf.key_path).unwrap(),
-            0o600,
-        );
-        put("usr/local/bin/kube-apiserver-standin", &script, 0o755);
+        standin.install(host, vip);
 
         let mut c =
             haop_coordinator::agent::connect(&trust, &host.endpoint, Duration::from_secs(5))
