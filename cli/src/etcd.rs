@@ -742,7 +742,14 @@ fn env(state_dir: &Path, inventory: &Path) -> anyhow::Result<ExitCode> {
         "export ETCDCTL_ENDPOINTS={}",
         shell_quote(&inv.etcd_client_urls().join(","))
     );
-    println!("export ETCDCTL_CACERT={}", q(pki.join("etcd-ca.crt")));
+    println!(
+        "export ETCDCTL_CACERT={}",
+        q(pki.join(
+            haop_coordinator::pki::bundle::trust_path(state_dir)
+                .file_name()
+                .expect("a file in the pki dir")
+        ))
+    );
     println!("export ETCDCTL_CERT={}", q(pki.join("etcd-client.crt")));
     println!("export ETCDCTL_KEY={}", q(pki.join("etcd-client.key")));
     Ok(ExitCode::SUCCESS)

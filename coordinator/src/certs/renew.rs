@@ -9,13 +9,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use haop_proto::v1 as pb;
 
 use crate::agent::{AgentError, HostAgent};
 use crate::etcd::api::EtcdClient;
-use crate::etcd::config::UNIT_NAME;
+use crate::etcd::rolling::{restart_member, Endpoint, RollingError};
 use crate::inventory::Inventory;
 use crate::pki::inspect;
 use crate::runbook::plan::CertificateSpec;
@@ -136,38 +135,30 @@ pub async fn renew(
         else {
             continue;
         };
-        // One member at a time: restart, then wait for it and for the whole quorum. A member
-        // opens its whole database when it starts: the wait grows with it.
-        let db_size = etcd
-            .status_of(endpoint)
+        // One member at a time: leadership handed away, restarted, back and caught up with the
+        // whole quorum before the next (the wait follows its progress).
+        let members: Vec<Endpoint> = etcd_hosts
+            .iter()
+            .map(|(h, url)| Endpoint {
+                host: h.clone(),
+                url: url.clone(),
+            })
+            .collect();
+        let me = Endpoint {
+            host: host.clone(),
+            url: endpoint.clone(),
+        };
+        restart_member(etcd, &c, &me, &members, opts.member_timeout, progress)
             .await
-            .map(|s| s.db_size)
-            .unwrap_or(0);
-        let member_timeout = crate::etcd::api::scaled_timeout(opts.member_timeout, db_size);
-        progress(format!("{host}: restarting {UNIT_NAME}"));
-        c.unit_action(UNIT_NAME, pb::Action::Restart).await?;
-        let started = Instant::now();
-        loop {
-            let healthy = etcd.health(endpoint).await.is_ok()
-                && etcd
-                    .wait_for_quorum(&endpoints, members, Duration::from_secs(1))
-                    .await
-                    .is_ok();
-            if healthy {
-                progress(format!(
-                    "{host}: healthy again after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ));
-                break;
-            }
-            if started.elapsed() > member_timeout {
-                return Err(RenewError::NotHealthy {
-                    host,
-                    seconds: member_timeout.as_secs(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            .map_err(|e| match e {
+                RollingError::NotBack { host, seconds, .. } => {
+                    RenewError::NotHealthy { host, seconds }
+                }
+                other => RenewError::Host {
+                    host: host.clone(),
+                    message: crate::error_chain(&other),
+                },
+            })?;
     }
     Ok(renewed)
 }

@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::pki::ETCD_CA;
 use crate::trust::{pki_dir, ETCD_CLIENT_CERT};
 
 /// Pause between two rounds of [`EtcdClient::wait_for_quorum`].
@@ -411,7 +410,12 @@ impl EtcdClient {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| EtcdApiError::Credentials { path, source })
         };
-        let ca = read(format!("{ETCD_CA}.crt"))?;
+        // The CA, or both CAs while one replaces the other (see `pki::bundle`).
+        let trust = crate::pki::bundle::trust_path(state_dir);
+        let ca = std::fs::read(&trust).map_err(|source| EtcdApiError::Credentials {
+            path: trust.clone(),
+            source,
+        })?;
         let cert = read(format!("{ETCD_CLIENT_CERT}.crt"))?;
         let key = read(format!("{ETCD_CLIENT_CERT}.key"))?;
         let tls = TlsOptions::new()
@@ -939,6 +943,25 @@ impl EtcdClient {
             .await
             .map_err(|e| with_id(e, id))?;
         info!(endpoint = %endpoint, member = %format!("{id:x}"), "etcd learner promoted");
+        Ok(r.members().iter().map(Member::from).collect())
+    }
+
+    /// Sets the peer URLs of member `id` (`etcdctl member update`): the other members dial it
+    /// there from now on. Nothing restarts.
+    pub async fn member_update_peer_urls(
+        &self,
+        id: u64,
+        peer_urls: &[String],
+    ) -> Result<Vec<Member>, EtcdApiError> {
+        let urls = peer_urls.to_vec();
+        let (endpoint, r) = self
+            .any("member update", Failover::Write, |mut c| {
+                let urls = urls.clone();
+                async move { c.member_update(id, urls).await }
+            })
+            .await
+            .map_err(|e| with_id(e, id))?;
+        info!(endpoint = %endpoint, member = %format!("{id:x}"), urls = ?peer_urls, "etcd member's peer URLs updated");
         Ok(r.members().iter().map(Member::from).collect())
     }
 

@@ -23,6 +23,8 @@
 //! * [`kube_endpoints`]: the masters' view of the members (kubeadm's etcd endpoints), kept in
 //!   step by add, remove and replace, one master at a time, each API server ready again
 //!   ([`kube_readyz`]) before the next is touched.
+//! * [`rolling`]: one member restarted inside a rolling change (leadership handed away
+//!   first, back and caught up before the next).
 //! * [`versions`]: the releases haop knows and their problems; [`upgrade`]: rolling upgrades
 //!   (and rollbacks) between them, gated.
 
@@ -37,6 +39,7 @@ pub mod quorum;
 pub mod quorum_wait;
 pub mod recover;
 pub mod restore;
+pub mod rolling;
 pub mod scale;
 pub mod snapshots;
 pub mod upgrade;

@@ -25,6 +25,7 @@
 //!
 //! [`sign_csr`]: CertificateAuthority::sign_csr
 
+pub mod bundle;
 mod ca;
 pub mod inspect;
 mod names;
@@ -57,6 +58,8 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Errors of the PKI; each names the file, the CA or the host concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    #[error("a trust bundle may hold only CA certificates; {subject} is not one")]
+    NotCaBundle { subject: String },
     #[error("{op} {path}")]
     Io {
         op: &'static str,

@@ -123,12 +123,14 @@ impl Runbook {
             .1,
         };
         let steps = plan::desired(&inventory, &context)?;
+        let etcd_trust_pem = crate::pki::bundle::trust_pem(state_dir)?;
         let lifetime = inventory.pki.lifetime.duration();
         Ok(Runbook {
             steps,
             ctx: Arc::new(RunContext {
                 trust,
                 etcd_ca,
+                etcd_trust_pem,
                 state_dir: state_dir.to_path_buf(),
                 cert_lifetime: lifetime,
                 renew_within: (lifetime / 3).min(Duration::from_secs(30 * 24 * 3600)),

@@ -448,31 +448,25 @@ async fn upgrade_member(
     let status = etcd.status_of(&me.url).await?;
     let from = status.version.clone();
     // The leader hands over first, to a member already on the target when there is one.
-    let mut leader_moved = false;
-    if status.leader_id == status.member_id {
-        let mut candidates = Vec::new();
-        for e in endpoints.iter().filter(|e| e.host != host) {
-            if let Ok(s) = etcd.status_of(&e.url).await {
-                let upgraded = EtcdVersion::parse(&s.version) == Some(req.target);
-                candidates.push((!upgraded, e.host.clone(), s.member_id));
-            }
-        }
-        candidates.sort();
-        if let Some((_, to_host, to_id)) = candidates.first() {
-            progress(format!("{host}: leads; handing leadership to {to_host}"));
-            etcd.move_leader(&me.url, *to_id).await?;
-            leader_moved = true;
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(s) = etcd.status_of(&me.url).await {
-                    if s.leader_id == *to_id {
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    let all: Vec<crate::etcd::rolling::Endpoint> = endpoints
+        .iter()
+        .map(|e| crate::etcd::rolling::Endpoint {
+            host: e.host.clone(),
+            url: e.url.clone(),
+        })
+        .collect();
+    let mine = crate::etcd::rolling::Endpoint {
+        host: me.host.clone(),
+        url: me.url.clone(),
+    };
+    let moved = crate::etcd::rolling::hand_off_leadership(etcd, &mine, &all, |s| {
+        EtcdVersion::parse(&s.version) != Some(req.target)
+    })
+    .await?;
+    if let Some(to_host) = &moved {
+        progress(format!("{host}: leads; handed leadership to {to_host}"));
     }
+    let leader_moved = moved.is_some();
     let h = target_inv.host(host).expect("an inventory host");
     let cfg = crate::runbook::plan::member_config(target_inv, h);
     let agent = agents.get(host).await?;

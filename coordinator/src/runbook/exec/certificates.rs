@@ -309,7 +309,9 @@ async fn sign_and_install(
         cert_pem: cert,
         key_path: spec.key_path.clone(),
         ca_path: spec.ca_path.clone(),
-        ca_pem: ca.cert_pem().to_string(),
+        ca_pem: match spec.issuer {
+            Issuer::Etcd => ctx.etcd_trust_pem.clone(),
+        },
     })
     .await?;
     Ok(())

@@ -14,6 +14,9 @@ pub struct RunContext {
     /// VIP wait, a join asking the first master for a token).
     pub trust: Arc<Trust>,
     pub etcd_ca: CertificateAuthority,
+    /// What an etcd CA file next to a certificate holds: the etcd CA, or the trust bundle
+    /// while a CA is being replaced ([`crate::pki::bundle`]), the issuing CA first.
+    pub etcd_trust_pem: String,
     pub state_dir: PathBuf,
     pub cert_lifetime: Duration,
     /// Certificates with less time left are issued again: 30 days, or a third of the lifetime

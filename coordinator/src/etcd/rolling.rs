@@ -1,0 +1,214 @@
+//! One member restarted inside a rolling operation, without costing the cluster more than it
+//! must: the move every rolling change shares (certificate renewal, a CA's bundle protocol,
+//! adoption), each phase of which restarts every member once because etcd reads its TLS
+//! settings only when it starts.
+//!
+//! A restarted leader costs an election (a second or more without writes: the election
+//! timeout, then a campaign); a restarted follower costs nothing the clients see. So the member
+//! hands leadership to a healthy follower first (`etcdctl move-leader`, a transfer of under a
+//! heartbeat or two), is restarted, and the next member is touched only when this one answers
+//! through the etcd API again, has applied everything the others had committed when it came
+//! back, and the cluster has every member as a voter with a leader. The wait follows progress
+//! (a member replaying a large database keeps applying) and gives up only after `stall` without
+//! any.
+
+use std::time::{Duration, Instant};
+
+use haop_proto::v1 as pb;
+
+use super::api::{EtcdApiError, EtcdClient};
+use super::config::UNIT_NAME;
+use crate::agent::{AgentError, HostAgent};
+
+/// Errors of one rolling restart; each names the host.
+#[derive(Debug, thiserror::Error)]
+pub enum RollingError {
+    #[error("{host}: {source}")]
+    Agent {
+        host: String,
+        #[source]
+        source: AgentError,
+    },
+    #[error("{host} did not answer within {seconds} s after its restart (last: {last}); the other members were not touched. Look at its etcd log, then run the command again")]
+    NotBack {
+        host: String,
+        seconds: u64,
+        last: String,
+    },
+    #[error("{host} stopped catching up after its restart: applied {applied} of {wanted} entries, no progress for {seconds} s. Run the command again once it has caught up")]
+    Stalled {
+        host: String,
+        applied: u64,
+        wanted: u64,
+        seconds: u64,
+    },
+    #[error("{host}: {source}")]
+    Etcd {
+        host: String,
+        #[source]
+        source: EtcdApiError,
+    },
+}
+
+/// One member: its host and client URL.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub url: String,
+}
+
+/// What one restart cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restarted {
+    pub host: String,
+    /// From the restart to healthy and caught up.
+    pub seconds: f64,
+    pub leader_moved: bool,
+}
+
+/// When `me` leads, hands leadership to another member that answers (preferring those `prefer`
+/// ranks lower) and waits up to 15 s until `me` reports the new leader. Answers whether it did.
+pub async fn hand_off_leadership<K: Ord>(
+    etcd: &EtcdClient,
+    me: &Endpoint,
+    members: &[Endpoint],
+    prefer: impl Fn(&super::api::EndpointStatus) -> K,
+) -> Result<Option<String>, EtcdApiError> {
+    let status = etcd.status_of(&me.url).await?;
+    if status.leader_id != status.member_id {
+        return Ok(None);
+    }
+    let mut candidates = Vec::new();
+    for e in members.iter().filter(|e| e.host != me.host) {
+        if let Ok(s) = etcd.status_of(&e.url).await {
+            candidates.push((prefer(&s), e.host.clone(), s.member_id));
+        }
+    }
+    candidates.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let Some((_, to_host, to_id)) = candidates.into_iter().next() else {
+        return Ok(None);
+    };
+    etcd.move_leader(&me.url, to_id).await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(s) = etcd.status_of(&me.url).await {
+            if s.leader_id == to_id {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Some(to_host))
+}
+
+/// Restarts `me`'s etcd through `agent` (leadership handed away first) and waits until it is
+/// back, caught up, and the cluster whole (see the module doc).
+pub async fn restart_member(
+    etcd: &EtcdClient,
+    agent: &HostAgent,
+    me: &Endpoint,
+    members: &[Endpoint],
+    stall: Duration,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Restarted, RollingError> {
+    let etcd_err = |source| RollingError::Etcd {
+        host: me.host.clone(),
+        source,
+    };
+    let db_size = etcd.status_of(&me.url).await.map(|s| s.db_size).unwrap_or(0);
+    let moved = hand_off_leadership(etcd, me, members, |_| 0u8)
+        .await
+        .map_err(etcd_err)?;
+    if let Some(to) = &moved {
+        progress(format!("{}: leads; leadership handed to {to}", me.host));
+    }
+    progress(format!("{}: restarting {UNIT_NAME}", me.host));
+    let started = Instant::now();
+    agent
+        .unit_action(UNIT_NAME, pb::Action::Restart)
+        .await
+        .map_err(|source| RollingError::Agent {
+            host: me.host.clone(),
+            source,
+        })?;
+    wait_back(etcd, me, members, db_size, stall).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    progress(format!("{}: healthy and caught up ({seconds:.1} s)", me.host));
+    Ok(Restarted {
+        host: me.host.clone(),
+        seconds,
+        leader_moved: moved.is_some(),
+    })
+}
+
+/// Until `me` answers, has applied what the others had committed when it first answered, the
+/// cluster has a leader and all of `members` as voters.
+pub async fn wait_back(
+    etcd: &EtcdClient,
+    me: &Endpoint,
+    members: &[Endpoint],
+    db_size: i64,
+    stall: Duration,
+) -> Result<(), RollingError> {
+    let first_within = super::api::scaled_timeout(Duration::from_secs(60), db_size);
+    let started = Instant::now();
+    let urls: Vec<String> = members.iter().map(|e| e.url.clone()).collect();
+    let mut wanted: Option<u64> = None;
+    let mut applied = 0u64;
+    let mut last_progress = Instant::now();
+    loop {
+        match etcd.status_of(&me.url).await {
+            Ok(s) => {
+                if wanted.is_none() {
+                    let mut top = 0;
+                    for e in members.iter().filter(|e| e.host != me.host) {
+                        if let Ok(o) = etcd.status_of(&e.url).await {
+                            top = top.max(o.raft_index);
+                        }
+                    }
+                    wanted = Some(top);
+                }
+                if s.raft_applied_index > applied {
+                    applied = s.raft_applied_index;
+                    last_progress = Instant::now();
+                }
+                let want = wanted.unwrap_or(0);
+                if applied >= want
+                    && s.leader_id != 0
+                    && etcd.health(&me.url).await.is_ok()
+                    && etcd
+                        .wait_for_quorum(&urls, members.len(), Duration::from_secs(1))
+                        .await
+                        .is_ok()
+                {
+                    return Ok(());
+                }
+                if last_progress.elapsed() > stall {
+                    return Err(RollingError::Stalled {
+                        host: me.host.clone(),
+                        applied,
+                        wanted: want,
+                        seconds: stall.as_secs(),
+                    });
+                }
+            }
+            Err(e) => {
+                let last = crate::error::short_error(&e);
+                let limit = if wanted.is_none() { first_within } else { stall };
+                let since = if wanted.is_none() {
+                    started.elapsed()
+                } else {
+                    last_progress.elapsed()
+                };
+                if since > limit {
+                    return Err(RollingError::NotBack {
+                        host: me.host.clone(),
+                        seconds: limit.as_secs(),
+                        last,
+                    });
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
