@@ -160,9 +160,12 @@ pub enum Use {
     Certificates,
     /// Stat without the digest: exists, kind, size, mode, owner, mtime.
     Metadata,
-    /// WriteFile, UploadFile, RemoveFile, EnsureUnit's unit file, InstallCertificate's
-    /// certificate and CA.
+    /// WriteFile, UploadFile, EnsureUnit's unit file, InstallCertificate's certificate and CA.
     Write,
+    /// RemoveFile. Apart from Write because a private key may be removed (the CA key a
+    /// hand-built cluster copied to every host, which adoption takes away) but never replaced:
+    /// a key written from outside would be a key someone else knows.
+    Remove,
     /// CreateCsr's key, and the key InstallCertificate matches the certificate against: used on
     /// the host, never sent.
     Key,
@@ -179,7 +182,8 @@ impl Use {
             Use::Content => "read",
             Use::Certificates => "read the certificates of",
             Use::Metadata => "stat",
-            Use::Write => "write or remove",
+            Use::Write => "write",
+            Use::Remove => "remove",
             Use::Key => "use as a key",
             Use::DataDir => "declare or wipe as a data dir",
             Use::Download => "stream back",
@@ -259,7 +263,7 @@ impl PathClass {
 
 /// The second table: the uses each role may make of a path of each class.
 pub fn rights(class: PathClass, role: Role) -> &'static [Use] {
-    use Use::{Certificates, Content, DataDir, Download, Key, Metadata, Write};
+    use Use::{Certificates, Content, DataDir, Download, Key, Metadata, Remove, Write};
     match (class, role) {
         (PathClass::AgentOwn, Role::Admin) => &[],
         (PathClass::AgentOwn, Role::Reader) => &[],
@@ -276,24 +280,27 @@ pub fn rights(class: PathClass, role: Role) -> &'static [Use] {
         // only files in haop's encrypted format (the agent checks the magic), so the etcd data
         // an admin cannot read elsewhere does not leave the host readable this way. Never
         // ReadFile's content, nor Stat's digest.
-        (PathClass::SnapshotCopy, Role::Admin) => &[Metadata, Write, Download],
+        (PathClass::SnapshotCopy, Role::Admin) => &[Metadata, Write, Remove, Download],
         (PathClass::SnapshotCopy, Role::Reader) => &[],
         // `haop etcd restore` uploads one for etcdctl to restore from.
-        (PathClass::Snapshot, Role::Admin) => &[Write],
+        (PathClass::Snapshot, Role::Admin) => &[Write, Remove],
         (PathClass::Snapshot, Role::Reader) => &[],
-        // apply checks that a key is there and has the host make a CSR for it.
-        (PathClass::Key, Role::Admin) => &[Metadata, Key],
+        // apply checks that a key is there and has the host make a CSR for it; adoption removes
+        // the CA key a hand-built cluster copied around. Never read, never written from outside.
+        (PathClass::Key, Role::Admin) => &[Metadata, Key, Remove],
         (PathClass::Key, Role::Reader) => &[],
         // apply writes keepalived.conf and plan compares it.
-        (PathClass::Password, Role::Admin) => &[Content, Metadata, Write],
+        (PathClass::Password, Role::Admin) => &[Content, Metadata, Write, Remove],
         (PathClass::Password, Role::Reader) => &[],
         // status and certs list read their certificates; apply asks whether admin.conf exists.
         (PathClass::Kubeconfig, Role::Admin) => &[Certificates, Metadata],
         (PathClass::Kubeconfig, Role::Reader) => &[Certificates, Metadata],
         // status compares the node-preparation files and reads the cluster CA in full.
-        (PathClass::Public, Role::Admin) => &[Content, Certificates, Metadata, Write],
+        (PathClass::Public, Role::Admin) => &[Content, Certificates, Metadata, Write, Remove],
         (PathClass::Public, Role::Reader) => &[Content, Certificates, Metadata],
-        (PathClass::Config, Role::Admin) => &[Content, Certificates, Metadata, Write, DataDir],
+        (PathClass::Config, Role::Admin) => {
+            &[Content, Certificates, Metadata, Write, Remove, DataDir]
+        }
         (PathClass::Config, Role::Reader) => &[Certificates, Metadata],
     }
 }
@@ -418,7 +425,7 @@ impl Guarded for pb::WriteFileRequest {
 impl Guarded for pb::RemoveFileRequest {
     const RPC: Rpc = Rpc::RemoveFile;
     fn paths(&self) -> Vec<(Use, String)> {
-        vec![(Use::Write, self.path.clone())]
+        vec![(Use::Remove, self.path.clone())]
     }
 }
 
@@ -620,7 +627,8 @@ impl Policy {
         if under(SNAPSHOT_DIR) || name.ends_with(".db") {
             return PathClass::Snapshot;
         }
-        if name.ends_with(".key") {
+        // haop's `.key`, and cfssljson's `-key.pem` (the seed's ca-key.pem, server-key.pem).
+        if name.ends_with(".key") || name.ends_with("-key.pem") {
             return PathClass::Key;
         }
         if *path == hp(KEEPALIVED_CONF) {
@@ -698,7 +706,7 @@ mod tests {
     fn a_reader_never_writes_and_reads_content_only_where_nothing_is_secret() {
         for class in PathClass::ALL {
             let r = rights(class, Role::Reader);
-            for u in [Use::Write, Use::Key, Use::DataDir] {
+            for u in [Use::Write, Use::Remove, Use::Key, Use::DataDir] {
                 assert!(!r.contains(&u), "{class:?} {u:?}");
             }
             assert_eq!(
@@ -759,6 +767,8 @@ mod tests {
             ),
             ("/var/lib/haop/backup.db", PathClass::Snapshot),
             ("/etc/kubernetes/pki/etcd/server.key", PathClass::Key),
+            ("/etc/kubernetes/pki/etcd/ca-key.pem", PathClass::Key),
+            ("/etc/kubernetes/pki/etcd/ca.pem", PathClass::Config),
             ("/etc/keepalived/keepalived.conf", PathClass::Password),
             ("/etc/kubernetes/admin.conf", PathClass::Kubeconfig),
             ("/etc/kubernetes/pki/etcd/ca.crt", PathClass::Public),
@@ -773,6 +783,15 @@ mod tests {
             ("/etc/haop/other.toml", PathClass::Config),
         ] {
             assert_eq!(p.class(&hp(path)), class, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_key_may_be_removed_but_never_read_or_written() {
+        let r = rights(PathClass::Key, Role::Admin);
+        assert!(r.contains(&Use::Remove));
+        for u in [Use::Write, Use::Content, Use::Certificates, Use::Download] {
+            assert!(!r.contains(&u), "{u:?}");
         }
     }
 

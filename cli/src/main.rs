@@ -1,5 +1,6 @@
 //! `haop`: the coordinator CLI. Parses arguments, sets up tracing and calls the library.
 
+mod adopt;
 mod agent;
 mod certs;
 mod docs;
@@ -49,8 +50,12 @@ enum Command {
     /// nothing.
     Plan(runbook::PlanArgs),
     /// Run the runbook: preflight, certificates, etcd with TLS, quorum, keepalived, node
-    /// preparation. Safe to repeat; a killed apply continues when run again.
+    /// preparation. Safe to repeat; a killed apply continues when run again. On an adopted
+    /// cluster it first secures it live (see `haop adopt --help`).
     Apply(runbook::ApplyArgs),
+    /// Take over a running cluster built by hand: discover it, write the full inventory,
+    /// print what securing it will change. Changes nothing; `haop apply` secures it.
+    Adopt(adopt::AdoptArgs),
     /// The etcd cluster: members, recovery and healing, scaling, snapshots and restore,
     /// maintenance, and etcdctl environment.
     #[command(subcommand)]
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
             Command::Identity(cmd) => identity::run(&cli.state_dir, cmd).await,
             Command::Plan(args) => runbook::plan(&cli.state_dir, args).await,
             Command::Apply(args) => runbook::apply(&cli.state_dir, args).await,
+            Command::Adopt(args) => adopt::run(&cli.state_dir, args).await,
             Command::Etcd(cmd) => etcd::run(&cli.state_dir, cmd).await,
             Command::Certs(cmd) => certs::run(&cli.state_dir, cmd).await,
             Command::Hosts(cmd) => hosts::run(&cli.state_dir, cmd).await,

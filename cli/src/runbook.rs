@@ -75,7 +75,20 @@ pub async fn plan(state_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> 
         no_diff: args.no_diff,
     };
     let planned = view.apply(runbook::plan(&rb, Duration::from_secs(args.timeout)).await?);
-    let changes = planned.iter().filter(|p| p.change.is_change()).count();
+    let mut changes = planned.iter().filter(|p| p.change.is_change()).count();
+    // An adopted cluster that is not secured yet: apply runs the migration first.
+    let adoption = haop_coordinator::adopt::record::AdoptionRecord::load(
+        state_dir,
+        rb.inventory.cluster.as_str(),
+    )?
+    .filter(|r| r.finished_unix.is_none());
+    if let Some(r) = &adoption {
+        changes += 1;
+        if args.output != Format::Json {
+            crate::adopt::print_status(r, &rb.inventory);
+            println!("The steps below follow the migration (some of them are its result).");
+        }
+    }
     if args.output == Format::Json {
         println!("{}", serde_json::to_string_pretty(&planned)?);
     } else {
@@ -118,7 +131,21 @@ pub async fn plan(state_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn apply(state_dir: &Path, args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let rb = load(state_dir, &args.inventory)?;
+    let inv = load_inventory(&args.inventory)?;
+    // An adopted cluster is secured first (nothing happens on any other cluster).
+    if let Some(m) =
+        haop_coordinator::adopt::migrate::run(state_dir, &inv, &|line| eprintln!("  {line}"))
+            .await?
+    {
+        let longest = m.restarts.iter().map(|r| r.seconds).fold(0.0, f64::max);
+        println!(
+            "Secured the adopted cluster: {} member restarts (longest {longest:.1} s), {} CA key file(s) removed, in {:.1} s.",
+            m.restarts.len(),
+            m.keys_removed.len(),
+            m.seconds
+        );
+    }
+    let rb = Runbook::load(state_dir, inv)?;
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let b = ProgressBar::new(rb.steps.len() as u64);

@@ -12,10 +12,12 @@
 //! * [`runbook`]: `haop plan` and `haop apply` (pure plan, executor, journal).
 //! * [`etcd`]: the etcd lifecycle (API, quorum planner, recover, scale, restore, maintenance).
 //! * [`certs`]: certificates in place (list) and their rolling renewal.
+//! * [`adopt`]: taking over a cluster built by hand and securing it live.
 //! * [`status`]: cluster-wide health.
 //! * [`hosts`]: agents onto bare hosts over SSH (install, enroll, rolling upgrade).
 //! * [`lab`]: hosts on this machine, in network namespaces, for trying haop and for its tests.
 
+pub mod adopt;
 pub mod agent;
 pub mod certs;
 pub mod error;

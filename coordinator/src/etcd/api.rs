@@ -402,6 +402,23 @@ impl EtcdClient {
         endpoints: &[String],
         timeout: Duration,
     ) -> Result<EtcdClient, EtcdApiError> {
+        // The CA, or both CAs while one replaces the other (see `pki::bundle`).
+        let trust = crate::pki::bundle::trust_path(state_dir);
+        let ca = std::fs::read(&trust).map_err(|source| EtcdApiError::Credentials {
+            path: trust.clone(),
+            source,
+        })?;
+        Self::connect_trusting(state_dir, endpoints, timeout, ca).await
+    }
+
+    /// Like [`EtcdClient::connect`], trusting the CA certificates of `ca_pem` instead of the
+    /// state dir's: for a cluster haop does not manage yet (`haop adopt`).
+    pub async fn connect_trusting(
+        state_dir: &Path,
+        endpoints: &[String],
+        timeout: Duration,
+        ca: Vec<u8>,
+    ) -> Result<EtcdClient, EtcdApiError> {
         if endpoints.is_empty() {
             return Err(EtcdApiError::NoEndpoints);
         }
@@ -410,12 +427,6 @@ impl EtcdClient {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| EtcdApiError::Credentials { path, source })
         };
-        // The CA, or both CAs while one replaces the other (see `pki::bundle`).
-        let trust = crate::pki::bundle::trust_path(state_dir);
-        let ca = std::fs::read(&trust).map_err(|source| EtcdApiError::Credentials {
-            path: trust.clone(),
-            source,
-        })?;
         let cert = read(format!("{ETCD_CLIENT_CERT}.crt"))?;
         let key = read(format!("{ETCD_CLIENT_CERT}.key"))?;
         let tls = TlsOptions::new()

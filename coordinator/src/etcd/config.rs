@@ -75,6 +75,21 @@ fn url_host(a: IpAddr) -> String {
     }
 }
 
+/// A member's TLS files and certificate auth (the `ETCD_*` TLS variables of `etcd.env`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: String,
+    pub key_file: String,
+    pub trusted_ca_file: String,
+    pub peer_cert_file: String,
+    pub peer_key_file: String,
+    pub peer_trusted_ca_file: String,
+    pub client_cert_auth: bool,
+    pub peer_client_cert_auth: bool,
+    /// etcd refuses every client when this file is missing: only where haop wrote it.
+    pub client_crl_file: Option<String>,
+}
+
 /// `new` to form a cluster, `existing` to join one (after `member add`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterState {
@@ -104,10 +119,34 @@ impl MemberConfig {
         format!("{PKI_DIR}/{name}")
     }
 
+    /// The TLS files and settings of a member haop manages: its own certificates, the CA file
+    /// next to them, both certificate auths on, the revocation list.
+    pub fn haop_tls(&self) -> TlsSettings {
+        TlsSettings {
+            cert_file: self.cert("server.crt"),
+            key_file: self.cert("server.key"),
+            trusted_ca_file: self.cert("ca.crt"),
+            peer_cert_file: self.cert("peer.crt"),
+            peer_key_file: self.cert("peer.key"),
+            peer_trusted_ca_file: self.cert("ca.crt"),
+            client_cert_auth: true,
+            peer_client_cert_auth: true,
+            client_crl_file: Some(self.cert(CLIENT_CRL)),
+        }
+    }
+
     /// `/etc/etcd.env`: one `ETCD_*` variable per line.
     pub fn env_file(&self) -> String {
+        self.env_file_with(&self.haop_tls())
+    }
+
+    /// `/etc/etcd.env` with other TLS settings than haop's own: the steps of adopting a
+    /// cluster built by hand (`crate::adopt`) run its members on its own certificates, and
+    /// with certificate auth off, for a while.
+    pub fn env_file_with(&self, tls: &TlsSettings) -> String {
         let m = &self.member;
-        let vars = [
+        let on_off = |b: bool| if b { "true" } else { "false" }.to_string();
+        let mut vars = vec![
             ("ETCD_NAME", m.name.clone()),
             ("ETCD_DATA_DIR", self.data_dir.clone()),
             (
@@ -125,19 +164,23 @@ impl MemberConfig {
                 m.peer_url(self.peer_port),
             ),
             ("ETCD_INITIAL_CLUSTER_TOKEN", self.cluster_token.clone()),
-            ("ETCD_CERT_FILE", self.cert("server.crt")),
-            ("ETCD_KEY_FILE", self.cert("server.key")),
-            ("ETCD_TRUSTED_CA_FILE", self.cert("ca.crt")),
-            ("ETCD_CLIENT_CERT_AUTH", "true".into()),
-            ("ETCD_CLIENT_CRL_FILE", self.cert(CLIENT_CRL)),
-            ("ETCD_PEER_CERT_FILE", self.cert("peer.crt")),
-            ("ETCD_PEER_KEY_FILE", self.cert("peer.key")),
-            ("ETCD_PEER_TRUSTED_CA_FILE", self.cert("ca.crt")),
-            ("ETCD_PEER_CLIENT_CERT_AUTH", "true".into()),
+            ("ETCD_CERT_FILE", tls.cert_file.clone()),
+            ("ETCD_KEY_FILE", tls.key_file.clone()),
+            ("ETCD_TRUSTED_CA_FILE", tls.trusted_ca_file.clone()),
+            ("ETCD_CLIENT_CERT_AUTH", on_off(tls.client_cert_auth)),
+        ];
+        if let Some(crl) = &tls.client_crl_file {
+            vars.push(("ETCD_CLIENT_CRL_FILE", crl.clone()));
+        }
+        vars.extend([
+            ("ETCD_PEER_CERT_FILE", tls.peer_cert_file.clone()),
+            ("ETCD_PEER_KEY_FILE", tls.peer_key_file.clone()),
+            ("ETCD_PEER_TRUSTED_CA_FILE", tls.peer_trusted_ca_file.clone()),
+            ("ETCD_PEER_CLIENT_CERT_AUTH", on_off(tls.peer_client_cert_auth)),
             // A member back from a partition or a restart asks before it campaigns, instead of
             // forcing an election on a healthy leader (3.4 and 3.5 default to false).
             ("ETCD_PRE_VOTE", "true".into()),
-        ];
+        ]);
         let mut out = String::from(
             "# Managed by haop: etcd member configuration (etcd reads ETCD_* variables).\n",
         );

@@ -66,29 +66,56 @@ pub enum EndpointsError {
 /// `manifest` with its `--etcd-servers=` argument set to `endpoints`; `None` when it has no
 /// such argument (not a kube-apiserver manifest of kubeadm's).
 pub fn set_etcd_servers(manifest: &str, endpoints: &[String]) -> Option<String> {
-    let mut found = false;
+    set_arg(manifest, "etcd-servers", &endpoints.join(","))
+}
+
+/// The container argument `--FLAG=VALUE` of a static pod manifest (kubeadm writes one per
+/// line, `- --flag=value`, sometimes quoted) and where it is.
+fn args<'a>(manifest: &'a str, flag: &str) -> impl Iterator<Item = (usize, &'a str, bool)> + 'a {
+    let prefix = format!("--{flag}=");
+    manifest
+        .split_inclusive('\n')
+        .enumerate()
+        .filter_map(move |(i, line)| {
+            let body = line.trim_end_matches(['\n', '\r']).trim_start();
+            let arg = body.strip_prefix("- ")?.trim_start();
+            let quoted = arg.starts_with('"');
+            let arg = arg.trim_start_matches('"').trim_end_matches('"');
+            arg.strip_prefix(prefix.as_str()).map(|v| (i, v, quoted))
+        })
+}
+
+/// The value of the manifest's `--FLAG=` argument, if it has one.
+pub fn get_arg(manifest: &str, flag: &str) -> Option<String> {
+    args(manifest, flag).next().map(|(_, v, _)| v.to_string())
+}
+
+/// `manifest` with its `--FLAG=` argument set to `value`; `None` when it has no such argument.
+pub fn set_arg(manifest: &str, flag: &str, value: &str) -> Option<String> {
+    let lines: Vec<usize> = args(manifest, flag).map(|(i, _, _)| i).collect();
+    if lines.is_empty() {
+        return None;
+    }
     let mut out = String::with_capacity(manifest.len());
-    for line in manifest.split_inclusive('\n') {
+    for (i, line) in manifest.split_inclusive('\n').enumerate() {
+        if !lines.contains(&i) {
+            out.push_str(line);
+            continue;
+        }
         let body = line.trim_end_matches(['\n', '\r']);
         let ending = &line[body.len()..];
         let lead = body.len() - body.trim_start().len();
-        let arg = body[lead..].strip_prefix("- ").map(str::trim_start);
-        let quoted = arg.is_some_and(|a| a.starts_with('"'));
-        let arg = arg.map(|a| a.trim_start_matches('"'));
-        if arg.is_some_and(|a| a.starts_with("--etcd-servers=")) {
-            found = true;
-            let value = endpoints.join(",");
-            let arg = if quoted {
-                format!("\"--etcd-servers={value}\"")
-            } else {
-                format!("--etcd-servers={value}")
-            };
-            out.push_str(&format!("{}- {arg}{ending}", &body[..lead]));
+        let quoted = body[lead..]
+            .strip_prefix("- ")
+            .is_some_and(|a| a.trim_start().starts_with('"'));
+        let arg = if quoted {
+            format!("\"--{flag}={value}\"")
         } else {
-            out.push_str(line);
-        }
+            format!("--{flag}={value}")
+        };
+        out.push_str(&format!("{}- {arg}{ending}", &body[..lead]));
     }
-    found.then_some(out)
+    Some(out)
 }
 
 /// Brings the masters' kubeadm etcd endpoints to the etcd hosts of `inventory`, one master at a

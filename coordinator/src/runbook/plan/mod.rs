@@ -14,7 +14,7 @@ mod desired;
 pub mod kubeadm;
 mod step;
 
-pub use desired::{desired, member_config, Context, PlanError};
+pub use desired::{apiserver_etcd_client, desired, member_config, Context, PlanError};
 pub use step::{
     unit_file_path, Action, CertificateSpec, FileAction, Issuer, KernelAction, KubeadmAction,
     Phase, Step, Target, UnitAction, WaitAction, HOSTS_FILE,
