@@ -38,6 +38,32 @@ pub enum CertsCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Replace a CA without downtime by the bundle protocol: old and new trusted everywhere,
+    /// every certificate issued again by the new one, the old one dropped and its key deleted.
+    ///
+    /// --etcd: every phase is a rolling restart of the etcd members (etcd reads its trusted CAs
+    /// only when it starts), one at a time, leadership handed away first, each back and caught
+    /// up with the quorum whole before the next; the masters' kube-apiserver etcd client
+    /// certificates and CA files follow (kubelet restarts the API server through an annotation
+    /// of its manifest). An etcdctl set up with `eval "$(haop etcd env)"` keeps working
+    /// throughout. Identities issued with `haop identity issue --etcd` before the rotation are
+    /// refused afterwards: they are listed at the start; issue them again.
+    ///
+    /// Killed anywhere, run it again: it continues from its journal in the state dir.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["etcd", "agent"])))]
+    RotateCa {
+        /// The inventory file.
+        #[arg(short = 'f', long = "file")]
+        inventory: PathBuf,
+        /// The etcd CA (etcd's server, peer and client certificates).
+        #[arg(long)]
+        etcd: bool,
+        /// The agent CA (the control channel between haop and its agents).
+        #[arg(long)]
+        agent: bool,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
 }
 
 /// Loads an inventory, printing its warnings; errors list every problem.
@@ -51,6 +77,39 @@ pub fn load_inventory(path: &Path) -> anyhow::Result<Inventory> {
 
 pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        CertsCommand::RotateCa {
+            inventory,
+            etcd,
+            agent: _,
+            output,
+        } => {
+            let inv = load_inventory(&inventory)?;
+            if !etcd {
+                anyhow::bail!("rotate-ca --agent is not in this build");
+            }
+            let done = haop_coordinator::certs::rotate_etcd::run(state_dir, &inv, &|line| {
+                eprintln!("  {line}")
+            })
+            .await?;
+            if output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                let longest = done.restarts.iter().map(|r| r.seconds).fold(0.0, f64::max);
+                println!(
+                    "etcd CA rotated in {:.1} s: {} member restarts (longest {longest:.1} s); new CA {}.",
+                    done.seconds,
+                    done.restarts.len(),
+                    done.new_ca_sha256
+                );
+                if !done.stale_identities.is_empty() {
+                    println!(
+                        "Issue these identities again (the old CA signed them): {}",
+                        done.stale_identities.join(", ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         CertsCommand::Renew {
             inventory,
             expiring_within,

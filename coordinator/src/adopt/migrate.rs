@@ -398,19 +398,22 @@ async fn trust(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result<Res
 }
 
 fn crl_content(ctx: &Ctx<'_>) -> String {
-    let crl = client_crl_path();
-    ctx.rb
-        .steps
-        .iter()
-        .find_map(|s| match &s.action {
-            Action::File(crate::runbook::plan::FileAction::Content { path, content, .. })
-                if *path == crl =>
-            {
-                Some(String::from_utf8_lossy(content).into_owned())
-            }
-            _ => None,
-        })
+    planned_file(&ctx.rb, &client_crl_path())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
         .unwrap_or_default()
+}
+
+/// The content the runbook gives the file at `path` (the first host's, for files that are
+/// the same on every host such as the revocation list).
+pub fn planned_file(rb: &Runbook, path: &str) -> Option<Vec<u8>> {
+    rb.steps.iter().find_map(|s| match &s.action {
+        Action::File(crate::runbook::plan::FileAction::Content { path: p, content, .. })
+            if p == path =>
+        {
+            Some(content.clone())
+        }
+        _ => None,
+    })
 }
 
 async fn apiserver(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result<(), MigrateError> {

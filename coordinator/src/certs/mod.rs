@@ -9,6 +9,7 @@
 //! host shows as an error row and never delays the others.
 
 pub mod renew;
+pub mod rotate_etcd;
 
 use std::path::Path;
 use std::sync::Arc;
