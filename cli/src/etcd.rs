@@ -742,13 +742,12 @@ fn env(state_dir: &Path, inventory: &Path) -> anyhow::Result<ExitCode> {
         "export ETCDCTL_ENDPOINTS={}",
         shell_quote(&inv.etcd_client_urls().join(","))
     );
+    // The trust file, which a CA rotation updates in place: an etcdctl set up once keeps
+    // working through it.
+    let trust = haop_coordinator::pki::bundle::ensure(state_dir)?;
     println!(
         "export ETCDCTL_CACERT={}",
-        q(pki.join(
-            haop_coordinator::pki::bundle::trust_path(state_dir)
-                .file_name()
-                .expect("a file in the pki dir")
-        ))
+        q(pki.join(trust.file_name().expect("a file in the pki dir")))
     );
     println!("export ETCDCTL_CERT={}", q(pki.join("etcd-client.crt")));
     println!("export ETCDCTL_KEY={}", q(pki.join("etcd-client.key")));

@@ -75,7 +75,7 @@ async fn short_lived_certificates_are_renewed_under_a_writer() {
     // One member at a time: each restart is followed by its recovery before the next.
     let restarts: Vec<usize> = said.match_indices("restarting").map(|(i, _)| i).collect();
     let healthy: Vec<usize> = said
-        .match_indices("healthy again")
+        .match_indices("healthy and caught up")
         .map(|(i, _)| i)
         .collect();
     assert_eq!(restarts.len(), 3, "{said}");

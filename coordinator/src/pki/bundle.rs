@@ -91,6 +91,22 @@ pub fn join(first: &str, others: &[&str]) -> Result<String, PkiError> {
     Ok(out)
 }
 
+/// Makes sure the trust file exists (holding the etcd CA when it did not): what `haop init`
+/// and `haop etcd env` do, so that a client set up once names the file every rotation updates.
+pub fn ensure(state_dir: &Path) -> Result<PathBuf, PkiError> {
+    let path = pki(state_dir).join(TRUST_FILE);
+    if !path.is_file() {
+        let ca = pki(state_dir).join(format!("{ETCD_CA}.crt"));
+        let pem = std::fs::read(&ca).map_err(|source| PkiError::Io {
+            op: "read",
+            path: ca,
+            source,
+        })?;
+        crate::fsio::write_atomic(&path, &pem, 0o644)?;
+    }
+    Ok(path)
+}
+
 /// What is trusted from now on: `pem` (from [`join`]).
 pub fn set(state_dir: &Path, pem: &str) -> Result<(), crate::fsio::FsioError> {
     crate::fsio::write_atomic(&pki(state_dir).join(TRUST_FILE), pem.as_bytes(), 0o644)
@@ -131,6 +147,8 @@ mod tests {
         std::fs::create_dir_all(&pki).unwrap();
         let a = ca(&pki, "etcd-ca");
         assert!(trust_path(d.path()).ends_with("etcd-ca.crt"));
+        assert_eq!(trust_pem(d.path()).unwrap(), a);
+        assert!(ensure(d.path()).unwrap().ends_with(TRUST_FILE));
         assert_eq!(trust_pem(d.path()).unwrap(), a);
         let b = ca(&pki, "next-ca");
         set(d.path(), &join(&a, &[&b]).unwrap()).unwrap();

@@ -178,6 +178,7 @@ pub fn init(state_dir: &Path, opts: InitOptions) -> Result<InitReport, TrustErro
             common_name: "haop".to_string(),
         },
     )?;
+    crate::pki::bundle::ensure(state_dir)?;
     info!(dir = %dir.display(), "state dir initialized");
     Ok(InitReport {
         created: true,

@@ -65,7 +65,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts writing `PREFIX/00000000`, `PREFIX/00000001`, ... every 5 ms.
+    /// Starts writing `PREFIX/00000000`, `PREFIX/00000001`, ... every 5 ms. After three failed
+    /// writes in a row it connects again with the state dir's credentials as they are then, as
+    /// a client that reloads its certificate files does (a CA rotation replaces them).
     pub fn start(state: &Path, endpoints: &[String], prefix: &str) -> Writer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -77,13 +79,14 @@ impl Writer {
             prefix.to_string(),
         );
         let task = tokio::spawn(async move {
-            let c = haop_coordinator::etcd::api::EtcdClient::connect(
+            let mut c = haop_coordinator::etcd::api::EtcdClient::connect(
                 &state,
                 &endpoints,
                 std::time::Duration::from_secs(2),
             )
             .await
             .unwrap();
+            let mut failed_in_a_row = 0;
             let mut acked = Vec::new();
             let mut i = 0u64;
             let mut last_ok = std::time::Instant::now();
@@ -100,14 +103,29 @@ impl Writer {
                             );
                         }
                         acked.push(key);
+                        failed_in_a_row = 0;
                         counter.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
                         longest_gap = longest_gap.max(gap);
                         last_ok = std::time::Instant::now();
                     }
-                    Err(e) if std::env::var_os("HAOP_WRITER_DEBUG").is_some() => {
-                        eprintln!("writer: {key}: {e}");
+                    Err(e) => {
+                        if std::env::var_os("HAOP_WRITER_DEBUG").is_some() {
+                            eprintln!("writer: {key}: {e}");
+                        }
+                        failed_in_a_row += 1;
+                        if failed_in_a_row >= 3 {
+                            failed_in_a_row = 0;
+                            if let Ok(n) = haop_coordinator::etcd::api::EtcdClient::connect(
+                                &state,
+                                &endpoints,
+                                std::time::Duration::from_secs(2),
+                            )
+                            .await
+                            {
+                                c = n;
+                            }
+                        }
                     }
-                    Err(_) => {}
                 }
                 i += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -287,4 +305,34 @@ pub async fn applied_lab(
     assert!(applied.status.success(), "{}", text(&applied));
     let (inventory, _) = haop_coordinator::inventory::Inventory::load(Path::new(&inv)).unwrap();
     (lab, inv, inventory)
+}
+
+/// The `ETCDCTL_*` variables `haop etcd env -f INVENTORY` prints, as an operator would `eval`.
+pub fn etcdctl_env(state: &Path, inventory: &str) -> Vec<(String, String)> {
+    let out = haop(state, &["etcd", "env", "-f", inventory]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// Debian's etcdctl with `env` (from [`etcdctl_env`]) and `args`.
+pub fn etcdctl(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new("/usr/bin/etcdctl")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(args)
+        .output()
+        .expect("run etcdctl")
+}
+
+/// The certificates of a PEM file under a lab host's root.
+pub fn certs_in(root: &Path, path: &str) -> Vec<haop_coordinator::pki::CertInfo> {
+    let pem = std::fs::read_to_string(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("{}: {e}", root.join(path).display()));
+    haop_coordinator::pki::inspect(&pem).unwrap()
 }
