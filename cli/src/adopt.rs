@@ -10,7 +10,8 @@ use crate::certs::load_inventory;
 pub use crate::output::Format;
 
 #[derive(Debug, Args)]
-#[command(long_about = "Take over a running etcd cluster built by hand (a runbook like the seed's: \
+#[command(
+    long_about = "Take over a running etcd cluster built by hand (a runbook like the seed's: \
 cfssl certificates, the CA key on every host, client and peer certificate auth off), without \
 downtime.
 
@@ -29,7 +30,8 @@ problem listed, and nothing is written.
 quorum whole before the next: both CAs trusted and haop's certificates made on the hosts \
 (CSR flow), the API servers switched to haop's etcd client certificates, client and peer \
 certificate auth turned on, the old CA dropped, its key removed from every host. Killed \
-anywhere, `haop apply` continues; `haop plan` and `haop adopt` again show where it stands.")]
+anywhere, `haop apply` continues; `haop plan` and `haop adopt` again show where it stands."
+)]
 pub struct AdoptArgs {
     /// The inventory: the hosts with their roles and agents.
     #[arg(short = 'f', long = "file")]
@@ -96,7 +98,10 @@ pub async fn run(state_dir: &Path, args: AdoptArgs) -> anyhow::Result<ExitCode> 
                 done.inventory.display(),
                 done.original.display()
             );
-            println!("`haop apply -f {}` will, in order:", args.inventory.display());
+            println!(
+                "`haop apply -f {}` will, in order:",
+                args.inventory.display()
+            );
             for line in &done.plan {
                 println!("  {line}");
             }

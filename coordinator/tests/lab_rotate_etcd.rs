@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{certs_in, etcdctl, etcdctl_env, haop, text, Writer};
+use common::{certs_in, etcdctl, etcdctl_env, haop, text, Etcd, Writer};
 use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{LabGuard, LabSpec};
@@ -25,13 +25,22 @@ fn ski(pem_path: &Path) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_etcd_ca_is_rotated_under_a_writer_and_the_old_one_is_gone() {
+async fn the_etcd_ca_is_rotated_under_a_writer_on_etcd_3_4() {
+    rotate_under_a_writer(Etcd::Debian).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_ca_is_rotated_under_a_writer_on_etcd_3_5() {
+    rotate_under_a_writer(Etcd::V351).await
+}
+
+async fn rotate_under_a_writer(etcd: Etcd) {
     if !common::require_root() {
         return;
     }
     let state = tempfile::tempdir().unwrap();
     let st = state.path();
-    let name = format!("t{}-rc", std::process::id() % 100_000);
+    let name = format!("t{}-rc{}", std::process::id() % 100_000, etcd.tag());
     let lab = LabGuard::up(
         st,
         &name,
@@ -43,7 +52,7 @@ async fn the_etcd_ca_is_rotated_under_a_writer_and_the_old_one_is_gone() {
     )
     .await
     .expect("lab up");
-    let inv_path = lab.inventory_path().display().to_string();
+    let inv_path = etcd.inventory(st, &lab, |_| {}).display().to_string();
     let applied = haop(st, &["apply", "-f", &inv_path]);
     assert!(applied.status.success(), "{}", text(&applied));
     let (inv, _) = Inventory::load(Path::new(&inv_path)).unwrap();
@@ -90,7 +99,10 @@ async fn the_etcd_ca_is_rotated_under_a_writer_and_the_old_one_is_gone() {
             failures.push(text(&o));
         }
         during += 1;
-        assert!(started.elapsed() < Duration::from_secs(300), "rotation hangs");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "rotation hangs"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = child.wait_with_output().unwrap();
@@ -112,7 +124,12 @@ async fn the_etcd_ca_is_rotated_under_a_writer_and_the_old_one_is_gone() {
     );
     // After: etcdctl with the same environment; every acknowledged write on every member.
     let get = etcdctl(&env, &["get", "/rotate/before", "--print-value-only"]);
-    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "1", "{}", text(&get));
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        "1",
+        "{}",
+        text(&get)
+    );
     let client = EtcdClient::connect(st, &endpoints, Duration::from_secs(2))
         .await
         .unwrap();
@@ -130,19 +147,27 @@ async fn the_etcd_ca_is_rotated_under_a_writer_and_the_old_one_is_gone() {
             .collect();
         // The member's own view (serializable): the last acknowledged write is there.
         let last = acked.last().expect("writes were acknowledged");
-        let got = etcdctl(&env1, &["get", last, "--consistency=s", "--print-value-only"]);
-        assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v", "{e}: {}", text(&got));
+        let got = etcdctl(
+            &env1,
+            &["get", last, "--consistency=s", "--print-value-only"],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout).trim(),
+            "v",
+            "{e}: {}",
+            text(&got)
+        );
     }
     // No certificate of the old CA left or trusted anywhere; the old key is gone.
     let new_ski = ski(&pki.join("etcd-ca.crt"));
     assert_ne!(new_ski, old_ski);
     assert!(!pki.join("etcd-ca-old.key").exists());
     assert!(!pki.join("etcd-ca-next.key").exists());
-    assert!(!std::fs::read_dir(&pki)
-        .unwrap()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().ends_with(".key")
-            && std::fs::read(e.path()).ok() == std::fs::read(old.path().join("etcd-ca.key")).ok()));
+    assert!(!std::fs::read_dir(&pki).unwrap().flatten().any(|e| e
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".key")
+        && std::fs::read(e.path()).ok() == std::fs::read(old.path().join("etcd-ca.key")).ok()));
     for h in lab.hosts() {
         let root: PathBuf = h.root_dir.clone();
         let ca = certs_in(&root, &format!("{PKI}/ca.crt"));
@@ -155,7 +180,11 @@ async fn the_etcd_ca_is_rotated_under_a_writer_and_the_old_one_is_gone() {
         };
         for l in leaves {
             let c = &certs_in(&root, &l)[0];
-            assert_eq!(c.authority_key_id, new_ski, "{}: {l} is not the new CA's", h.name);
+            assert_eq!(
+                c.authority_key_id, new_ski,
+                "{}: {l} is not the new CA's",
+                h.name
+            );
         }
     }
     // A client still holding the old CA's certificate is refused, by every member (the server
@@ -163,15 +192,31 @@ async fn the_etcd_ca_is_rotated_under_a_writer_and_the_old_one_is_gone() {
     for e in &endpoints {
         let o = Command::new("/usr/bin/etcdctl")
             .env_clear()
-            .args(["--dial-timeout=2s", "--command-timeout=3s", "--insecure-skip-tls-verify"])
+            .args([
+                "--dial-timeout=2s",
+                "--command-timeout=3s",
+                "--insecure-skip-tls-verify",
+            ])
             .arg(format!("--endpoints={e}"))
-            .arg(format!("--cert={}", old.path().join("etcd-client.crt").display()))
-            .arg(format!("--key={}", old.path().join("etcd-client.key").display()))
+            .arg(format!(
+                "--cert={}",
+                old.path().join("etcd-client.crt").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                old.path().join("etcd-client.key").display()
+            ))
             .args(["put", "/rotate/old-ca", "x"])
             .output()
             .unwrap();
-        assert!(!o.status.success(), "{e} accepted the old CA's client: {}", text(&o));
+        assert!(
+            !o.status.success(),
+            "{e} accepted the old CA's client: {}",
+            text(&o)
+        );
     }
+    let version = client.status_of(&endpoints[0]).await.unwrap().version;
+    assert!(version.starts_with(etcd.version_prefix()), "{version}");
     let status = haop(st, &["status", "-f", &inv_path]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
     let plan = haop(st, &["plan", "-f", &inv_path, "--exit-code"]);

@@ -106,11 +106,16 @@ async fn member(agent: &HostAgent, h: &Host, problems: &mut Vec<String>) -> Opti
     let unit_text = match agent.read_text(UNIT_PATH).await {
         Ok(Some((t, _))) => t,
         Ok(None) => {
-            problem(format!("no {UNIT_PATH}: haop adopts etcd run by a systemd unit there"));
+            problem(format!(
+                "no {UNIT_PATH}: haop adopts etcd run by a systemd unit there"
+            ));
             return None;
         }
         Err(e) => {
-            problem(format!("cannot read {UNIT_PATH}: {}", crate::error::short_error(&e)));
+            problem(format!(
+                "cannot read {UNIT_PATH}: {}",
+                crate::error::short_error(&e)
+            ));
             return None;
         }
     };
@@ -131,7 +136,10 @@ async fn member(agent: &HostAgent, h: &Host, problems: &mut Vec<String>) -> Opti
             }
             Ok(None) if *optional => {}
             Ok(None) => problem(format!("{UNIT_PATH} names {path}, which does not exist")),
-            Err(e) => problem(format!("cannot read {path}: {}", crate::error::short_error(&e))),
+            Err(e) => problem(format!(
+                "cannot read {path}: {}",
+                crate::error::short_error(&e)
+            )),
         }
     }
     let cmd = match flags::command(&unit, &env) {
@@ -193,7 +201,10 @@ async fn member(agent: &HostAgent, h: &Host, problems: &mut Vec<String>) -> Opti
         match crate::certs::read_certificates(agent, &path).await {
             Ok(Some(p)) if !p.trim().is_empty() => Ok(p),
             Ok(_) => Err(format!("{path} holds no certificate or does not exist")),
-            Err(e) => Err(format!("cannot read {path}: {}", crate::error::short_error(&e))),
+            Err(e) => Err(format!(
+                "cannot read {path}: {}",
+                crate::error::short_error(&e)
+            )),
         }
     };
     let ca_pem = match read_pem(flag("trusted-ca-file")).await {
@@ -218,7 +229,8 @@ async fn member(agent: &HostAgent, h: &Host, problems: &mut Vec<String>) -> Opti
     for f in ["cert-file", "peer-cert-file"] {
         match read_pem(flag(f)).await {
             Ok(p) => match inspect(&p).ok().and_then(|v| v.into_iter().next()) {
-                Some(c) if c.authority_key_id.is_some() && ca_skis.contains(&c.authority_key_id) => {}
+                Some(c)
+                    if c.authority_key_id.is_some() && ca_skis.contains(&c.authority_key_id) => {}
                 Some(_) => problem(format!(
                     "--{f} {} is not signed by the CA of --trusted-ca-file {}",
                     flag(f),
@@ -265,7 +277,11 @@ async fn member(agent: &HostAgent, h: &Host, problems: &mut Vec<String>) -> Opti
 }
 
 /// Reads one master.
-async fn master(agent: &HostAgent, h: &Host, problems: &mut Vec<String>) -> (SeedMaster, Option<FoundVip>) {
+async fn master(
+    agent: &HostAgent,
+    h: &Host,
+    problems: &mut Vec<String>,
+) -> (SeedMaster, Option<FoundVip>) {
     let host = h.name.as_str();
     let mut m = SeedMaster {
         host: host.to_string(),
@@ -372,7 +388,9 @@ pub async fn discover(state_dir: &std::path::Path, inv: &Inventory, agents: &Age
     {
         Ok(c) => c,
         Err(e) => {
-            found.problems.push(format!("etcd: {}", crate::error_chain(&e)));
+            found
+                .problems
+                .push(format!("etcd: {}", crate::error_chain(&e)));
             return found;
         }
     };
@@ -389,7 +407,10 @@ pub async fn discover(state_dir: &std::path::Path, inv: &Inventory, agents: &Age
     let list = match etcd.member_list().await {
         Ok(l) => l,
         Err(e) => {
-            found.problems.push(format!("etcd member list: {}", crate::error::short_error(&e)));
+            found.problems.push(format!(
+                "etcd member list: {}",
+                crate::error::short_error(&e)
+            ));
             return found;
         }
     };
@@ -422,10 +443,7 @@ pub async fn discover(state_dir: &std::path::Path, inv: &Inventory, agents: &Age
         }
     }
     // One data dir, ports and binary for all (the inventory has one of each).
-    for (what, get) in [
-        ("--data-dir", "data-dir"),
-        ("the etcd binary", ""),
-    ] {
+    for (what, get) in [("--data-dir", "data-dir"), ("the etcd binary", "")] {
         let values: Vec<String> = found
             .members
             .iter()

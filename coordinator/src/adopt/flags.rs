@@ -132,9 +132,9 @@ pub fn parse_unit(text: &str) -> Result<Unit, String> {
                     .push((value.trim_start_matches('-').to_string(), optional));
             }
             "Environment" => {
-                for word in shlex::split(value).ok_or_else(|| {
-                    format!("Environment= has unbalanced quotes: {value}")
-                })? {
+                for word in shlex::split(value)
+                    .ok_or_else(|| format!("Environment= has unbalanced quotes: {value}"))?
+                {
                     if let Some((k, v)) = word.split_once('=') {
                         unit.environment.insert(k.to_string(), v.to_string());
                     }
@@ -145,7 +145,8 @@ pub fn parse_unit(text: &str) -> Result<Unit, String> {
     }
     let exec = exec.ok_or("the unit has no ExecStart= in [Service]")?;
     let exec = exec.trim_start_matches(['-', '@', ':', '+', '!']);
-    unit.exec = shlex::split(exec).ok_or_else(|| format!("ExecStart= has unbalanced quotes: {exec}"))?;
+    unit.exec =
+        shlex::split(exec).ok_or_else(|| format!("ExecStart= has unbalanced quotes: {exec}"))?;
     if unit.exec.is_empty() {
         return Err("ExecStart= is empty".into());
     }
@@ -238,7 +239,9 @@ pub fn command(unit: &Unit, env: &BTreeMap<String, String>) -> Result<Command, S
     while i < words.len() {
         let w = &words[i];
         let Some(body) = w.strip_prefix("--").or_else(|| w.strip_prefix('-')) else {
-            return Err(format!("ExecStart: {w:?} is not a flag (etcd takes no arguments)"));
+            return Err(format!(
+                "ExecStart: {w:?} is not a flag (etcd takes no arguments)"
+            ));
         };
         let (name, value) = match body.split_once('=') {
             Some((n, v)) => (n.to_string(), v.to_string()),
@@ -291,13 +294,19 @@ mod tests {
     #[test]
     fn reads_the_seeds_unit() {
         let unit = parse_unit(SEED).unwrap();
-        assert_eq!(unit.environment_files, [("/etc/etcd.env".to_string(), false)]);
+        assert_eq!(
+            unit.environment_files,
+            [("/etc/etcd.env".to_string(), false)]
+        );
         let env = parse_env("PEER_NAME=etcd1\nPRIVATE_IP=10.0.0.1\n");
         let cmd = command(&unit, &env).unwrap();
         assert_eq!(cmd.program, "/bin/etcd");
         assert_eq!(cmd.flags["name"], "master-0");
         assert_eq!(cmd.flags["data-dir"], "/var/lib/etcd");
-        assert_eq!(cmd.flags["cert-file"], "/etc/kubernetes/pki/etcd/server.pem");
+        assert_eq!(
+            cmd.flags["cert-file"],
+            "/etc/kubernetes/pki/etcd/server.pem"
+        );
         assert!(!is_on(&cmd, "client-cert-auth"));
         assert!(unknown(&cmd).is_empty());
     }
@@ -308,7 +317,8 @@ mod tests {
             "[Service]\nEnvironment=\"B=2\"\nExecStart=/usr/bin/etcd \\\n  --name ${NAME} \\\n  --client-cert-auth --heartbeat-interval=$HB\n",
         )
         .unwrap();
-        let env = parse_env("# x\nNAME=etcd2\nHB=250\nETCD_NAME=ignored\nETCD_SNAPSHOT_COUNT='5000'\n");
+        let env =
+            parse_env("# x\nNAME=etcd2\nHB=250\nETCD_NAME=ignored\nETCD_SNAPSHOT_COUNT='5000'\n");
         let cmd = command(&unit, &env).unwrap();
         assert_eq!(cmd.flags["name"], "etcd2");
         assert!(is_on(&cmd, "client-cert-auth"));
@@ -320,11 +330,15 @@ mod tests {
 
     #[test]
     fn unknown_flags_are_named() {
-        let unit =
-            parse_unit("[Service]\nExecStart=/bin/etcd --auto-tls --discovery=https://x\n").unwrap();
+        let unit = parse_unit("[Service]\nExecStart=/bin/etcd --auto-tls --discovery=https://x\n")
+            .unwrap();
         let cmd = command(&unit, &BTreeMap::new()).unwrap();
         assert_eq!(unknown(&cmd), ["--auto-tls", "--discovery"]);
         assert!(parse_unit("[Service]\nType=notify\n").is_err());
-        assert!(command(&parse_unit("[Service]\nExecStart=/bin/etcd stray\n").unwrap(), &BTreeMap::new()).is_err());
+        assert!(command(
+            &parse_unit("[Service]\nExecStart=/bin/etcd stray\n").unwrap(),
+            &BTreeMap::new()
+        )
+        .is_err());
     }
 }

@@ -201,10 +201,13 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     async fn agent(&self, step: &str, host: &str) -> Result<HostAgent, MigrateError> {
-        self.agents.get(host).await.map_err(|source| MigrateError::Agent {
-            step: step.to_string(),
-            source,
-        })
+        self.agents
+            .get(host)
+            .await
+            .map_err(|source| MigrateError::Agent {
+                step: step.to_string(),
+                source,
+            })
     }
 
     fn host(&self, name: &str) -> Result<&Host, MigrateError> {
@@ -213,23 +216,40 @@ impl Ctx<'_> {
             .ok_or_else(|| MigrateError::MissingHost(name.to_string()))
     }
 
-    async fn restart(&self, step: &str, agent: &HostAgent, host: &str) -> Result<Restarted, MigrateError> {
+    async fn restart(
+        &self,
+        step: &str,
+        agent: &HostAgent,
+        host: &str,
+    ) -> Result<Restarted, MigrateError> {
         let me = self
             .members
             .iter()
             .find(|e| e.host == host)
             .cloned()
             .ok_or_else(|| MigrateError::MissingHost(host.to_string()))?;
-        restart_member(&self.etcd, agent, &me, &self.members, self.stall, self.progress)
-            .await
-            .map_err(|source| MigrateError::Rolling {
-                step: step.to_string(),
-                source,
-            })
+        restart_member(
+            &self.etcd,
+            agent,
+            &me,
+            &self.members,
+            self.stall,
+            self.progress,
+        )
+        .await
+        .map_err(|source| MigrateError::Rolling {
+            step: step.to_string(),
+            source,
+        })
     }
 
     /// The CSR flow for every certificate the plan gives `host`.
-    async fn certificates(&self, step: &str, agent: &HostAgent, host: &str) -> Result<(), MigrateError> {
+    async fn certificates(
+        &self,
+        step: &str,
+        agent: &HostAgent,
+        host: &str,
+    ) -> Result<(), MigrateError> {
         for s in &self.rb.steps {
             let (Action::Certificate(spec), Some(h)) = (&s.action, s.target.host()) else {
                 continue;
@@ -244,13 +264,23 @@ impl Ctx<'_> {
                     source,
                 })?
             {
-                (self.progress)(format!("{host}: issued {} (key made on the host)", spec.cert_path));
+                (self.progress)(format!(
+                    "{host}: issued {} (key made on the host)",
+                    spec.cert_path
+                ));
             }
         }
         Ok(())
     }
 
-    async fn write(&self, step: &str, agent: &HostAgent, path: &str, content: &[u8], mode: u32) -> Result<bool, MigrateError> {
+    async fn write(
+        &self,
+        step: &str,
+        agent: &HostAgent,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<bool, MigrateError> {
         agent
             .write_file(path, content.to_vec(), mode)
             .await
@@ -325,7 +355,9 @@ pub async fn run(
                 "secure" => done.restarts.push(secure(&ctx, &host).await?),
                 "drop" => done.restarts.push(drop_seed_ca(&ctx, &host).await?),
                 "apiserver-ca" => apiserver_ca(&ctx, &host).await?,
-                "cleanup" => done.keys_removed.extend(cleanup(&ctx, &record, &host).await?),
+                "cleanup" => done
+                    .keys_removed
+                    .extend(cleanup(&ctx, &record, &host).await?),
                 _ => unreachable!("steps() names these"),
             }
             record.steps.insert(k.clone(), StepState::Done);
@@ -348,7 +380,11 @@ pub async fn run(
     Ok(Some(done))
 }
 
-async fn trust(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result<Restarted, MigrateError> {
+async fn trust(
+    ctx: &Ctx<'_>,
+    record: &AdoptionRecord,
+    host: &str,
+) -> Result<Restarted, MigrateError> {
     let step = key("trust", host);
     let h = ctx.host(host)?;
     let seed = record
@@ -357,10 +393,14 @@ async fn trust(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result<Res
     let agent = ctx.agent(&step, host).await?;
     // haop names members by their address: the other members dial it there from now on.
     let want = vec![ctx.inv.etcd_peer_url(h)];
-    let list = ctx.etcd.member_list().await.map_err(|source| MigrateError::Etcd {
-        step: step.clone(),
-        source,
-    })?;
+    let list = ctx
+        .etcd
+        .member_list()
+        .await
+        .map_err(|source| MigrateError::Etcd {
+            step: step.clone(),
+            source,
+        })?;
     if let Some(m) = list.iter().find(|m| m.id == seed.member_id) {
         if m.peer_urls != want {
             ctx.etcd
@@ -370,13 +410,18 @@ async fn trust(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result<Res
                     step: step.clone(),
                     source,
                 })?;
-            (ctx.progress)(format!("{host}: peer URL {} -> {}", m.peer_urls.join(","), want[0]));
+            (ctx.progress)(format!(
+                "{host}: peer URL {} -> {}",
+                m.peer_urls.join(","),
+                want[0]
+            ));
         }
     }
     ctx.certificates(&step, &agent, host).await?;
     let cfg = member_config(ctx.inv, h);
     let crl = crl_content(ctx);
-    ctx.write(&step, &agent, &client_crl_path(), crl.as_bytes(), 0o644).await?;
+    ctx.write(&step, &agent, &client_crl_path(), crl.as_bytes(), 0o644)
+        .await?;
     let tls = TlsSettings {
         cert_file: seed.cert_file.clone(),
         key_file: seed.key_file.clone(),
@@ -388,10 +433,28 @@ async fn trust(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result<Res
         peer_client_cert_auth: false,
         client_crl_file: None,
     };
-    ctx.write(&step, &agent, ENV_FILE, cfg.env_file_with(&tls).as_bytes(), 0o640).await?;
-    ctx.write(&step, &agent, BOOTSTRAP_ENV_FILE, SEALED_BOOTSTRAP_ENV.as_bytes(), 0o640).await?;
+    ctx.write(
+        &step,
+        &agent,
+        ENV_FILE,
+        cfg.env_file_with(&tls).as_bytes(),
+        0o640,
+    )
+    .await?;
+    ctx.write(
+        &step,
+        &agent,
+        BOOTSTRAP_ENV_FILE,
+        SEALED_BOOTSTRAP_ENV.as_bytes(),
+        0o640,
+    )
+    .await?;
     agent
-        .ensure_unit(UNIT_NAME, &cfg.unit_file(), std::slice::from_ref(&cfg.data_dir))
+        .ensure_unit(
+            UNIT_NAME,
+            &cfg.unit_file(),
+            std::slice::from_ref(&cfg.data_dir),
+        )
         .await
         .map_err(agent_err(&step))?;
     ctx.restart(&step, &agent, host).await
@@ -407,11 +470,9 @@ fn crl_content(ctx: &Ctx<'_>) -> String {
 /// the same on every host such as the revocation list).
 pub fn planned_file(rb: &Runbook, path: &str) -> Option<Vec<u8>> {
     rb.steps.iter().find_map(|s| match &s.action {
-        Action::File(crate::runbook::plan::FileAction::Content { path: p, content, .. })
-            if p == path =>
-        {
-            Some(content.clone())
-        }
+        Action::File(crate::runbook::plan::FileAction::Content {
+            path: p, content, ..
+        }) if p == path => Some(content.clone()),
         _ => None,
     })
 }
@@ -428,7 +489,10 @@ async fn apiserver(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result
             source,
         })?
     {
-        (ctx.progress)(format!("{host}: issued {} (key made on the host)", spec.cert_path));
+        (ctx.progress)(format!(
+            "{host}: issued {} (key made on the host)",
+            spec.cert_path
+        ));
     }
     let Some(manifest) = record
         .masters
@@ -454,7 +518,8 @@ async fn apiserver(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result
         new = set_arg(&new, flag, &value).unwrap_or(new);
     }
     if new != text {
-        ctx.write(&step, &agent, &manifest, new.as_bytes(), mode).await?;
+        ctx.write(&step, &agent, &manifest, new.as_bytes(), mode)
+            .await?;
         (ctx.progress)(format!(
             "{host}: {manifest} names haop's etcd client certificate and CA (kubelet restarts kube-apiserver)"
         ));
@@ -469,7 +534,8 @@ async fn secure(ctx: &Ctx<'_>, host: &str) -> Result<Restarted, MigrateError> {
     // A rerun after a crash: the certificates are still there (issued in the trust step).
     ctx.certificates(&step, &agent, host).await?;
     let cfg = member_config(ctx.inv, h);
-    ctx.write(&step, &agent, ENV_FILE, cfg.env_file().as_bytes(), 0o640).await?;
+    ctx.write(&step, &agent, ENV_FILE, cfg.env_file().as_bytes(), 0o640)
+        .await?;
     ctx.restart(&step, &agent, host).await
 }
 
@@ -478,8 +544,14 @@ async fn drop_seed_ca(ctx: &Ctx<'_>, host: &str) -> Result<Restarted, MigrateErr
     let h = ctx.host(host)?;
     let agent = ctx.agent(&step, host).await?;
     let cfg = member_config(ctx.inv, h);
-    ctx.write(&step, &agent, &cfg.cert("ca.crt"), ctx.rb.ctx.etcd_ca.cert_pem().as_bytes(), 0o644)
-        .await?;
+    ctx.write(
+        &step,
+        &agent,
+        &cfg.cert("ca.crt"),
+        ctx.rb.ctx.etcd_ca.cert_pem().as_bytes(),
+        0o644,
+    )
+    .await?;
     ctx.restart(&step, &agent, host).await
 }
 
@@ -498,7 +570,10 @@ pub fn set_annotation(manifest: &str, value: &str) -> String {
         }
         out.push_str(l);
         if l.trim_end() == "metadata:" {
-            if lines.peek().is_some_and(|n| n.trim_end() == "  annotations:") {
+            if lines
+                .peek()
+                .is_some_and(|n| n.trim_end() == "  annotations:")
+            {
                 out.push_str(lines.next().expect("peeked"));
             } else {
                 out.push_str("  annotations:\n");
@@ -514,7 +589,8 @@ async fn apiserver_ca(ctx: &Ctx<'_>, host: &str) -> Result<(), MigrateError> {
     let step = key("apiserver-ca", host);
     let agent = ctx.agent(&step, host).await?;
     let ca = ctx.rb.ctx.etcd_ca.cert_pem();
-    ctx.write(&step, &agent, ETCD_CA_FILE, ca.as_bytes(), 0o644).await?;
+    ctx.write(&step, &agent, ETCD_CA_FILE, ca.as_bytes(), 0o644)
+        .await?;
     if let Some((text, mode)) = agent
         .read_text(crate::adopt::discover::APISERVER_MANIFEST)
         .await
@@ -523,8 +599,14 @@ async fn apiserver_ca(ctx: &Ctx<'_>, host: &str) -> Result<(), MigrateError> {
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ca.as_bytes()));
         let new = set_annotation(&text, &digest);
         if new != text {
-            ctx.write(&step, &agent, crate::adopt::discover::APISERVER_MANIFEST, new.as_bytes(), mode)
-                .await?;
+            ctx.write(
+                &step,
+                &agent,
+                crate::adopt::discover::APISERVER_MANIFEST,
+                new.as_bytes(),
+                mode,
+            )
+            .await?;
             (ctx.progress)(format!(
                 "{host}: kube-apiserver trusts haop's etcd CA alone (restarted by kubelet)"
             ));
@@ -533,7 +615,11 @@ async fn apiserver_ca(ctx: &Ctx<'_>, host: &str) -> Result<(), MigrateError> {
     Ok(())
 }
 
-async fn cleanup(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result<Vec<String>, MigrateError> {
+async fn cleanup(
+    ctx: &Ctx<'_>,
+    record: &AdoptionRecord,
+    host: &str,
+) -> Result<Vec<String>, MigrateError> {
     let step = key("cleanup", host);
     let agent = ctx.agent(&step, host).await?;
     let mut keys: Vec<String> = record
@@ -579,6 +665,9 @@ mod tests {
         assert!(!twice.contains("\"aa\""));
         assert_eq!(twice.matches("annotations:").count(), 1);
         let bare = set_annotation("kind: Pod\nmetadata:\n  name: x\n", "cc");
-        assert_eq!(bare, "kind: Pod\nmetadata:\n  annotations:\n    haop.io/etcd-ca-sha256: \"cc\"\n  name: x\n");
+        assert_eq!(
+            bare,
+            "kind: Pod\nmetadata:\n  annotations:\n    haop.io/etcd-ca-sha256: \"cc\"\n  name: x\n"
+        );
     }
 }

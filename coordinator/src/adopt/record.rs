@@ -113,12 +113,10 @@ impl AdoptionRecord {
     pub fn save(&self, state_dir: &Path) -> Result<(), RecordError> {
         let path = path(state_dir, &self.cluster);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| {
-                crate::fsio::FsioError::Io {
-                    op: "create",
-                    path: dir.to_path_buf(),
-                    source,
-                }
+            std::fs::create_dir_all(dir).map_err(|source| crate::fsio::FsioError::Io {
+                op: "create",
+                path: dir.to_path_buf(),
+                source,
             })?;
         }
         let text = serde_json::to_string_pretty(self).expect("the record serializes");

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-
 use crate::agent::{AgentError, HostAgent};
 use crate::etcd::api::EtcdClient;
 use crate::etcd::rolling::{restart_member, Endpoint, RollingError};

@@ -98,16 +98,20 @@ pub struct RotationJournal {
 
 /// `<state>/rotate/<cluster>-etcd.json`.
 pub fn journal_path(state_dir: &Path, cluster: &str) -> PathBuf {
-    state_dir.join("rotate").join(format!("{cluster}-etcd.json"))
+    state_dir
+        .join("rotate")
+        .join(format!("{cluster}-etcd.json"))
 }
 
 fn load(state_dir: &Path, cluster: &str) -> Result<Option<RotationJournal>, RotateError> {
     let path = journal_path(state_dir, cluster);
     match std::fs::read_to_string(&path) {
-        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| RotateError::Journal {
-            path,
-            message: e.to_string(),
-        }),
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| RotateError::Journal {
+                path,
+                message: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(RotateError::Journal {
             path,
@@ -167,7 +171,10 @@ fn swap(state_dir: &Path, j: &RotationJournal) -> Result<(), RotateError> {
         }
     }
     for ext in ["crt", "key"] {
-        rename(&pem_path(state_dir, NEXT_CA, ext), &pem_path(state_dir, ETCD_CA, ext))?;
+        rename(
+            &pem_path(state_dir, NEXT_CA, ext),
+            &pem_path(state_dir, ETCD_CA, ext),
+        )?;
     }
     Ok(())
 }
@@ -182,28 +189,49 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn agent(&self, step: &str, host: &str) -> Result<HostAgent, RotateError> {
-        self.agents.get(host).await.map_err(|source| RotateError::Agent {
-            step: step.to_string(),
-            source,
-        })
+        self.agents
+            .get(host)
+            .await
+            .map_err(|source| RotateError::Agent {
+                step: step.to_string(),
+                source,
+            })
     }
 
-    async fn restart(&self, step: &str, agent: &HostAgent, host: &str) -> Result<Restarted, RotateError> {
+    async fn restart(
+        &self,
+        step: &str,
+        agent: &HostAgent,
+        host: &str,
+    ) -> Result<Restarted, RotateError> {
         let me = self
             .members
             .iter()
             .find(|e| e.host == host)
             .cloned()
             .expect("members are the inventory's etcd hosts");
-        restart_member(&self.etcd, agent, &me, &self.members, self.stall, self.progress)
-            .await
-            .map_err(|source| RotateError::Rolling {
-                step: step.to_string(),
-                source,
-            })
+        restart_member(
+            &self.etcd,
+            agent,
+            &me,
+            &self.members,
+            self.stall,
+            self.progress,
+        )
+        .await
+        .map_err(|source| RotateError::Rolling {
+            step: step.to_string(),
+            source,
+        })
     }
 
-    async fn write(&self, step: &str, agent: &HostAgent, path: &str, content: &str) -> Result<bool, RotateError> {
+    async fn write(
+        &self,
+        step: &str,
+        agent: &HostAgent,
+        path: &str,
+        content: &str,
+    ) -> Result<bool, RotateError> {
         agent
             .write_file(path, content.as_bytes().to_vec(), 0o644)
             .await
@@ -216,7 +244,8 @@ impl Run<'_> {
     /// A master's CA file set to `pem`, its API server restarted (manifest annotation).
     async fn master_ca(&self, step: &str, host: &str, pem: &str) -> Result<(), RotateError> {
         let agent = self.agent(step, host).await?;
-        self.write(step, &agent, crate::render::kubeadm::ETCD_CA_FILE, pem).await?;
+        self.write(step, &agent, crate::render::kubeadm::ETCD_CA_FILE, pem)
+            .await?;
         bump_manifest(&agent, step, pem).await
     }
 }
@@ -343,7 +372,11 @@ pub async fn run(
         progress,
     };
     let etcd_hosts: Vec<String> = r.members.iter().map(|e| e.host.clone()).collect();
-    let masters: Vec<String> = inv.masters().iter().map(|h| h.name.as_str().to_string()).collect();
+    let masters: Vec<String> = inv
+        .masters()
+        .iter()
+        .map(|h| h.name.as_str().to_string())
+        .collect();
     let both_old_first = crate::pki::bundle::join(&j.old_ca_pem, &[&j.new_ca_pem])?;
     let both_new_first = crate::pki::bundle::join(&j.new_ca_pem, &[&j.old_ca_pem])?;
 
@@ -352,8 +385,13 @@ pub async fn run(
         let k = format!("trust:{host}");
         if begin(state_dir, &cluster, &mut j, &k, progress)? {
             let agent = r.agent(&k, host).await?;
-            r.write(&k, &agent, &format!("{}/ca.crt", crate::etcd::config::PKI_DIR), &both_old_first)
-                .await?;
+            r.write(
+                &k,
+                &agent,
+                &format!("{}/ca.crt", crate::etcd::config::PKI_DIR),
+                &both_old_first,
+            )
+            .await?;
             out.restarts.push(r.restart(&k, &agent, host).await?);
             end(state_dir, &cluster, &mut j, &k, &mut out)?;
         }
@@ -424,7 +462,10 @@ pub async fn run(
                         step: k.clone(),
                         source,
                     })?;
-                progress(format!("{host}: {} issued by the new CA (new key)", spec.cert_path));
+                progress(format!(
+                    "{host}: {} issued by the new CA (new key)",
+                    spec.cert_path
+                ));
             }
         }
         if etcd_hosts.contains(host) {
@@ -449,8 +490,13 @@ pub async fn run(
         let k = format!("drop:{host}");
         if begin(state_dir, &cluster, &mut j, &k, progress)? {
             let agent = r.agent(&k, host).await?;
-            r.write(&k, &agent, &format!("{}/ca.crt", crate::etcd::config::PKI_DIR), &j.new_ca_pem)
-                .await?;
+            r.write(
+                &k,
+                &agent,
+                &format!("{}/ca.crt", crate::etcd::config::PKI_DIR),
+                &j.new_ca_pem,
+            )
+            .await?;
             out.restarts.push(r.restart(&k, &agent, host).await?);
             end(state_dir, &cluster, &mut j, &k, &mut out)?;
         }
@@ -472,7 +518,10 @@ pub async fn run(
     })?;
     let old_crt = pem_path(state_dir, OLD_CA, "crt");
     if old_crt.exists() {
-        rename(&old_crt, &retired.join(format!("etcd-ca-until-{}.crt", j.started_unix)))?;
+        rename(
+            &old_crt,
+            &retired.join(format!("etcd-ca-until-{}.crt", j.started_unix)),
+        )?;
     }
     let old_key = pem_path(state_dir, OLD_CA, "key");
     if old_key.exists() {

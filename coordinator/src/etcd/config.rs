@@ -175,8 +175,14 @@ impl MemberConfig {
         vars.extend([
             ("ETCD_PEER_CERT_FILE", tls.peer_cert_file.clone()),
             ("ETCD_PEER_KEY_FILE", tls.peer_key_file.clone()),
-            ("ETCD_PEER_TRUSTED_CA_FILE", tls.peer_trusted_ca_file.clone()),
-            ("ETCD_PEER_CLIENT_CERT_AUTH", on_off(tls.peer_client_cert_auth)),
+            (
+                "ETCD_PEER_TRUSTED_CA_FILE",
+                tls.peer_trusted_ca_file.clone(),
+            ),
+            (
+                "ETCD_PEER_CLIENT_CERT_AUTH",
+                on_off(tls.peer_client_cert_auth),
+            ),
             // A member back from a partition or a restart asks before it campaigns, instead of
             // forcing an election on a healthy leader (3.4 and 3.5 default to false).
             ("ETCD_PRE_VOTE", "true".into()),

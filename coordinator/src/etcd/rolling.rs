@@ -67,12 +67,12 @@ pub struct Restarted {
 }
 
 /// When `me` leads, hands leadership to another member that answers (preferring those `prefer`
-/// ranks lower) and waits up to 15 s until `me` reports the new leader. Answers whether it did.
+/// ranks lower) and waits up to 15 s until `me` reports the new leader. Answers to whom.
 pub async fn hand_off_leadership<K: Ord>(
     etcd: &EtcdClient,
     me: &Endpoint,
     members: &[Endpoint],
-    prefer: impl Fn(&super::api::EndpointStatus) -> K,
+    prefer: impl Fn(&Endpoint, &super::api::EndpointStatus) -> K,
 ) -> Result<Option<String>, EtcdApiError> {
     let status = etcd.status_of(&me.url).await?;
     if status.leader_id != status.member_id {
@@ -81,7 +81,7 @@ pub async fn hand_off_leadership<K: Ord>(
     let mut candidates = Vec::new();
     for e in members.iter().filter(|e| e.host != me.host) {
         if let Ok(s) = etcd.status_of(&e.url).await {
-            candidates.push((prefer(&s), e.host.clone(), s.member_id));
+            candidates.push((prefer(e, &s), e.host.clone(), s.member_id));
         }
     }
     candidates.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
@@ -115,10 +115,20 @@ pub async fn restart_member(
         host: me.host.clone(),
         source,
     };
-    let db_size = etcd.status_of(&me.url).await.map(|s| s.db_size).unwrap_or(0);
-    let moved = hand_off_leadership(etcd, me, members, |_| 0u8)
+    let db_size = etcd
+        .status_of(&me.url)
         .await
-        .map_err(etcd_err)?;
+        .map(|s| s.db_size)
+        .unwrap_or(0);
+    // Rolling changes go through `members` in order: hand over to one restarted already, so
+    // that leadership does not move again at the next member.
+    let mine = members.iter().position(|e| e.host == me.host);
+    let moved = hand_off_leadership(etcd, me, members, |e, _| {
+        let at = members.iter().position(|m| m.host == e.host);
+        (at > mine, at)
+    })
+    .await
+    .map_err(etcd_err)?;
     if let Some(to) = &moved {
         progress(format!("{}: leads; leadership handed to {to}", me.host));
     }
@@ -133,7 +143,10 @@ pub async fn restart_member(
         })?;
     wait_back(etcd, me, members, db_size, stall).await?;
     let seconds = started.elapsed().as_secs_f64();
-    progress(format!("{}: healthy and caught up ({seconds:.1} s)", me.host));
+    progress(format!(
+        "{}: healthy and caught up ({seconds:.1} s)",
+        me.host
+    ));
     Ok(Restarted {
         host: me.host.clone(),
         seconds,
@@ -194,7 +207,11 @@ pub async fn wait_back(
             }
             Err(e) => {
                 let last = crate::error::short_error(&e);
-                let limit = if wanted.is_none() { first_within } else { stall };
+                let limit = if wanted.is_none() {
+                    first_within
+                } else {
+                    stall
+                };
                 let since = if wanted.is_none() {
                     started.elapsed()
                 } else {

@@ -459,7 +459,7 @@ async fn upgrade_member(
         host: me.host.clone(),
         url: me.url.clone(),
     };
-    let moved = crate::etcd::rolling::hand_off_leadership(etcd, &mine, &all, |s| {
+    let moved = crate::etcd::rolling::hand_off_leadership(etcd, &mine, &all, |_, s| {
         EtcdVersion::parse(&s.version) != Some(req.target)
     })
     .await?;
