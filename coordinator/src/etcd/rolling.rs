@@ -42,6 +42,8 @@ pub enum RollingError {
         wanted: u64,
         seconds: u64,
     },
+    #[error("not restarting {host}: the cluster is not whole ({last}); restarting a member now could cost the quorum. Repair it first (`haop status`, `haop etcd heal`), then run the command again")]
+    NotWhole { host: String, last: String },
     #[error("{host}: {source}")]
     Etcd {
         host: String,
@@ -102,7 +104,9 @@ pub async fn hand_off_leadership<K: Ord>(
 }
 
 /// Restarts `me`'s etcd through `agent` (leadership handed away first) and waits until it is
-/// back, caught up, and the cluster whole (see the module doc).
+/// back, caught up, and the cluster whole (see the module doc). Refuses, touching nothing, when
+/// the cluster is not whole to begin with: with a member already down, a restart could cost
+/// the quorum.
 pub async fn restart_member(
     etcd: &EtcdClient,
     agent: &HostAgent,
