@@ -59,7 +59,14 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     let st = state.path();
     let name = format!("t{}-ad{}", std::process::id() % 100_000, etcd.tag());
     let mut up = vec![
-        "lab", "up", &name, "--etcd", "3", "--masters", "2", "--from-seed",
+        "lab",
+        "up",
+        &name,
+        "--etcd",
+        "3",
+        "--masters",
+        "2",
+        "--from-seed",
     ]
     .into_iter()
     .map(String::from)
@@ -82,8 +89,12 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
         .collect();
     let root = |host: &str| roots.iter().find(|(n, _)| n == host).unwrap().1.clone();
     let watched = |r: &Path| {
-        ["etc/systemd/system/etcd.service", "etc/etcd.env", "etc/kubernetes/pki/etcd/ca.pem"]
-            .map(|f| sha(&r.join(f)))
+        [
+            "etc/systemd/system/etcd.service",
+            "etc/etcd.env",
+            "etc/kubernetes/pki/etcd/ca.pem",
+        ]
+        .map(|f| sha(&r.join(f)))
     };
     let before: Vec<[String; 3]> = roots.iter().map(|(_, r)| watched(r)).collect();
 
@@ -97,11 +108,19 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     let refused = haop(st, &["adopt", "-f", &partial_path.display().to_string()]);
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(text(&refused).contains("master-2"), "{}", text(&refused));
-    assert!(text(&refused).contains("runs on no host of the inventory"), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("runs on no host of the inventory"),
+        "{}",
+        text(&refused)
+    );
     assert!(!st.join("adopt").exists());
-    assert!(!haop_coordinator::trust::pki_dir(st).join("etcd-trust.crt").exists()
-        || std::fs::read(haop_coordinator::trust::pki_dir(st).join("etcd-trust.crt")).unwrap()
-            == std::fs::read(haop_coordinator::trust::pki_dir(st).join("etcd-ca.crt")).unwrap());
+    assert!(
+        !haop_coordinator::trust::pki_dir(st)
+            .join("etcd-trust.crt")
+            .exists()
+            || std::fs::read(haop_coordinator::trust::pki_dir(st).join("etcd-trust.crt")).unwrap()
+                == std::fs::read(haop_coordinator::trust::pki_dir(st).join("etcd-ca.crt")).unwrap()
+    );
 
     // adopt: the full inventory and the plan; nothing changed on the hosts.
     let adopted = haop(st, &["adopt", "-f", &inv_file]);
@@ -122,7 +141,11 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     assert!(text(&plan).contains("etcd1=trust"), "{}", text(&plan));
     // A second adopt says where it stands.
     let again = haop(st, &["adopt", "-f", &inv_file]);
-    assert!(again.status.success() && text(&again).contains("Adoption of"), "{}", text(&again));
+    assert!(
+        again.status.success() && text(&again).contains("Adoption of"),
+        "{}",
+        text(&again)
+    );
 
     // The migration, under a writer.
     let endpoints = inv.etcd_client_urls();
@@ -133,7 +156,8 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     loop {
         runs += 1;
         let mut cmd = Command::new(common::haop_bin());
-        cmd.env("HAOP_STATE_DIR", st).args(["apply", "-f", &inv_file]);
+        cmd.env("HAOP_STATE_DIR", st)
+            .args(["apply", "-f", &inv_file]);
         if kill_after_every_step {
             cmd.env("HAOP_FAILPOINT", "adopt:after-step");
         }
@@ -173,8 +197,16 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
         let mut one = env.clone();
         one.retain(|(k, _)| k != "ETCDCTL_ENDPOINTS");
         one.push(("ETCDCTL_ENDPOINTS".into(), e.clone()));
-        let got = etcdctl(&one, &["get", last, "--consistency=s", "--print-value-only"]);
-        assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v", "{e}: {}", text(&got));
+        let got = etcdctl(
+            &one,
+            &["get", last, "--consistency=s", "--print-value-only"],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout).trim(),
+            "v",
+            "{e}: {}",
+            text(&got)
+        );
     }
     let version = client.status_of(&endpoints[0]).await.unwrap().version;
     assert!(version.starts_with(etcd.version_prefix()), "{version}");
@@ -184,7 +216,11 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["etcd1", "etcd2", "etcd3"]);
     for m in &members {
-        assert!(m.peer_urls[0].starts_with("https://10."), "{:?}", m.peer_urls);
+        assert!(
+            m.peer_urls[0].starts_with("https://10."),
+            "{:?}",
+            m.peer_urls
+        );
     }
     // Client certificate auth is on: no certificate, no access; the seed's client
     // certificate (its CA is gone) is refused.
@@ -192,7 +228,11 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     for e in &endpoints {
         let anonymous = Command::new("/usr/bin/etcdctl")
             .env_clear()
-            .args(["--dial-timeout=2s", "--command-timeout=3s", "--insecure-skip-tls-verify"])
+            .args([
+                "--dial-timeout=2s",
+                "--command-timeout=3s",
+                "--insecure-skip-tls-verify",
+            ])
             .arg(format!("--endpoints={e}"))
             .args(["put", "/adopt/anonymous", "x"])
             .output()
@@ -200,14 +240,25 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
         assert!(!anonymous.status.success(), "{e}: {}", text(&anonymous));
         let seed_client = Command::new("/usr/bin/etcdctl")
             .env_clear()
-            .args(["--dial-timeout=2s", "--command-timeout=3s", "--insecure-skip-tls-verify"])
+            .args([
+                "--dial-timeout=2s",
+                "--command-timeout=3s",
+                "--insecure-skip-tls-verify",
+            ])
             .arg(format!("--endpoints={e}"))
             .arg(format!("--cert={}", seed_pki.join("client.pem").display()))
-            .arg(format!("--key={}", seed_pki.join("client-key.pem").display()))
+            .arg(format!(
+                "--key={}",
+                seed_pki.join("client-key.pem").display()
+            ))
             .args(["put", "/adopt/seed-client", "x"])
             .output()
             .unwrap();
-        assert!(!seed_client.status.success(), "{e} accepted the seed's client: {}", text(&seed_client));
+        assert!(
+            !seed_client.status.success(),
+            "{e} accepted the seed's client: {}",
+            text(&seed_client)
+        );
     }
     // No certificate of the seed's CA trusted anywhere; no CA key on any host.
     let haop_ca = haop_coordinator::pki::inspect(
@@ -236,8 +287,14 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     }
     for host in ["etcd1", "etcd2", "etcd3"] {
         let env_file = std::fs::read_to_string(root(host).join("etc/etcd.env")).unwrap();
-        assert!(env_file.contains("ETCD_CLIENT_CERT_AUTH=true"), "{env_file}");
-        assert!(env_file.contains("ETCD_PEER_CLIENT_CERT_AUTH=true"), "{env_file}");
+        assert!(
+            env_file.contains("ETCD_CLIENT_CERT_AUTH=true"),
+            "{env_file}"
+        );
+        assert!(
+            env_file.contains("ETCD_PEER_CLIENT_CERT_AUTH=true"),
+            "{env_file}"
+        );
         for f in ["server.crt", "peer.crt"] {
             let c = &certs_in(&root(host), &format!("{PKI}/{f}"))[0];
             assert_eq!(c.authority_key_id, haop_ca, "{host}: {f}");
@@ -248,14 +305,18 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     for host in ["master1", "master2"] {
         let r = root(host);
         let manifest =
-            std::fs::read_to_string(r.join("etc/kubernetes/manifests/kube-apiserver.yaml")).unwrap();
+            std::fs::read_to_string(r.join("etc/kubernetes/manifests/kube-apiserver.yaml"))
+                .unwrap();
         for want in [
             "--etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt",
             "--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt",
             "--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key",
             "haop.io/etcd-ca-sha256",
         ] {
-            assert!(manifest.contains(want), "{host}: {want} missing:\n{manifest}");
+            assert!(
+                manifest.contains(want),
+                "{host}: {want} missing:\n{manifest}"
+            );
         }
         let o = Command::new("/usr/bin/etcdctl")
             .env_clear()
@@ -264,16 +325,22 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
             .arg(format!("--cacert={}", r.join(PKI).join("ca.crt").display()))
             .arg(format!(
                 "--cert={}",
-                r.join("etc/kubernetes/pki/apiserver-etcd-client.crt").display()
+                r.join("etc/kubernetes/pki/apiserver-etcd-client.crt")
+                    .display()
             ))
             .arg(format!(
                 "--key={}",
-                r.join("etc/kubernetes/pki/apiserver-etcd-client.key").display()
+                r.join("etc/kubernetes/pki/apiserver-etcd-client.key")
+                    .display()
             ))
             .args(["put", &format!("/adopt/{host}"), "apiserver"])
             .output()
             .unwrap();
-        assert!(o.status.success(), "{host}'s API server files: {}", text(&o));
+        assert!(
+            o.status.success(),
+            "{host}'s API server files: {}",
+            text(&o)
+        );
     }
     let status = haop(st, &["status", "-f", &inv_file]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));

@@ -200,6 +200,16 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The gate before a member's files change (see [`crate::etcd::rolling::whole`]).
+    async fn whole(&self, step: &str, host: &str) -> Result<(), MigrateError> {
+        crate::etcd::rolling::whole(&self.etcd, host, &self.members)
+            .await
+            .map_err(|source| MigrateError::Rolling {
+                step: step.to_string(),
+                source,
+            })
+    }
+
     async fn agent(&self, step: &str, host: &str) -> Result<HostAgent, MigrateError> {
         self.agents
             .get(host)
@@ -386,6 +396,7 @@ async fn trust(
     host: &str,
 ) -> Result<Restarted, MigrateError> {
     let step = key("trust", host);
+    ctx.whole(&step, host).await?;
     let h = ctx.host(host)?;
     let seed = record
         .member(host)
@@ -529,6 +540,7 @@ async fn apiserver(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result
 
 async fn secure(ctx: &Ctx<'_>, host: &str) -> Result<Restarted, MigrateError> {
     let step = key("secure", host);
+    ctx.whole(&step, host).await?;
     let h = ctx.host(host)?;
     let agent = ctx.agent(&step, host).await?;
     // A rerun after a crash: the certificates are still there (issued in the trust step).
@@ -541,6 +553,7 @@ async fn secure(ctx: &Ctx<'_>, host: &str) -> Result<Restarted, MigrateError> {
 
 async fn drop_seed_ca(ctx: &Ctx<'_>, host: &str) -> Result<Restarted, MigrateError> {
     let step = key("drop", host);
+    ctx.whole(&step, host).await?;
     let h = ctx.host(host)?;
     let agent = ctx.agent(&step, host).await?;
     let cfg = member_config(ctx.inv, h);

@@ -188,6 +188,16 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The gate before a member's files change (see [`crate::etcd::rolling::whole`]).
+    async fn whole(&self, step: &str, host: &str) -> Result<(), RotateError> {
+        crate::etcd::rolling::whole(&self.etcd, host, &self.members)
+            .await
+            .map_err(|source| RotateError::Rolling {
+                step: step.to_string(),
+                source,
+            })
+    }
+
     async fn agent(&self, step: &str, host: &str) -> Result<HostAgent, RotateError> {
         self.agents
             .get(host)
@@ -384,6 +394,7 @@ pub async fn run(
     for host in &etcd_hosts {
         let k = format!("trust:{host}");
         if begin(state_dir, &cluster, &mut j, &k, progress)? {
+            r.whole(&k, host).await?;
             let agent = r.agent(&k, host).await?;
             r.write(
                 &k,
@@ -439,6 +450,9 @@ pub async fn run(
         if !begin(state_dir, &cluster, &mut j, &k, progress)? {
             continue;
         }
+        if etcd_hosts.contains(host) {
+            r.whole(&k, host).await?;
+        }
         let agent = r.agent(&k, host).await?;
         for s in &rb.steps {
             let (Action::Certificate(spec), Some(h)) = (&s.action, s.target.host()) else {
@@ -489,6 +503,7 @@ pub async fn run(
     for host in &etcd_hosts {
         let k = format!("drop:{host}");
         if begin(state_dir, &cluster, &mut j, &k, progress)? {
+            r.whole(&k, host).await?;
             let agent = r.agent(&k, host).await?;
             r.write(
                 &k,

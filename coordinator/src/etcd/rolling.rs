@@ -103,6 +103,36 @@ pub async fn hand_off_leadership<K: Ord>(
     Ok(Some(to_host))
 }
 
+/// Whether every one of `members` is a voter, there is a leader, and all answer: the gate
+/// before `host` is changed or restarted (with a member already down, a restart could cost the
+/// quorum). Callers check it before they write anything a restart would act on.
+pub async fn whole(
+    etcd: &EtcdClient,
+    host: &str,
+    members: &[Endpoint],
+) -> Result<(), RollingError> {
+    let urls: Vec<String> = members.iter().map(|e| e.url.clone()).collect();
+    etcd.wait_for_quorum(&urls, members.len(), Duration::from_secs(10))
+        .await
+        .map_err(|e| RollingError::NotWhole {
+            host: host.to_string(),
+            last: crate::error::short_error(&e),
+        })?;
+    let mut answering = 0;
+    for e in members {
+        if etcd.health(&e.url).await.is_ok() {
+            answering += 1;
+        }
+    }
+    if answering < members.len() {
+        return Err(RollingError::NotWhole {
+            host: host.to_string(),
+            last: format!("{answering} of {} members answer", members.len()),
+        });
+    }
+    Ok(())
+}
+
 /// Restarts `me`'s etcd through `agent` (leadership handed away first) and waits until it is
 /// back, caught up, and the cluster whole (see the module doc). Refuses, touching nothing, when
 /// the cluster is not whole to begin with: with a member already down, a restart could cost
@@ -119,6 +149,7 @@ pub async fn restart_member(
         host: me.host.clone(),
         source,
     };
+    whole(etcd, &me.host, members).await?;
     let db_size = etcd
         .status_of(&me.url)
         .await
