@@ -320,9 +320,11 @@ pub fn install_certificate(cert_path: &Path, pem: &str, key_path: &Path) -> Resu
     Ok(written.changed)
 }
 
-/// Installs the CA certificate `ca_pem` at `ca_path` (mode 0644) after checking that it is one
-/// CA certificate and that it signed the certificate `issued_pem` (the one just installed with
-/// [`install_certificate`]). Returns whether the file changed.
+/// Installs the CA certificate `ca_pem` at `ca_path` (mode 0644) after checking that its first
+/// block is a CA certificate that signed the certificate `issued_pem` (the one just installed
+/// with [`install_certificate`]), and that every further block (a trust bundle while one CA
+/// replaces another) is a CA certificate too: nothing else lands in a file etcd trusts.
+/// Returns whether the file changed.
 pub fn install_ca_certificate(
     ca_path: &Path,
     ca_pem: &str,
@@ -345,6 +347,16 @@ pub fn install_ca_certificate(
         .map_err(|e| invalid(format!("not a certificate ({e})")))?;
     if !ca.is_ca() {
         return Err(invalid("not a CA certificate".into()));
+    }
+    for (i, block) in x509_parser::pem::Pem::iter_from_buffer(ca_pem.as_bytes()).enumerate() {
+        let block = block.map_err(|e| invalid(format!("block {} is not PEM ({e})", i + 1)))?;
+        let cert = (block.label == "CERTIFICATE")
+            .then(|| block.parse_x509().ok())
+            .flatten()
+            .ok_or_else(|| invalid(format!("block {} is not a certificate", i + 1)))?;
+        if !cert.is_ca() {
+            return Err(invalid(format!("block {} is not a CA certificate", i + 1)));
+        }
     }
     let (_, issued_block) = x509_parser::pem::parse_x509_pem(issued_pem.as_bytes())
         .map_err(|e| invalid(format!("the issued certificate is not PEM ({e})")))?;
@@ -588,6 +600,13 @@ mod tests {
         assert!(install_certificate(&dir.path().join("server.crt"), &leaf, &key_path).unwrap());
         assert!(install_ca_certificate(&ca_path, &ca_pem, &leaf).unwrap());
         assert!(!install_ca_certificate(&ca_path, &ca_pem, &leaf).unwrap());
+        // A bundle: the issuing CA first, then another CA; never a leaf among them.
+        let (_, _, other_ca) = ca("other-ca");
+        let bundle = format!("{ca_pem}{other_ca}");
+        assert!(install_ca_certificate(&ca_path, &bundle, &leaf).unwrap());
+        let e = install_ca_certificate(&ca_path, &format!("{ca_pem}{leaf}"), &leaf).unwrap_err();
+        assert!(e.to_string().contains("block 2"), "{e}");
+        assert!(install_ca_certificate(&ca_path, &ca_pem, &leaf).unwrap());
         assert_eq!(mode(&ca_path), 0o644);
 
         let (_, _, other_ca) = ca("other-ca");
