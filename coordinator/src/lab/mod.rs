@@ -27,6 +27,7 @@ mod faults;
 mod inventory;
 mod names;
 mod record;
+pub mod seed;
 mod sys;
 
 use std::collections::HashMap;
