@@ -168,6 +168,7 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
                 etcd,
                 masters,
                 workers,
+                from_seed: false,
             };
             let lab = if systemd {
                 let agent_deb = match (bare, deb) {

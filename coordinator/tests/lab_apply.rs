@@ -53,6 +53,7 @@ async fn apply_converges_and_survives_being_killed() {
         etcd: 3,
         masters: 2,
         workers: 1,
+        from_seed: false,
     };
     let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
     let inv = lab.inventory_path().display().to_string();

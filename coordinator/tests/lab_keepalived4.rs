@@ -46,6 +46,7 @@ async fn the_vip_leaves_each_of_four_masters_whose_api_check_fails() {
         etcd: 1,
         masters: 4,
         workers: 0,
+        from_seed: false,
     };
     let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
     let inv_path = lab.inventory_path().display().to_string();

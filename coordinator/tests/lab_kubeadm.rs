@@ -222,6 +222,7 @@ async fn kubeadm_phases(kubeadm_version: &str, pinned: Option<&str>, tag: &str) 
         etcd: 4,
         masters: 2,
         workers: 1,
+        from_seed: false,
     };
     let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
 

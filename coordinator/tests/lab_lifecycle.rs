@@ -249,6 +249,7 @@ async fn labs_created_at_once_get_different_subnets() {
         etcd: 1,
         masters: 0,
         workers: 1,
+        from_seed: false,
     };
     let (a, b) = tokio::join!(
         LabGuard::up(s1.path(), &n1, one),
@@ -286,6 +287,7 @@ async fn down_all_cleans_up_after_interrupted_ups() {
         etcd: 2,
         masters: 0,
         workers: 0,
+        from_seed: false,
     };
 
     // An `up` that stopped after the network and roots were made, before any agent started.
@@ -385,6 +387,7 @@ async fn crash_kills_the_unit_and_wipes_its_data_dir() {
         etcd: 1,
         masters: 0,
         workers: 0,
+        from_seed: false,
     };
     let lab = LabGuard::up(state.path(), &name, one)
         .await

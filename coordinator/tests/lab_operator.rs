@@ -249,6 +249,7 @@ async fn two_operators_elect_one_that_heals_and_a_cut_off_leader_is_replaced() {
         etcd: 3,
         masters: 0,
         workers: 2,
+        from_seed: false,
     };
     let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
     // The inventory is the three etcd hosts; the workers are the admin machines the

@@ -28,6 +28,7 @@ async fn every_rpc_on_a_lab_host() {
         etcd: 1,
         masters: 0,
         workers: 0,
+        from_seed: false,
     };
     let lab = LabGuard::up(state.path(), &name, spec)
         .await

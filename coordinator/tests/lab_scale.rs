@@ -46,6 +46,7 @@ async fn scale_three_to_five_to_three_under_a_writer(etcd: Etcd) {
         etcd: 5,
         masters: 0,
         workers: 0,
+        from_seed: false,
     };
     let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
     let (five, _) = Inventory::load(&etcd.inventory(st, &lab, |_| {})).unwrap();

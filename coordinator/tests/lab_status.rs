@@ -66,6 +66,7 @@ async fn status_reports_health_vip_crashes_and_dead_agents() {
         etcd: 3,
         masters: 2,
         workers: 0,
+        from_seed: false,
     };
     let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
     let inv = lab.inventory_path().display().to_string();

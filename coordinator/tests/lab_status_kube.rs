@@ -94,6 +94,7 @@ async fn status_asks_the_api_servers_readyz_through_the_vip_and_on_each_master()
         etcd: 3,
         masters: 2,
         workers: 0,
+        from_seed: false,
     };
     let lab = LabGuard::up(st, &name, spec).await.expect("lab up");
     let out = haop(

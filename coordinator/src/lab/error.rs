@@ -190,6 +190,19 @@ pub enum LabError {
     SystemdOwnsAgent { lab: String, host: String },
     #[error(transparent)]
     Hosts(Box<crate::hosts::HostsError>),
+    #[error("the seed's PKI")]
+    SeedPki(#[from] super::seed::pki::SeedPkiError),
+    #[error("--seed-etcd-binary {path} is not a file")]
+    SeedBinary { path: PathBuf },
+    #[error(
+        "the seed's etcd did not answer healthy within {seconds}s through its API with its CA \
+         ({last_error}); {log}"
+    )]
+    SeedNotHealthy {
+        seconds: u64,
+        last_error: String,
+        log: Box<LogTail>,
+    },
 }
 
 impl From<crate::hosts::HostsError> for LabError {

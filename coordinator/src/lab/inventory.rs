@@ -68,11 +68,21 @@ fn model(lab: &LabRecord) -> Result<Inventory, String> {
     let etcd = inv.etcd_hosts().len();
     inv.allow_single_etcd = etcd == 1;
     inv.allow_even_etcd = etcd > 0 && etcd.is_multiple_of(2);
-    if inv.masters().len() >= 2 {
-        let [a, b, c, _] = lab.gateway.octets();
-        inv.vip = Some(Vip::new(IpAddr::V4(Ipv4Addr::new(a, b, c, VIP_OCTET))));
-    }
+    inv.vip = vip(lab).map(|v| Vip::new(IpAddr::V4(v)));
     Ok(inv)
+}
+
+/// The lab's VIP: `.10` of its /24 when it has two or more masters.
+pub(super) fn vip(lab: &LabRecord) -> Option<Ipv4Addr> {
+    let masters = lab
+        .hosts
+        .iter()
+        .filter(|h| h.roles.contains(&crate::inventory::Role::Master))
+        .count();
+    (masters >= 2).then(|| {
+        let [a, b, c, _] = lab.gateway.octets();
+        Ipv4Addr::new(a, b, c, VIP_OCTET)
+    })
 }
 
 /// Writes the inventory of `lab` to `path` atomically.
@@ -132,6 +142,7 @@ mod tests {
             etcd,
             masters,
             workers,
+            from_seed: false,
         }
     }
 

@@ -49,6 +49,7 @@ pub use faults::{AgentRestart, AgentStop};
 pub use inventory::INVENTORY_FILE;
 pub use names::{LabName, LabSpec, AGENT_PORT, MAX_ETCD, MAX_INDEX, MAX_MASTERS, MAX_WORKERS};
 pub use record::{LabHost, LabRecord, RECORD_FILE};
+pub use seed::SeedOptions;
 
 use crate::inventory::Role;
 use agents::AgentProcess;
@@ -146,16 +147,39 @@ impl Lab {
 
     /// Creates the lab `name` and starts its agents; answers once every agent answers
     /// GetFacts and the inventory is written. On failure, what was created is removed again.
+    /// With `spec.from_seed`, the hosts are built by the seed's runbook first (the machine's
+    /// etcd; [`Lab::up_with`] takes the seed's options).
     pub async fn up(state_dir: &Path, name: &str, spec: LabSpec) -> Result<Lab, LabError> {
+        Self::up_with(state_dir, name, spec, SeedOptions::default()).await
+    }
+
+    /// [`Lab::up`] with the options of `--from-seed`. With `spec.from_seed`: the host roots
+    /// are made, the seed's files written and its units enabled ([`seed`]), then the agents
+    /// started (they start the enabled units, as boot would), and `up` answers once the seed's
+    /// etcd is healthy through its own API.
+    pub async fn up_with(
+        state_dir: &Path,
+        name: &str,
+        spec: LabSpec,
+        seed: SeedOptions,
+    ) -> Result<Lab, LabError> {
         let span = tracing::info_span!("lab_up", lab = %name);
         async {
             // Everything that can be checked before anything is made.
             validate(name, spec)?;
+            if !spec.from_seed && seed != SeedOptions::default() {
+                return Err(LabError::InvalidSpec {
+                    reason: "--seed-etcd-binary is an option of --from-seed".to_string(),
+                });
+            }
             sys::require_root()?;
             find_agent_binary()?;
+            if spec.from_seed {
+                seed::check(&seed)?;
+            }
             let (sd, n) = (state_dir.to_path_buf(), name.to_string());
             let mut lab = blocking(move || Lab::create(&sd, &n, spec)).await?;
-            match lab.start_agents().await {
+            match lab.finish_up(spec, seed).await {
                 Ok(()) => Ok(lab),
                 Err(e) => {
                     let cleanup = lab.clone();
@@ -168,6 +192,21 @@ impl Lab {
         }
         .instrument(span)
         .await
+    }
+
+    /// What [`Lab::up_with`] does after [`Lab::create`]: the seed's hosts when asked for, the
+    /// agents, the seed's etcd awaited. Does not clean up on failure.
+    async fn finish_up(&mut self, spec: LabSpec, options: SeedOptions) -> Result<(), LabError> {
+        if spec.from_seed {
+            let record = self.record.clone();
+            let vip = inventory::vip(&record);
+            blocking(move || seed::build(&record, vip, &options)).await?;
+        }
+        self.start_agents().await?;
+        if spec.from_seed {
+            seed::wait_healthy(&self.record, seed::READY_TIMEOUT).await?;
+        }
+        Ok(())
     }
 
     /// The first half of [`Lab::up`]: record, bridge, namespaces, veths and host roots, no
@@ -1030,6 +1069,7 @@ mod tests {
             etcd: 3,
             masters: 1,
             workers: 1,
+            from_seed: false,
         };
         let r = plan(
             Path::new("/s/labs/t1"),

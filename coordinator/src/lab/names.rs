@@ -83,12 +83,16 @@ fn address_base(role: Role) -> u8 {
     }
 }
 
-/// How many hosts of each role a lab has.
+/// How many hosts of each role a lab has, and how they start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabSpec {
     pub etcd: u8,
     pub masters: u8,
     pub workers: u8,
+    /// The hosts are built by the seed's runbook as written, before the agents are installed
+    /// (`haop lab up --from-seed`, see [`crate::lab::seed`]).
+    #[serde(default)]
+    pub from_seed: bool,
 }
 
 impl Default for LabSpec {
@@ -98,6 +102,7 @@ impl Default for LabSpec {
             etcd: 3,
             masters: 0,
             workers: 0,
+            from_seed: false,
         }
     }
 }
@@ -122,6 +127,13 @@ impl LabSpec {
         }
         if self.etcd == 0 && self.masters == 0 && self.workers == 0 {
             return Err("a lab needs at least one host".to_string());
+        }
+        if self.from_seed && self.etcd == 0 {
+            return Err(
+                "--from-seed builds the seed's etcd cluster: it needs at least one etcd host \
+                 (the seed has 3)"
+                    .to_string(),
+            );
         }
         Ok(())
     }
@@ -245,6 +257,7 @@ mod tests {
             etcd: MAX_ETCD,
             masters: MAX_MASTERS,
             workers: MAX_WORKERS,
+            from_seed: false,
         };
         spec.validate().unwrap();
         let hosts = spec.hosts();
@@ -285,28 +298,32 @@ mod tests {
         assert!(LabSpec {
             etcd: 0,
             masters: 0,
-            workers: 0
+            workers: 0,
+            from_seed: false,
         }
         .validate()
         .is_err());
         assert!(LabSpec {
             etcd: 30,
             masters: 0,
-            workers: 0
+            workers: 0,
+            from_seed: false,
         }
         .validate()
         .is_err());
         assert!(LabSpec {
             etcd: 1,
             masters: 30,
-            workers: 0
+            workers: 0,
+            from_seed: false,
         }
         .validate()
         .is_err());
         assert!(LabSpec {
             etcd: 1,
             masters: 0,
-            workers: 185
+            workers: 185,
+            from_seed: false,
         }
         .validate()
         .is_err());
@@ -314,10 +331,21 @@ mod tests {
             etcd: 2,
             masters: 1,
             workers: 1,
+            from_seed: false,
         }
         .hosts();
         let names: Vec<String> = hosts.iter().map(|(r, n)| host_name(*r, *n)).collect();
         assert_eq!(names, ["etcd1", "etcd2", "master1", "worker1"]);
+        // The seed's runbook builds an etcd cluster: --from-seed needs an etcd host.
+        let seed = |etcd| LabSpec {
+            etcd,
+            masters: 2,
+            workers: 0,
+            from_seed: true,
+        };
+        assert!(seed(3).validate().is_ok());
+        let e = seed(0).validate().unwrap_err();
+        assert!(e.contains("--from-seed"), "{e}");
     }
 
     #[test]

@@ -80,6 +80,13 @@ impl Lab {
         progress: hosts::Progress,
     ) -> Result<Lab, LabError> {
         validate(name, spec)?;
+        if spec.from_seed {
+            return Err(LabError::InvalidSpec {
+                reason: "--from-seed builds namespace hosts whose agents run the seed's units \
+                         under their supervisor; it cannot be combined with --systemd"
+                    .to_string(),
+            });
+        }
         super::super::sys::require_root()?;
         if !Path::new(super::NSPAWN).is_file() {
             return Err(LabError::ToolMissing {
