@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use haop_coordinator::lab::{AgentStop, HostReport, Lab, LabSpec};
+use haop_coordinator::lab::{AgentStop, HostReport, Lab, LabSpec, SeedOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -49,6 +49,18 @@ pub enum LabCommand {
         /// With --systemd: build the cached Debian root again first.
         #[arg(long, requires = "systemd")]
         refresh_root: bool,
+        /// Build the hosts as the seed's runbook does, before any agent: its cfssl-style CA
+        /// (its key on every etcd host), certificates and etcd units as written
+        /// (--client-cert-auth=false --peer-client-cert-auth=false), keepalived and kubeadm's
+        /// files on the masters. The agents are installed afterwards, as on hosts an operator
+        /// built by hand; `up` returns once the seed's etcd is healthy. The starting point of
+        /// `haop adopt`.
+        #[arg(long, conflicts_with = "systemd")]
+        from_seed: bool,
+        /// With --from-seed: run this etcd release instead of the machine's /usr/bin/etcd
+        /// (copied to each etcd host's /usr/local/bin, with etcdctl and etcdutl beside it).
+        #[arg(long, requires = "from_seed", value_name = "PATH")]
+        seed_etcd_binary: Option<std::path::PathBuf>,
     },
     /// Print the path of the lab's inventory file (for `haop plan|apply|status -f`).
     Inventory {
@@ -163,12 +175,14 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
             bare,
             deb,
             refresh_root,
+            from_seed,
+            seed_etcd_binary,
         } => {
             let spec = LabSpec {
                 etcd,
                 masters,
                 workers,
-                from_seed: false,
+                from_seed,
             };
             let lab = if systemd {
                 let agent_deb = match (bare, deb) {
@@ -184,7 +198,10 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
                     std::sync::Arc::new(|host: &str, what: &str| eprintln!("{host:<12} {what}"));
                 Lab::up_booted(state_dir, &name, spec, options, progress).await
             } else {
-                Lab::up(state_dir, &name, spec).await
+                let seed = SeedOptions {
+                    etcd_binary: seed_etcd_binary,
+                };
+                Lab::up_with(state_dir, &name, spec, seed).await
             }
             .with_context(|| format!("lab {name} is not up"))?;
             let rows = lab
@@ -199,7 +216,7 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
                     ]
                 })
                 .collect();
-            format!(
+            let mut text = format!(
                 "lab {} is up: {} hosts on {} (bridge {})\n{}inventory: {}\n",
                 lab.name(),
                 lab.hosts().len(),
@@ -207,7 +224,17 @@ pub async fn run(state_dir: &Path, cmd: LabCommand) -> anyhow::Result<ExitCode> 
                 lab.bridge(),
                 table(&["HOST", "ADDRESS", "AGENT", "PID"], rows),
                 lab.inventory_path().display()
-            )
+            );
+            if from_seed {
+                text.push_str(&format!(
+                    "built by the seed's runbook: etcd members master-0..master-{} healthy, run \
+                     as the seed writes them (--client-cert-auth=false \
+                     --peer-client-cert-auth=false; the seed's CA key on every etcd host, in {})\n",
+                    etcd.saturating_sub(1),
+                    haop_coordinator::lab::seed::files::PKI_DIR
+                ));
+            }
+            text
         }
         LabCommand::Inventory { name } => {
             let lab = Lab::open(state_dir, &name)?;
