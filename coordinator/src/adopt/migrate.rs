@@ -61,7 +61,7 @@ pub enum MigrateError {
     Certificate {
         step: String,
         #[source]
-        source: certificates::CertificateError,
+        source: Box<certificates::CertificateError>,
     },
     #[error("{step}: {source}")]
     Etcd {
@@ -73,7 +73,7 @@ pub enum MigrateError {
     Rolling {
         step: String,
         #[source]
-        source: RollingError,
+        source: Box<RollingError>,
     },
     #[error("{step}: {message}")]
     Host { step: String, message: String },
@@ -206,7 +206,7 @@ impl Ctx<'_> {
             .await
             .map_err(|source| MigrateError::Rolling {
                 step: step.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -249,7 +249,7 @@ impl Ctx<'_> {
         .await
         .map_err(|source| MigrateError::Rolling {
             step: step.to_string(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -271,7 +271,7 @@ impl Ctx<'_> {
                 .await
                 .map_err(|source| MigrateError::Certificate {
                     step: step.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?
             {
                 (self.progress)(format!(
@@ -497,7 +497,7 @@ async fn apiserver(ctx: &Ctx<'_>, record: &AdoptionRecord, host: &str) -> Result
         .await
         .map_err(|source| MigrateError::Certificate {
             step: step.clone(),
-            source,
+            source: Box::new(source),
         })?
     {
         (ctx.progress)(format!(

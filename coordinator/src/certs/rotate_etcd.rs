@@ -66,7 +66,7 @@ pub enum RotateError {
     Certificate {
         step: String,
         #[source]
-        source: certificates::CertificateError,
+        source: Box<certificates::CertificateError>,
     },
     #[error("{step}: {source}")]
     Etcd {
@@ -78,7 +78,7 @@ pub enum RotateError {
     Rolling {
         step: String,
         #[source]
-        source: RollingError,
+        source: Box<RollingError>,
     },
     #[error("the rotation journal {path}: {message}")]
     Journal { path: PathBuf, message: String },
@@ -194,7 +194,7 @@ impl Run<'_> {
             .await
             .map_err(|source| RotateError::Rolling {
                 step: step.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -231,7 +231,7 @@ impl Run<'_> {
         .await
         .map_err(|source| RotateError::Rolling {
             step: step.to_string(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -466,7 +466,7 @@ pub async fn run(
                 .await
                 .map_err(|source| RotateError::Certificate {
                     step: k.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
                 .is_none();
             if !fine {
@@ -474,7 +474,7 @@ pub async fn run(
                     .await
                     .map_err(|source| RotateError::Certificate {
                         step: k.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 progress(format!(
                     "{host}: {} issued by the new CA (new key)",
