@@ -9,8 +9,8 @@ use clap::{Subcommand, ValueEnum};
 use haop_coordinator::agent::Agents;
 use haop_coordinator::identity::{crl, push, Channel, IdentityRole, IdentityStore, IssueRequest};
 use haop_coordinator::inventory::{Inventory, Role};
-use haop_coordinator::pki::{parse_lifetime, CertificateAuthority, KeyAlgorithm};
-use haop_coordinator::trust::{format_unix, pki_dir, Trust};
+use haop_coordinator::pki::{parse_lifetime, KeyAlgorithm};
+use haop_coordinator::trust::{format_unix, Trust};
 
 use crate::certs::load_inventory;
 use crate::output::Format;
@@ -197,10 +197,7 @@ pub async fn run(state_dir: &Path, cmd: IdentityCommand) -> anyhow::Result<ExitC
             };
             let revoked = store.revoke(&identity, only)?;
             let channel = revoked.record.channel;
-            let ca = CertificateAuthority::load(
-                &pki_dir(state_dir),
-                haop_coordinator::identity::store::ca_name(channel),
-            )?;
+            let ca = crl::signer(state_dir, channel)?;
             let (generation, pem) = crl::current(state_dir, channel, &ca)?;
             let agents = Arc::new(Agents::new(trust, &inv));
             let pushed = match channel {
