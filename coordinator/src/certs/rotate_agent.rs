@@ -164,6 +164,16 @@ pub enum RotateError {
         host: String,
         reason: String,
     },
+    #[error(
+        "the rotation is finished (the agent CA is now {new_pin}; do not run it again, that \
+         would start another), but checking the agents afterwards failed: {detail}; see haop \
+         status"
+    )]
+    Finished {
+        new_pin: String,
+        #[source]
+        detail: Box<RotateError>,
+    },
 }
 
 fn host_error(phase: Phase, host: &str) -> impl FnOnce(AgentError) -> RotateError + '_ {
@@ -350,7 +360,12 @@ pub async fn run(
     );
     // The end state, checked as every later command will see it: the new CA alone.
     let trust = Trust::load(state_dir)?;
-    connect_all(&trust, inventory, Phase::Drop, opts.timeout).await?;
+    connect_all(&trust, inventory, Phase::Drop, opts.timeout)
+        .await
+        .map_err(|e| RotateError::Finished {
+            new_pin: journal.new_pin.clone(),
+            detail: Box::new(e),
+        })?;
     Ok(RotateReport {
         old_ca_pin: journal.old_pin.clone(),
         new_ca_pin: journal.new_pin.clone(),
@@ -518,66 +533,22 @@ async fn reissue_phase(
     // Each agent's serving certificate, checked on a new connection trusting the new CA alone.
     for c in &agents {
         let host = c.host.name.as_str();
-        if new.issued(&c.who.serving_cert_pem) {
+        if ensure_serving(&trust, &new, c, PHASE, opts).await? {
+            steps.record(
+                PHASE,
+                host,
+                true,
+                "serves a new certificate of the new CA (key made on the host)",
+            );
+            crate::failpoint::hit(&format!("rotate-agent:after-reissue:{host}"));
+        } else {
             steps.record(
                 PHASE,
                 host,
                 false,
                 "serves a certificate of the new CA already",
             );
-            continue;
         }
-        let names = names_of(&c.host);
-        let csr = c
-            .agent
-            .create_serving_csr(pb::CreateServingCsrRequest {
-                dns_names: names.dns.clone(),
-                ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
-                algorithm: pb::KeyAlgorithm::EcdsaP256 as i32,
-            })
-            .await
-            .map_err(host_error(PHASE, host))?;
-        let cert = new.sign_csr(
-            &csr.csr_pem,
-            &SigningRequest {
-                profile: Profile::Server,
-                lifetime: DEFAULT_LIFETIME,
-                expected: names,
-                organization: None,
-                common_name: host.to_string(),
-            },
-        )?;
-        c.agent
-            .install_serving_certificate(&cert)
-            .await
-            .map_err(host_error(PHASE, host))?;
-        let tls = trust.client_tls_trusting(new.cert_pem());
-        let fresh = connect_with(tls, c.host.agent.as_str(), opts.timeout)
-            .await
-            .map_err(|source| {
-                host_error(PHASE, host)(AgentError::Connect {
-                    host: host.to_string(),
-                    source,
-                })
-            })?;
-        let who = HostAgent::new(host, fresh)
-            .who_am_i()
-            .await
-            .map_err(host_error(PHASE, host))?;
-        if !new.issued(&who.serving_cert_pem) {
-            return Err(RotateError::Check {
-                phase: PHASE,
-                host: host.to_string(),
-                reason: "the agent does not serve its new certificate".into(),
-            });
-        }
-        steps.record(
-            PHASE,
-            host,
-            true,
-            "serves a new certificate of the new CA (key made on the host)",
-        );
-        crate::failpoint::hit(&format!("rotate-agent:after-reissue:{host}"));
     }
 
     // haop's own admin identity.
@@ -632,6 +603,67 @@ async fn reissue_phase(
     Ok(())
 }
 
+/// Makes the agent of `c` serve a certificate of `new` for a key it makes, unless it does
+/// already (answers whether it changed anything), and checks it on a new connection that
+/// trusts `new` alone.
+async fn ensure_serving(
+    trust: &Trust,
+    new: &CertificateAuthority,
+    c: &Connected,
+    phase: Phase,
+    opts: RotateOptions,
+) -> Result<bool, RotateError> {
+    let host = c.host.name.as_str();
+    if new.issued(&c.who.serving_cert_pem) {
+        return Ok(false);
+    }
+    let names = names_of(&c.host);
+    let csr = c
+        .agent
+        .create_serving_csr(pb::CreateServingCsrRequest {
+            dns_names: names.dns.clone(),
+            ip_addresses: names.ips.iter().map(|i| i.to_string()).collect(),
+            algorithm: pb::KeyAlgorithm::EcdsaP256 as i32,
+        })
+        .await
+        .map_err(host_error(phase, host))?;
+    let cert = new.sign_csr(
+        &csr.csr_pem,
+        &SigningRequest {
+            profile: Profile::Server,
+            lifetime: DEFAULT_LIFETIME,
+            expected: names,
+            organization: None,
+            common_name: host.to_string(),
+        },
+    )?;
+    c.agent
+        .install_serving_certificate(&cert)
+        .await
+        .map_err(host_error(phase, host))?;
+    let tls = trust.client_tls_trusting(new.cert_pem());
+    let fresh = connect_with(tls, c.host.agent.as_str(), opts.timeout)
+        .await
+        .map_err(|source| {
+            host_error(phase, host)(AgentError::Connect {
+                host: host.to_string(),
+                source,
+            })
+        })?;
+    let who = HostAgent::new(host, fresh)
+        .who_am_i()
+        .await
+        .map_err(host_error(phase, host))?;
+    if !new.issued(&who.serving_cert_pem) {
+        return Err(RotateError::Check {
+            phase,
+            host: host.to_string(),
+            reason: "the agent does not serve its new certificate".into(),
+        });
+    }
+    Ok(true)
+}
+
 /// Phase 4: every agent trusts the new CA alone.
 async fn drop_phase(
     state_dir: &Path,
@@ -646,12 +678,15 @@ async fn drop_phase(
     let new = rotation::load_new_ca(state_dir, journal)?;
     for c in agents {
         let host = c.host.name.as_str();
-        if !new.issued(&c.who.serving_cert_pem) {
-            return Err(RotateError::Check {
-                phase: PHASE,
-                host: host.to_string(),
-                reason: "it does not serve a certificate of the new CA; the old CA stays".into(),
-            });
+        // Whatever happened to it since the reissue phase, it drops the old CA only once it
+        // serves a certificate haop can verify without it.
+        if ensure_serving(&trust, &new, &c, PHASE, opts).await? {
+            steps.record(
+                PHASE,
+                host,
+                true,
+                "serves a new certificate of the new CA (key made on the host)",
+            );
         }
         if c.who.trusted_ca_pins == [journal.new_pin.clone()] {
             steps.record(PHASE, host, false, "trusts the new CA alone already");
