@@ -1,11 +1,12 @@
 //! Who the caller is: the role in its client certificate.
 //!
 //! After enrollment the agent serves mTLS only, and rustls accepts only client certificates that
-//! chain to the agent CA and are within their validity. The role rides in the certificate's
+//! chain to a CA of the agent's trust bundle and are within their validity. The role rides in the certificate's
 //! Organization (`haop:admin` or `haop:reader`); [`authenticate`] reads it, and
 //! [`crate::policy`] decides what the role may do with each RPC and each path. A caller without
 //! a certificate (an agent not enrolled yet), without a role, or whose certificate the CA revoked
-//! ([`crate::revocation`]) is refused with UNAUTHENTICATED.
+//! ([`crate::revocation`]) is refused with UNAUTHENTICATED, and so is one whose CA left the
+//! agent's trust bundle since its connection was opened ([`crate::trust`]).
 
 use tonic::Request;
 
@@ -56,6 +57,14 @@ pub enum AuthError {
     NoCertificate { rpc: &'static str },
     #[error("{rpc}: {reason}")]
     BadCertificate { rpc: &'static str, reason: String },
+    #[error(
+        "{rpc}: client certificate {common_name:?} is not issued by a CA this agent trusts any \
+         more (the agent CA was rotated); ask for a new identity with haop identity issue"
+    )]
+    NotTrusted {
+        rpc: &'static str,
+        common_name: String,
+    },
     #[error(
         "{rpc}: client certificate {common_name:?} (serial {serial}) is revoked (revocation list \
          {generation}); ask for a new identity with haop identity issue"

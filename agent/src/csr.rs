@@ -236,7 +236,7 @@ fn ensure_key(path: &Path, algo: KeyAlgorithm, rotate: bool) -> Result<(KeyPair,
 }
 
 /// The key at `path` and its bytes; `None` when there is no file or it holds no usable key.
-fn existing_key(path: &Path) -> Result<Option<(KeyPair, Vec<u8>)>, CsrError> {
+pub(crate) fn existing_key(path: &Path) -> Result<Option<(KeyPair, Vec<u8>)>, CsrError> {
     match fs::symlink_metadata(path) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -13,11 +13,14 @@ use crate::csr::CsrError;
 use crate::datadirs::WipeError;
 use crate::exec::ExecError;
 use crate::files::FileError;
+use crate::identity::ServingError;
 use crate::kernel::KernelError;
 use crate::names::NameError;
 use crate::paths::PathError;
 use crate::policy::Denied;
 use crate::revocation::RevocationError;
+use crate::tls::TlsError;
+use crate::trust::TrustError;
 use crate::units::UnitError;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,12 @@ pub enum AgentError {
     Csr(#[from] CsrError),
     #[error(transparent)]
     Revocation(#[from] RevocationError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Serving(#[from] ServingError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("{0} holds a private key; private keys never leave their host")]
@@ -95,6 +104,33 @@ fn file_code(e: &FileError) -> Code {
     }
 }
 
+fn csr_code(e: &CsrError) -> Code {
+    match e {
+        CsrError::File(f) => file_code(f),
+        CsrError::NoKey { .. } => Code::FailedPrecondition,
+        CsrError::InvalidName { .. }
+        | CsrError::UnknownAlgorithm(_)
+        | CsrError::InvalidCertificate { .. }
+        | CsrError::KeyMismatch { .. } => Code::InvalidArgument,
+        CsrError::KeyGeneration { .. } | CsrError::Request { .. } | CsrError::CreateDir { .. } => {
+            Code::Internal
+        }
+    }
+}
+
+fn trust_code(e: &TrustError) -> Code {
+    match e {
+        TrustError::Empty
+        | TrustError::TooMany { .. }
+        | TrustError::Format { .. }
+        | TrustError::Unacceptable { .. } => Code::InvalidArgument,
+        TrustError::NotEndorsed { .. } => Code::PermissionDenied,
+        TrustError::LocksOutCaller { .. } | TrustError::DropsRevocationSigner { .. } => {
+            Code::FailedPrecondition
+        }
+    }
+}
+
 fn command_code(e: &CommandError) -> Code {
     match e {
         CommandError::Spawn { .. } | CommandError::Failed { .. } => Code::Internal,
@@ -107,7 +143,8 @@ impl From<AgentError> for Status {
             AgentError::Auth(e) => match e {
                 AuthError::NoCertificate { .. }
                 | AuthError::BadCertificate { .. }
-                | AuthError::Revoked { .. } => Code::Unauthenticated,
+                | AuthError::Revoked { .. }
+                | AuthError::NotTrusted { .. } => Code::Unauthenticated,
             },
             AgentError::Denied(e) => match e {
                 Denied::Rpc { .. } | Denied::Path { .. } => Code::PermissionDenied,
@@ -115,17 +152,7 @@ impl From<AgentError> for Status {
             AgentError::Name(_) | AgentError::Invalid(_) => Code::InvalidArgument,
             AgentError::Secret(_) => Code::PermissionDenied,
             AgentError::NotEncrypted(_) => Code::PermissionDenied,
-            AgentError::Csr(e) => match e {
-                CsrError::File(f) => file_code(f),
-                CsrError::NoKey { .. } => Code::FailedPrecondition,
-                CsrError::InvalidName { .. }
-                | CsrError::UnknownAlgorithm(_)
-                | CsrError::InvalidCertificate { .. }
-                | CsrError::KeyMismatch { .. } => Code::InvalidArgument,
-                CsrError::KeyGeneration { .. }
-                | CsrError::Request { .. }
-                | CsrError::CreateDir { .. } => Code::Internal,
-            },
+            AgentError::Csr(e) => csr_code(e),
             AgentError::Revocation(e) => match e {
                 RevocationError::Format(_) | RevocationError::NoNumber => Code::InvalidArgument,
                 RevocationError::Signature(_) => Code::PermissionDenied,
@@ -133,6 +160,20 @@ impl From<AgentError> for Status {
                     Code::FailedPrecondition
                 }
                 RevocationError::File(f) => file_code(f),
+            },
+            AgentError::Trust(e) => trust_code(e),
+            AgentError::Serving(e) => match e {
+                ServingError::Invalid(_) | ServingError::KeyMismatch { .. } => {
+                    Code::InvalidArgument
+                }
+                ServingError::NotFromBundle { .. } => Code::PermissionDenied,
+                ServingError::Trust(t) => trust_code(t),
+                ServingError::Csr(c) => csr_code(c),
+                ServingError::File(f) => file_code(f),
+            },
+            AgentError::Tls(e) => match e {
+                TlsError::NotEnrolled => Code::FailedPrecondition,
+                TlsError::Identity(_) | TlsError::Material { .. } => Code::Internal,
             },
             AgentError::Path(e) => path_code(e),
             AgentError::File(e) => file_code(e),

@@ -31,5 +31,7 @@ pub mod rootfs;
 pub mod secrets;
 pub mod server;
 pub mod service;
+pub mod tls;
+pub mod trust;
 pub mod units;
 pub mod usage;

@@ -34,6 +34,7 @@ use crate::datadirs::DeclaredDirs;
 use crate::error::AgentError;
 use crate::paths::{HostFs, HostPath};
 use crate::revocation::Revocations;
+use crate::trust::TrustBundle;
 
 /// Every RPC of `haop.agent.v1.Agent`. (The `Enrollment` service is served only before the
 /// agent has an identity, to callers without certificates; it reveals and accepts no secret.)
@@ -60,10 +61,13 @@ pub enum Rpc {
     WhoAmI,
     InstallRevocations,
     DownloadFile,
+    InstallTrustBundle,
+    CreateServingCsr,
+    InstallServingCertificate,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 21] = [
+    pub const ALL: [Rpc; 24] = [
         Rpc::GetFacts,
         Rpc::WriteFile,
         Rpc::ReadFile,
@@ -85,6 +89,9 @@ impl Rpc {
         Rpc::WhoAmI,
         Rpc::InstallRevocations,
         Rpc::DownloadFile,
+        Rpc::InstallTrustBundle,
+        Rpc::CreateServingCsr,
+        Rpc::InstallServingCertificate,
     ];
 
     /// The method's name, as in the proto.
@@ -111,6 +118,9 @@ impl Rpc {
             Rpc::WhoAmI => "WhoAmI",
             Rpc::InstallRevocations => "InstallRevocations",
             Rpc::DownloadFile => "DownloadFile",
+            Rpc::InstallTrustBundle => "InstallTrustBundle",
+            Rpc::CreateServingCsr => "CreateServingCsr",
+            Rpc::InstallServingCertificate => "InstallServingCertificate",
         }
     }
 }
@@ -148,6 +158,12 @@ pub fn callers(rpc: Rpc) -> &'static [Role] {
         Rpc::InstallCertificate => ADMIN,
         // Streams a snapshot copy back for a restore: per path (only encrypted copies).
         Rpc::DownloadFile => ADMIN,
+        // The agent CA's rotation: what the agent trusts and its own serving certificate. The
+        // agent's own files, at paths it chooses (no request names one); the agent also checks
+        // that a new CA is endorsed by a trusted CA's key (crate::trust).
+        Rpc::InstallTrustBundle => ADMIN,
+        Rpc::CreateServingCsr => ADMIN,
+        Rpc::InstallServingCertificate => ADMIN,
     }
 }
 
@@ -378,6 +394,11 @@ no_paths! {
     pb::ExecRequest => Exec,
     pb::WhoAmIRequest => WhoAmI,
     pb::InstallRevocationsRequest => InstallRevocations,
+    // The agent's own trust bundle, pending key and serving certificate, at fixed places in its
+    // state dir: the request names no path.
+    pb::InstallTrustBundleRequest => InstallTrustBundle,
+    pb::CreateServingCsrRequest => CreateServingCsr,
+    pb::InstallServingCertificateRequest => InstallServingCertificate,
     // Both act on the moved-aside copies of the unit's declared data dirs, found by the agent
     // itself beside each declared dir; the request names no path.
     pb::WipedDataDirsRequest => ListWipedDataDirs,
@@ -488,6 +509,7 @@ pub struct Policy {
     declared: DeclaredDirs,
     agent_own: Vec<HostPath>,
     revocations: Revocations,
+    trusted: TrustBundle,
 }
 
 /// Logs a refusal (who tried what is worth an operator's look) and makes it the RPC's error.
@@ -506,13 +528,19 @@ fn hp(s: &str) -> HostPath {
 }
 
 impl Policy {
-    pub fn new(fs: HostFs, state_dir: &HostPath, revocations: Revocations) -> Self {
+    pub fn new(
+        fs: HostFs,
+        state_dir: &HostPath,
+        revocations: Revocations,
+        trusted: TrustBundle,
+    ) -> Self {
         let declared = DeclaredDirs::new(&fs, state_dir);
         Policy {
             fs,
             declared,
             agent_own: vec![state_dir.clone(), hp(AGENT_CONFIG)],
             revocations,
+            trusted,
         }
     }
 
@@ -521,14 +549,27 @@ impl Policy {
         &self.revocations
     }
 
-    /// Who the caller is, and whether the request is allowed whole: the RPC for its role, then
-    /// every path it names. Paths that do not parse are left to the handler, which refuses the
-    /// same string as INVALID_ARGUMENT.
+    /// Who the caller is, and whether the request is allowed whole: a certificate still issued
+    /// by a CA of the trust bundle in force (the connection may predate a change of the bundle)
+    /// and not revoked, the RPC for its role, then every path it names. Paths that do not parse
+    /// are left to the handler, which refuses the same string as INVALID_ARGUMENT.
     pub fn admit<T: Guarded>(&self, req: &Request<T>) -> Result<Caller, AgentError> {
         let rpc = T::RPC;
         let caller = auth::authenticate(req, rpc.name()).inspect_err(|e: &AuthError| {
             debug!(rpc = rpc.name(), error = %e, "caller not authenticated");
         })?;
+        let leaf = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|d| d.as_ref().to_vec()))
+            .unwrap_or_default();
+        if !self.trusted.admits(&leaf) {
+            let e = AuthError::NotTrusted {
+                rpc: rpc.name(),
+                common_name: caller.common_name.clone(),
+            };
+            warn!(caller = %caller.common_name, error = %e, "certificate of an untrusted CA refused");
+            return Err(e.into());
+        }
         if let Some(generation) = self.revocations.revoked_by(&caller.serial) {
             let e = AuthError::Revoked {
                 rpc: rpc.name(),
@@ -676,7 +717,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = HostFs::new(dir.path(), crate::paths::default_managed_roots());
         let revocations = Revocations::load(&dir.path().join("var/lib/haop-agent/pki"));
-        let policy = Policy::new(fs, &hp("/var/lib/haop-agent"), revocations);
+        let policy = Policy::new(
+            fs,
+            &hp("/var/lib/haop-agent"),
+            revocations,
+            TrustBundle::default(),
+        );
         (dir, policy)
     }
 

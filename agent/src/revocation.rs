@@ -56,7 +56,8 @@ pub fn normalize_serial(raw: &[u8]) -> Vec<u8> {
     raw[start..].to_vec()
 }
 
-/// Parses `crl_pem` and checks it against the CA certificate `ca_pem`.
+/// Parses `crl_pem` and checks that a CA certificate of `ca_pem` (the agent's trust bundle:
+/// one CA, or old and new during a rotation) signed it.
 pub fn parse_checked(crl_pem: &str, ca_pem: &str) -> Result<RevokedSet, RevocationError> {
     let (_, block) = x509_parser::pem::parse_x509_pem(crl_pem.as_bytes())
         .map_err(|e| RevocationError::Format(e.to_string()))?;
@@ -68,20 +69,32 @@ pub fn parse_checked(crl_pem: &str, ca_pem: &str) -> Result<RevokedSet, Revocati
     }
     let (_, crl) = CertificateRevocationList::from_der(&block.contents)
         .map_err(|e| RevocationError::Format(e.to_string()))?;
-    let (_, ca_block) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
-        .map_err(|e| RevocationError::Signature(format!("the CA certificate is not PEM: {e}")))?;
-    let ca = ca_block
-        .parse_x509()
-        .map_err(|e| RevocationError::Signature(format!("the CA certificate: {e}")))?;
-    if crl.issuer() != ca.subject() {
+    let cas = crate::trust::certificates(ca_pem, "the CA certificate")
+        .map_err(|e| RevocationError::Signature(e.to_string()))?;
+    let mut subjects = Vec::new();
+    let mut signed = false;
+    for der in &cas {
+        let (_, ca) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| RevocationError::Signature(format!("the CA certificate: {e}")))?;
+        if crl.issuer().as_raw() == ca.subject().as_raw()
+            && crl.verify_signature(ca.public_key()).is_ok()
+        {
+            signed = true;
+            break;
+        }
+        subjects.push(ca.subject().to_string());
+    }
+    if !signed {
         return Err(RevocationError::Signature(format!(
             "issued by {}, the CA is {}",
             crl.issuer(),
-            ca.subject()
+            if subjects.is_empty() {
+                "missing".to_string()
+            } else {
+                subjects.join(" or ")
+            }
         )));
     }
-    crl.verify_signature(ca.public_key())
-        .map_err(|e| RevocationError::Signature(e.to_string()))?;
     let generation = crl
         .crl_number()
         .and_then(|n| u64::try_from(n).ok())
@@ -136,6 +149,17 @@ impl Revocations {
             ca_path,
             held: Arc::new(RwLock::new(held)),
         }
+    }
+
+    /// The list enforced now, PEM, with its number; `None` when the agent holds none.
+    pub fn held(&self) -> Option<(String, u64)> {
+        let generation = self.generation();
+        if generation == 0 {
+            return None;
+        }
+        std::fs::read_to_string(&self.path)
+            .ok()
+            .map(|pem| (pem, generation))
     }
 
     /// The CRL number enforced now (0: none).

@@ -7,7 +7,9 @@
 //! The listener serves in one of two modes, decided by the agent's identity on disk:
 //! * not enrolled: plaintext, the `Enrollment` service only (the `Agent` RPCs answer
 //!   UNAUTHENTICATED, since no caller has a certificate);
-//! * enrolled: mTLS only, clients must present a certificate from the agent CA.
+//! * enrolled: mTLS only, clients must present a certificate from a CA of the agent's trust
+//!   bundle. TLS is terminated by [`crate::tls::LiveTls`], so a new trust bundle or serving
+//!   certificate (a rotation of the agent CA) takes effect without a restart.
 //!
 //! When enrollment completes, the plaintext server drains and the same listener is served again
 //! with mTLS. On shutdown the units keep running (see [`crate::units::supervisor`]).
@@ -20,7 +22,6 @@ use haop_proto::v1::agent_server::AgentServer;
 use haop_proto::v1::enrollment_server::EnrollmentServer;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
 use crate::config::{AgentConfig, KernelMode, ServiceManagerKind};
@@ -29,6 +30,7 @@ use crate::identity::{IdentityError, IdentityStore};
 use crate::kernel::{HostKernel, Kernel, LabKernel};
 use crate::paths::HostFs;
 use crate::service::{AgentService, MAX_MESSAGE};
+use crate::tls::{LiveTls, TlsError};
 use crate::units::supervisor::Supervisor;
 use crate::units::systemd::{systemd_is_pid1, Systemd};
 use crate::units::{ServiceManager, UnitError};
@@ -41,6 +43,8 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 pub enum ServeError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("serving gRPC")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -51,6 +55,8 @@ pub struct Agent {
     pub service: AgentService,
     pub identity: IdentityStore,
     pub enroll: EnrollConfig,
+    /// The TLS configuration in force, shared with the RPCs that change it.
+    pub tls: LiveTls,
 }
 
 /// Builds the agent with the backends `config` names.
@@ -83,8 +89,10 @@ pub fn assemble(
 ) -> Agent {
     let fs = HostFs::new(&config.root, config.managed_roots.clone());
     let identity = IdentityStore::new(&fs, &config.state_dir);
-    let service = AgentService::new(config, units, kernel, identity.clone());
+    let tls = LiveTls::new(identity.clone());
+    let service = AgentService::new(config, units, kernel, identity.clone(), tls.clone());
     Agent {
+        tls,
         enroll: EnrollConfig {
             token: config.enroll_token.clone(),
             ca_hash: config.enroll_ca_hash.clone(),
@@ -141,7 +149,7 @@ async fn serve_modes(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE)
         };
-        if let Some(tls) = agent.identity.load()? {
+        if agent.tls.reload()? {
             info!(addr = ?addr, backend = agent.service.units().backend(), "agent serving mTLS");
             if agent.enroll.token.is_some() {
                 info!(
@@ -149,13 +157,9 @@ async fn serve_modes(
                      haop accepts a token once); it can be removed from the config"
                 );
             }
-            let tls = ServerTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(Certificate::from_pem(&tls.ca_pem));
             let server = tonic::transport::Server::builder()
-                .tls_config(tls)?
                 .add_service(grpc(agent.service.clone()))
-                .serve_with_incoming_shutdown(incoming(listener), stopped(stop.clone()));
+                .serve_with_incoming_shutdown(agent.tls.incoming(listener), stopped(stop.clone()));
             // Graceful shutdown waits for clients to hang up; a coordinator that keeps its
             // connection open must not keep the agent (and its supervised units) alive.
             tokio::select! {

@@ -26,6 +26,8 @@ use crate::names::{DropInName, ModuleName, SysctlKey, SysctlValue, UnitName};
 use crate::paths::{HostFs, HostPath};
 use crate::policy::{Policy, Rpc, Use};
 use crate::secrets;
+use crate::tls::LiveTls;
+use crate::trust::{self, Offer};
 use crate::units::{unitfile, ServiceManager, UnitAction, UnitState};
 
 /// Largest file ReadFile returns.
@@ -50,6 +52,10 @@ struct Inner {
     identity: IdentityStore,
     policy: Policy,
     unit_lock: tokio::sync::Mutex<()>,
+    /// The TLS configuration in force, reloaded after the identity files change.
+    tls: LiveTls,
+    /// Held while the trust bundle or the serving certificate changes: one at a time.
+    identity_lock: tokio::sync::Mutex<()>,
 }
 
 /// The `haop.agent.v1.Agent` implementation.
@@ -70,11 +76,17 @@ impl AgentService {
         units: Arc<dyn ServiceManager>,
         kernel: Arc<dyn Kernel>,
         identity: IdentityStore,
+        tls: LiveTls,
     ) -> Self {
         let fs = HostFs::new(&config.root, config.managed_roots.clone());
         let declared = DeclaredDirs::new(&fs, &config.state_dir);
         let revocations = crate::revocation::Revocations::load(&identity.dir);
-        let policy = Policy::new(fs.clone(), &config.state_dir, revocations);
+        let policy = Policy::new(
+            fs.clone(),
+            &config.state_dir,
+            revocations,
+            tls.bundle().clone(),
+        );
         AgentService {
             inner: Arc::new(Inner {
                 fs,
@@ -85,6 +97,8 @@ impl AgentService {
                 identity,
                 policy,
                 unit_lock: tokio::sync::Mutex::new(()),
+                tls,
+                identity_lock: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -869,7 +883,114 @@ impl Agent for AgentService {
             serial: caller.serial_hex(),
             common_name: caller.common_name,
             role: caller.role.as_str().to_string(),
+            trusted_ca_pins: self.inner.tls.bundle().pins(),
         }))
+    }
+
+    async fn install_trust_bundle(
+        &self,
+        req: Request<pb::InstallTrustBundleRequest>,
+    ) -> AgentResult<pb::InstallTrustBundleResponse> {
+        let caller = self.inner.policy.admit(&req)?;
+        let caller_der = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|d| d.as_ref().to_vec()))
+            .unwrap_or_default();
+        let req = req.into_inner();
+        let _held = self.inner.identity_lock.lock().await;
+        let result = (|| {
+            let offered = trust::parse_bundle(&req.bundle_pem)?;
+            let current = self.inner.tls.bundle().get();
+            let held = self.inner.policy.revocations().held();
+            trust::check_install(&Offer {
+                current: &current,
+                offered: &offered,
+                endorsements_pem: &req.endorsements_pem,
+                caller_der: &caller_der,
+                held_crl: held.as_ref().map(|(pem, g)| (pem.as_str(), *g)),
+            })?;
+            let changed = self.inner.identity.write_bundle(&offered)?;
+            if changed || current != offered {
+                self.inner.tls.reload()?;
+            }
+            let pins = self.inner.tls.bundle().pins();
+            info!(caller = %caller.common_name, changed, trusted = ?pins, "InstallTrustBundle");
+            Ok::<_, AgentError>(pb::InstallTrustBundleResponse {
+                changed,
+                trusted_ca_pins: pins,
+            })
+        })();
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn create_serving_csr(
+        &self,
+        req: Request<pb::CreateServingCsrRequest>,
+    ) -> AgentResult<pb::CreateCsrResponse> {
+        let caller = self.inner.policy.admit(&req)?;
+        let req = req.into_inner();
+        let _held = self.inner.identity_lock.lock().await;
+        let result = (|| {
+            let algo = match pb::KeyAlgorithm::try_from(req.algorithm) {
+                Ok(pb::KeyAlgorithm::Unspecified | pb::KeyAlgorithm::EcdsaP256) => {
+                    csr::KeyAlgorithm::EcdsaP256
+                }
+                Ok(pb::KeyAlgorithm::Rsa2048) => csr::KeyAlgorithm::Rsa2048,
+                Err(_) => {
+                    return Err(AgentError::Invalid(format!(
+                        "unknown key algorithm {}",
+                        req.algorithm
+                    )))
+                }
+            };
+            let ips = req
+                .ip_addresses
+                .iter()
+                .map(|a| {
+                    a.parse::<std::net::IpAddr>()
+                        .map_err(|_| AgentError::Invalid(format!("invalid IP address {a:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !self.inner.identity.is_enrolled() {
+                return Err(crate::tls::TlsError::NotEnrolled.into());
+            }
+            let out = csr::generate_key_and_csr(
+                &self.inner.identity.pending_key_path(),
+                algo,
+                &crate::facts::hostname(self.fs()),
+                None,
+                &req.dns_names,
+                &ips,
+                false,
+            )?;
+            info!(caller = %caller.common_name, new_key = out.new_key, "serving certificate request created");
+            Ok::<_, AgentError>(pb::CreateCsrResponse {
+                csr_pem: out.csr_pem,
+                new_key: out.new_key,
+            })
+        })();
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn install_serving_certificate(
+        &self,
+        req: Request<pb::InstallServingCertificateRequest>,
+    ) -> AgentResult<pb::InstallServingCertificateResponse> {
+        let caller = self.inner.policy.admit(&req)?;
+        let req = req.into_inner();
+        let _held = self.inner.identity_lock.lock().await;
+        let result = (|| {
+            let bundle = self.inner.tls.bundle().get();
+            let changed = self
+                .inner
+                .identity
+                .install_serving(&req.cert_pem, &bundle)?;
+            // Also when unchanged: a reload that failed after an earlier install is retried.
+            self.inner.tls.reload()?;
+            info!(caller = %caller.common_name, changed, "InstallServingCertificate");
+            Ok::<_, AgentError>(pb::InstallServingCertificateResponse { changed })
+        })();
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn install_revocations(

@@ -479,6 +479,33 @@ async fn call_every_rpc(c: &mut Client) -> Vec<(&'static str, Result<(), Status>
             .await
             .map(drop),
         ),
+        (
+            "InstallTrustBundle",
+            c.install_trust_bundle(pb::InstallTrustBundleRequest {
+                bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                endorsements_pem: String::new(),
+            })
+            .await
+            .map(drop),
+        ),
+        (
+            "CreateServingCsr",
+            c.create_serving_csr(pb::CreateServingCsrRequest {
+                dns_names: vec!["etcd1".into()],
+                ip_addresses: vec!["127.0.0.1".into()],
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ),
+        (
+            "InstallServingCertificate",
+            c.install_serving_certificate(pb::InstallServingCertificateRequest {
+                cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            })
+            .await
+            .map(drop),
+        ),
     ]
 }
 

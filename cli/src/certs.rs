@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{ArgGroup, Subcommand};
 use haop_coordinator::inventory::Inventory;
 
 pub use crate::output::Format;
@@ -49,8 +49,40 @@ pub enum CertsCommand {
     /// throughout. Identities issued with `haop identity issue --etcd` before the rotation are
     /// refused afterwards: they are listed at the start; issue them again.
     ///
-    /// Killed anywhere, run it again: it continues from its journal in the state dir.
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["etcd", "agent"])))]
+    /// --agent (the control channel between haop and its agents) rolls over the hosts one at a
+    /// time, in four phases, each started only when every agent of the inventory answers, and
+    /// restarts nothing (agents take their new trust and certificate live):
+    ///
+    /// 1. prepare: a new agent CA is made in the state dir beside the old one
+    ///    (pki/agent-ca-next.*, key 0600); haop trusts both for agents.
+    ///
+    /// 2. trust: every agent trusts the old and the new CA, installed over the existing mTLS
+    ///    channel (no token).
+    ///
+    /// 3. reissue: every agent gets a serving certificate from the new CA for a key it makes
+    ///    itself; the agent revocation list is re-signed by the new CA; haop's own admin
+    ///    certificate is re-issued from it.
+    ///
+    /// 4. drop: every agent trusts the new CA alone; the old CA's key is deleted from the
+    ///    state dir (its certificate kept in pki/retired/), and the enrollment pin printed at
+    ///    the end is the new CA's: bootstrap tokens and agent.toml files made before carry the
+    ///    old one, make new ones with haop token create.
+    ///
+    /// At every moment each agent and haop trust each other. A phase file
+    /// (pki/agent-ca-rotation.json) records the phases done; a host that fails is named with
+    /// the reason. Until it has finished, enrolling new agents, haop token create and
+    /// agent-channel haop identity issue are refused. What breaks: identities issued with
+    /// `haop identity issue` (agent channel) by the old CA are refused once it is dropped; they
+    /// are listed, and while any is still valid the rotation wants --yes. Issue them again
+    /// afterwards. Every host enrolled with this state dir must be in the inventory (one left
+    /// out keeps the old CA and cannot be reached afterwards), and other machines with a copy
+    /// of the state dir (operator instances) need the new pki/.
+    ///
+    /// Killed anywhere, run it again: it continues from its journal in the state dir (after a
+    /// finished rotation, the same command starts a new one).
+    ///
+    /// Example: haop certs rotate-ca --agent -f cluster.yaml
+    #[command(group(ArgGroup::new("which").required(true).args(["etcd", "agent"])))]
     RotateCa {
         /// The inventory file.
         #[arg(short = 'f', long = "file")]
@@ -61,8 +93,15 @@ pub enum CertsCommand {
         /// The agent CA (the control channel between haop and its agents).
         #[arg(long)]
         agent: bool,
+        /// --agent: go on although identities issued by the old CA are still valid (they stop
+        /// working).
+        #[arg(long)]
+        yes: bool,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+        /// --agent: per-agent timeout, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
 }
 
@@ -79,14 +118,11 @@ pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode
     match cmd {
         CertsCommand::RotateCa {
             inventory,
-            etcd,
-            agent: _,
+            etcd: true,
             output,
+            ..
         } => {
             let inv = load_inventory(&inventory)?;
-            if !etcd {
-                anyhow::bail!("rotate-ca --agent is not in this build");
-            }
             let done = haop_coordinator::certs::rotate_etcd::run(state_dir, &inv, &|line| {
                 eprintln!("  {line}")
             })
@@ -110,6 +146,13 @@ pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
+        CertsCommand::RotateCa {
+            inventory,
+            yes,
+            output,
+            timeout,
+            ..
+        } => rotate_agent(state_dir, &inventory, yes, output, timeout).await,
         CertsCommand::Renew {
             inventory,
             expiring_within,
@@ -179,4 +222,62 @@ pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode
             })
         }
     }
+}
+
+async fn rotate_agent(
+    state_dir: &Path,
+    inventory: &Path,
+    yes: bool,
+    output: Format,
+    timeout: u64,
+) -> anyhow::Result<ExitCode> {
+    use haop_coordinator::certs::rotate_agent::{run, RotateOptions};
+    use haop_coordinator::trust::format_unix;
+    let inv = load_inventory(inventory)?;
+    let opts = RotateOptions {
+        yes,
+        timeout: Duration::from_secs(timeout),
+    };
+    let report = run(state_dir, &inv, opts, &|line| eprintln!("  {line}")).await?;
+    if output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "agent CA rotated on {} host(s): {} -> {}",
+        inv.hosts.len(),
+        report.old_ca_pin,
+        report.new_ca_pin
+    );
+    println!("old CA certificate kept as {}", report.retired_ca_cert);
+    println!(
+        "enrollment pin (ca_hash) for new agents: {}",
+        report.new_ca_pin
+    );
+    if report.revocation_generation > 0 {
+        println!(
+            "agent revocation list {} signed by the new CA",
+            report.revocation_generation
+        );
+    }
+    if !report.identities_to_reissue.is_empty() {
+        println!(
+            "\nThese identities were issued by the old CA and are refused from now on; issue \
+             them again with haop identity issue:"
+        );
+        for r in &report.identities_to_reissue {
+            println!(
+                "  {:<24} {:<7} serial {} (was valid until {})",
+                r.name,
+                r.role.as_str(),
+                r.serial,
+                format_unix(r.not_after_unix)
+            );
+        }
+    }
+    eprintln!(
+        "\nBootstrap tokens and agent.toml files made before carry the old pin; make new ones \
+         with haop token create."
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -9,8 +9,8 @@ use clap::{Subcommand, ValueEnum};
 use haop_coordinator::agent::Agents;
 use haop_coordinator::identity::{crl, push, Channel, IdentityRole, IdentityStore, IssueRequest};
 use haop_coordinator::inventory::{Inventory, Role};
-use haop_coordinator::pki::{parse_lifetime, CertificateAuthority, KeyAlgorithm};
-use haop_coordinator::trust::{format_unix, pki_dir, Trust};
+use haop_coordinator::pki::{parse_lifetime, KeyAlgorithm};
+use haop_coordinator::trust::{format_unix, Trust};
 
 use crate::certs::load_inventory;
 use crate::output::Format;
@@ -148,12 +148,23 @@ pub async fn run(state_dir: &Path, cmd: IdentityCommand) -> anyhow::Result<ExitC
             let all = store.list()?;
             let agent = store.generation(Channel::Agent)?;
             let etcd = store.generation(Channel::Etcd)?;
+            let retired = |r: &haop_coordinator::identity::IdentityRecord| {
+                !r.built_in && ca_retired(state_dir, r)
+            };
             if output == Format::Json {
+                let identities: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).expect("records serialize");
+                        v["ca_retired"] = retired(r).into();
+                        v
+                    })
+                    .collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "revocation_generation": { "agent": agent, "etcd": etcd },
-                        "identities": all,
+                        "identities": identities,
                     }))?
                 );
                 return Ok(ExitCode::SUCCESS);
@@ -167,6 +178,9 @@ pub async fn run(state_dir: &Path, cmd: IdentityCommand) -> anyhow::Result<ExitC
                 let state = match r.revoked_unix {
                     Some(at) => format!("revoked {}", format_unix(at)),
                     None if r.built_in => format!("{} (haop's own)", r.state(now)),
+                    None if retired(r) && r.is_active(now) => {
+                        "refused: its CA was rotated (issue it again)".to_string()
+                    }
                     None => r.state(now).to_string(),
                 };
                 println!(
@@ -197,10 +211,7 @@ pub async fn run(state_dir: &Path, cmd: IdentityCommand) -> anyhow::Result<ExitC
             };
             let revoked = store.revoke(&identity, only)?;
             let channel = revoked.record.channel;
-            let ca = CertificateAuthority::load(
-                &pki_dir(state_dir),
-                haop_coordinator::identity::store::ca_name(channel),
-            )?;
+            let ca = crl::signer(state_dir, channel)?;
             let (generation, pem) = crl::current(state_dir, channel, &ca)?;
             let agents = Arc::new(Agents::new(trust, &inv));
             let pushed = match channel {
@@ -259,6 +270,26 @@ pub async fn run(state_dir: &Path, cmd: IdentityCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the CA that issued `r` is no longer its channel's CA (rotated since): the pin it was
+/// issued under differs, or, for records without one, it was issued before the CA was made.
+fn ca_retired(state_dir: &Path, r: &haop_coordinator::identity::IdentityRecord) -> bool {
+    let ca = haop_coordinator::trust::pki_dir(state_dir).join(format!(
+        "{}.crt",
+        haop_coordinator::identity::store::ca_name(r.channel)
+    ));
+    let Some(info) = std::fs::read_to_string(ca)
+        .ok()
+        .and_then(|pem| haop_coordinator::pki::inspect(&pem).ok())
+        .and_then(|mut infos| (!infos.is_empty()).then(|| infos.remove(0)))
+    else {
+        return false;
+    };
+    match &r.ca_pin {
+        Some(pin) => *pin != info.spki_sha256,
+        None => r.issued_unix < info.not_before.unix_timestamp(),
+    }
 }
 
 /// The inventory's hosts, or those with `role`.

@@ -74,6 +74,7 @@ pub fn token(state_dir: &Path, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     let trust = Trust::load(state_dir)?;
     match cmd {
         TokenCommand::Create { ttl, reusable } => {
+            trust.refuse_during_rotation("a bootstrap token")?;
             let ttl = parse_lifetime(&ttl).context("--ttl")?;
             let uses = if reusable {
                 TokenUses::Many

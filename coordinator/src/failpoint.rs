@@ -4,8 +4,11 @@
 //!
 //! `HAOP_FAILPOINT=NAME` makes the process abort (SIGABRT: no destructor, no cleanup, nothing
 //! flushed that was not written already) the first time it passes [`hit`]`(NAME)`. Names are
-//! `recover:after-ACTION` (see [`crate::etcd::recover`]) and `apply:after-etcd-restart` (an etcd
-//! member just restarted by `haop apply`, before it is back and before the next one). Unset, a
+//! `recover:after-ACTION` (see [`crate::etcd::recover`]), `apply:after-etcd-restart` (an etcd
+//! member just restarted by `haop apply`, before it is back and before the next one), and the
+//! agent CA rotation's (see [`crate::certs::rotate_agent`]): `rotate-agent:after-phase:PHASE`
+//! (the phase recorded done) and `rotate-agent:after-trust:HOST`, `...:after-reissue:HOST`,
+//! `...:after-drop:HOST` (that host's step done, the next host's not begun). Unset, a
 //! failpoint costs one environment lookup per pass. Only tests set it; the variable is
 //! documented so that nobody sets it by accident without knowing what it does.
 

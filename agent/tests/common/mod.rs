@@ -12,6 +12,7 @@ use time::{Duration, OffsetDateTime};
 /// A CA that can issue leaf certificates.
 pub struct TestCa {
     pub cert_pem: String,
+    name: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -34,8 +35,26 @@ impl TestCa {
         let cert_pem = cert.pem();
         TestCa {
             issuer: Issuer::new(params, key),
+            name: name.to_string(),
             cert_pem,
         }
+    }
+
+    /// `other`'s name and key in a CA certificate signed by this CA: what a CA that agents
+    /// trust gives a new CA for them to trust it too (a cross-certificate).
+    pub fn endorse(&self, other: &TestCa) -> String {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, &other.name);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(1);
+        params
+            .signed_by(other.issuer.key(), &self.issuer)
+            .unwrap()
+            .pem()
     }
 
     fn leaf(

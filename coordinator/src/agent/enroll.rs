@@ -55,6 +55,8 @@ pub async fn enroll(
             return Ok(Enrolled::Already);
         }
     }
+    // A new agent would pin the CA on its way out.
+    trust.refuse_during_rotation("enrolling a new agent")?;
     let plain = bootstrap_endpoint(endpoint);
     let rpc = |step: &'static str| {
         let endpoint = endpoint.to_string();

@@ -89,6 +89,48 @@ impl HostAgent {
         .await
     }
 
+    /// Replaces the agent's trust bundle (the CAs it accepts client certificates from) with
+    /// `bundle_pem`, each CA it does not trust yet endorsed in `endorsements_pem`.
+    pub async fn install_trust_bundle(
+        &self,
+        bundle_pem: &str,
+        endorsements_pem: &str,
+    ) -> Result<pb::InstallTrustBundleResponse, AgentError> {
+        let req = pb::InstallTrustBundleRequest {
+            bundle_pem: bundle_pem.to_string(),
+            endorsements_pem: endorsements_pem.to_string(),
+        };
+        self.call("InstallTrustBundle", |mut c| async move {
+            c.install_trust_bundle(req).await
+        })
+        .await
+    }
+
+    /// Has the agent make (or keep) the pending key of its next serving certificate and
+    /// answer a CSR for it with these names.
+    pub async fn create_serving_csr(
+        &self,
+        req: pb::CreateServingCsrRequest,
+    ) -> Result<pb::CreateCsrResponse, AgentError> {
+        self.call("CreateServingCsr", |mut c| async move {
+            c.create_serving_csr(req).await
+        })
+        .await
+    }
+
+    /// Puts a new serving certificate in use on the agent; answers `changed`.
+    pub async fn install_serving_certificate(&self, cert_pem: &str) -> Result<bool, AgentError> {
+        let req = pb::InstallServingCertificateRequest {
+            cert_pem: cert_pem.to_string(),
+        };
+        Ok(self
+            .call("InstallServingCertificate", |mut c| async move {
+                c.install_serving_certificate(req).await
+            })
+            .await?
+            .changed)
+    }
+
     /// The host's facts (OS, addresses, swap, free space, service manager...).
     pub async fn facts(&self) -> Result<pb::Facts, AgentError> {
         self.call("GetFacts", |mut c| async move {

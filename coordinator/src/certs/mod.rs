@@ -7,8 +7,13 @@
 //! etcd client certificate, which expires as surely and stops the API server) and the agent's
 //! serving certificate, asked from all hosts at once with a timeout each, so one dead
 //! host shows as an error row and never delays the others.
+//!
+//! [`renew`] re-issues host certificates member by member; [`rotate_agent`] replaces the agent
+//! CA itself without restarting anything, [`rotate_etcd`] the etcd CA by rolling restarts; both
+//! are resumable.
 
 pub mod renew;
+pub mod rotate_agent;
 pub mod rotate_etcd;
 
 use std::path::Path;

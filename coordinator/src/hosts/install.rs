@@ -338,6 +338,7 @@ impl Remote {
         opts: &InstallOptions,
         port: u16,
     ) -> Result<(), HostsError> {
+        trust.refuse_during_rotation("a bootstrap token for a new agent")?;
         let (token, _) = trust.tokens().create(opts.token_ttl, TokenUses::Once)?;
         let text = agent_config(
             &self.name,

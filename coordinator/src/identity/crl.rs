@@ -47,12 +47,39 @@ pub fn current(
     Ok((number, pem))
 }
 
+/// The CA that signs `channel`'s lists now: the etcd CA; the agent CA, or during its rotation
+/// the one every agent accepts lists from ([`crate::trust::rotation::crl_signer`]).
+pub fn signer(state_dir: &Path, channel: Channel) -> Result<CertificateAuthority, IdentityError> {
+    Ok(match channel {
+        Channel::Agent => crate::trust::rotation::crl_signer(state_dir)?,
+        Channel::Etcd => CertificateAuthority::load(&pki_dir(state_dir), ca_name(channel))?,
+    })
+}
+
+/// Whether the list `pem` is signed by `ca`.
+pub fn signed_by(pem: &str, ca: &CertificateAuthority) -> bool {
+    let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, crl)) = CertificateRevocationList::from_der(&block.contents) else {
+        return false;
+    };
+    let Ok((_, ca_block)) = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes()) else {
+        return false;
+    };
+    let Ok(ca_cert) = ca_block.parse_x509() else {
+        return false;
+    };
+    crl.issuer().as_raw() == ca_cert.subject().as_raw()
+        && crl.verify_signature(ca_cert.public_key()).is_ok()
+}
+
 /// The agent channel's list when anything was ever revoked on it (agents need none before).
 pub fn agent_list(state_dir: &Path) -> Result<Option<(u64, String)>, IdentityError> {
     if IdentityStore::new(state_dir).generation(Channel::Agent)? == 0 {
         return Ok(None);
     }
-    let ca = CertificateAuthority::load(&pki_dir(state_dir), ca_name(Channel::Agent))?;
+    let ca = signer(state_dir, Channel::Agent)?;
     current(state_dir, Channel::Agent, &ca).map(Some)
 }
 

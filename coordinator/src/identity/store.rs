@@ -36,6 +36,10 @@ pub struct IdentityRecord {
     /// haop's own certificate (listed, never revoked); not stored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub built_in: bool,
+    /// `sha256:<hex>` of the public key of the CA that issued it (absent in records written
+    /// before it was kept): after a rotation of that channel's CA, the identity no longer works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pin: Option<String>,
 }
 
 impl IdentityRecord {
@@ -217,6 +221,15 @@ impl IdentityStore {
                 until: format_unix(r.not_after_unix),
             });
         }
+        if req.channel == Channel::Agent {
+            if let Some(j) = crate::trust::rotation::Journal::load(&self.state_dir)? {
+                return Err(crate::trust::TrustError::Rotating {
+                    what: "an agent-channel identity",
+                    phase: j.describe(),
+                }
+                .into());
+            }
+        }
         let ca = CertificateAuthority::load(&pki_dir(&self.state_dir), ca_name(req.channel))?;
         let cert_path = req.out_dir.join(format!("{}.crt", req.name));
         let key_path = req.out_dir.join(format!("{}.key", req.name));
@@ -263,6 +276,7 @@ impl IdentityStore {
             not_after_unix: info.not_after.unix_timestamp(),
             revoked_unix: None,
             built_in: false,
+            ca_pin: Some(ca.sha256_pin()),
         };
         file.identities.push(record.clone());
         self.save(&file)?;
@@ -301,6 +315,7 @@ impl IdentityStore {
                 not_after_unix: info.not_after.unix_timestamp(),
                 revoked_unix: None,
                 built_in: true,
+                ca_pin: None,
             })
         })
         .collect()
@@ -311,6 +326,43 @@ impl IdentityStore {
         let mut out = self.built_ins();
         out.extend(self.load()?.identities);
         Ok(out)
+    }
+
+    /// Gives `channel`'s revocation list a new number without changing what it revokes, so that
+    /// a list signed by another CA (the agent CA's rotation re-signs it with the new one) is
+    /// newer than the one hosts hold. Answers the new number.
+    pub fn renumber(&self, channel: Channel) -> Result<u64, IdentityError> {
+        let _lock = self.locked()?;
+        let mut file = self.load()?;
+        *file.number(channel) += 1;
+        let generation = *file.number(channel);
+        self.save(&file)?;
+        info!(
+            channel = channel.as_str(),
+            generation, "revocation list renumbered"
+        );
+        Ok(generation)
+    }
+
+    /// The active identities of `channel` issued by the CA with pin `ca_pin`, which became valid
+    /// at `ca_not_before_unix` (records without a pin count when issued after that).
+    pub fn issued_by(
+        &self,
+        channel: Channel,
+        ca_pin: &str,
+        ca_not_before_unix: i64,
+    ) -> Result<Vec<IdentityRecord>, IdentityError> {
+        let now = now_unix();
+        Ok(self
+            .load()?
+            .identities
+            .into_iter()
+            .filter(|r| r.channel == channel && r.is_active(now))
+            .filter(|r| match &r.ca_pin {
+                Some(pin) => pin == ca_pin,
+                None => r.issued_unix >= ca_not_before_unix,
+            })
+            .collect())
     }
 
     /// Revokes the identity named `selector` (or with that serial), optionally only on

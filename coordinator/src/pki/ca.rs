@@ -32,6 +32,8 @@ pub struct CertificateAuthority {
     key_path: PathBuf,
     cert_pem: String,
     spki_der: Vec<u8>,
+    common_name: String,
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     algorithm: KeyAlgorithm,
     /// Owns the CA key; its Debug output omits the key.
@@ -107,6 +109,13 @@ impl CertificateAuthority {
     pub fn load(dir: &Path, name: &str) -> Result<Self, PkiError> {
         check_name(name)?;
         let (cert_path, key_path) = paths(dir, name);
+        Self::load_pair(name, cert_path, key_path)
+    }
+
+    /// [`load`](Self::load) from a certificate and a key of other names: a CA whose files are
+    /// being renamed (the agent CA's rotation puts the new CA's files in place one at a time).
+    pub fn load_pair(name: &str, cert_path: PathBuf, key_path: PathBuf) -> Result<Self, PkiError> {
+        check_name(name)?;
         let cert_pem = read_text(&cert_path)?;
         let meta = fs::metadata(&key_path).map_err(io_err("read", &key_path))?;
         if meta.mode() & 0o077 != 0 {
@@ -159,6 +168,14 @@ impl CertificateAuthority {
             ))
         })?;
         let spki_der = spki.raw.to_vec();
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
         let issuer =
             Issuer::from_ca_cert_der(&pem.contents.as_slice().into(), key).map_err(|source| {
@@ -174,6 +191,8 @@ impl CertificateAuthority {
             key_path,
             cert_pem,
             spki_der,
+            common_name,
+            not_before,
             not_after,
             algorithm,
             issuer,
@@ -195,6 +214,16 @@ impl CertificateAuthority {
 
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
+    }
+
+    /// When the CA certificate became valid (a minute before it was made).
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    /// The CA certificate's common name.
+    pub fn common_name(&self) -> &str {
+        &self.common_name
     }
 
     /// When the CA certificate expires; no certificate it issues outlives it.
@@ -283,6 +312,54 @@ impl CertificateAuthority {
             key_path,
             cert_pem,
         })
+    }
+
+    /// Whether this CA issued the first certificate of `cert_pem` (its key verifies the
+    /// signature and its subject is the issuer).
+    pub fn issued(&self, cert_pem: &str) -> bool {
+        let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+            return false;
+        };
+        let Ok(cert) = pem.parse_x509() else {
+            return false;
+        };
+        let Ok((_, ca)) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes()) else {
+            return false;
+        };
+        let Ok(ca) = ca.parse_x509() else {
+            return false;
+        };
+        cert.issuer().as_raw() == ca.subject().as_raw()
+            && cert.verify_signature(Some(ca.public_key())).is_ok()
+    }
+
+    /// An endorsement of `other` by this CA: a CA certificate with `other`'s name and public key,
+    /// signed by this CA, valid for `lifetime` (an X.509 cross-certificate, "new with old").
+    /// Agents that trust this CA accept `other` into their trust bundle only with it, so only
+    /// the holder of a CA key they trust can extend what they trust (see the agent's `trust`
+    /// module). PEM.
+    pub fn endorse(
+        &self,
+        other: &CertificateAuthority,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = distinguished_name(&other.common_name, None);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = now();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = (now + lifetime).min(self.not_after).min(other.not_after);
+        params.serial_number = Some(random_serial()?);
+        let cert = params
+            .signed_by(other.issuer.key(), &self.issuer)
+            .map_err(|source| self.signing_error(&other.name, source))?;
+        info!(ca = %self.name, endorsed = %other.name, "CA endorsed");
+        Ok(cert.pem())
     }
 
     /// A certificate revocation list numbered `number`, listing `revoked` (serial bytes and when

@@ -357,6 +357,29 @@ pub fn spki_pin(spki_der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(spki_der)))
 }
 
+/// Whether the PEM private key `key_pem` is the key of the first certificate of `cert_pem`
+/// (both must parse): a pair whose halves are renamed into place one at a time is usable only
+/// when they match.
+pub fn key_matches_cert(key_pem: &str, cert_pem: &str) -> bool {
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+}
+
+/// `sha256:<hex>` of the SubjectPublicKeyInfo of the first certificate of `cert_pem`.
+pub fn cert_pin(cert_pem: &str) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(spki_pin(cert.public_key().raw))
+}
+
 /// Whether `bytes` hold a PEM private key block (`PRIVATE KEY`, `EC PRIVATE KEY`,
 /// `RSA PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`...): tests scan directories with it to prove that no
 /// host key ever reaches the coordinator's state dir.

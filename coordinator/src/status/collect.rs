@@ -26,7 +26,7 @@ use crate::etcd::api::{EndpointStatus, EtcdClient, Member};
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki::{inspect, AGENT_CA};
 use crate::render::{keepalived, nodeprep};
-use crate::trust::{pki_dir, ADMIN_CERT};
+use crate::trust::pki_dir;
 
 /// Why no status could be collected at all (per-host failures are part of the report).
 #[derive(Debug, thiserror::Error)]
@@ -158,17 +158,20 @@ fn client_tls(
     state_dir: &Path,
     identity: Option<&(PathBuf, PathBuf)>,
 ) -> Result<ClientTlsConfig, StatusError> {
-    let dir = pki_dir(state_dir);
     let read = |path: PathBuf| {
         std::fs::read_to_string(&path).map_err(|source| StatusError::Credentials { path, source })
     };
-    let ca = read(dir.join(format!("{AGENT_CA}.crt")))?;
+    // The agent CA, or both CAs while the agent CA is being rotated.
+    let ca = match crate::trust::rotation::agent_roots_pem(state_dir) {
+        Ok(pem) => pem,
+        Err(_) => read(pki_dir(state_dir).join(format!("{AGENT_CA}.crt")))?,
+    };
     let (cert, key) = match identity {
         Some((c, k)) => (read(c.clone())?, read(k.clone())?),
-        None => (
-            read(dir.join(format!("{ADMIN_CERT}.crt")))?,
-            read(dir.join(format!("{ADMIN_CERT}.key")))?,
-        ),
+        None => {
+            let (c, k) = crate::trust::rotation::admin_paths(state_dir);
+            (read(c)?, read(k)?)
+        }
     };
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))

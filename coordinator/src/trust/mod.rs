@@ -13,6 +13,12 @@
 //! against what it expects for that host, signs it with the agent CA and hands the certificate
 //! back; the agent checks it against its pin. After that every call goes over mTLS
 //! ([`Trust::client_tls`]).
+//!
+//! The agent CA can be rotated (`haop certs rotate-ca --agent`): while that runs, [`rotation`]
+//! says which files are which, [`Trust::load`] trusts both CAs for agents and presents the
+//! newest matching admin identity, and what would tie a new host or identity to the CA on its
+//! way out (enrollment, `haop token create`, `haop identity issue` for the agent channel) is
+//! refused until the rotation is finished ([`Trust::refuse_during_rotation`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +35,7 @@ use crate::pki::{
 pub const ADMIN_CERT: &str = "haop-admin";
 pub const ETCD_CLIENT_CERT: &str = "etcd-client";
 
+pub mod rotation;
 mod tokens;
 pub use tokens::{TokenInfo, TokenStore, TokenUse, TokenUses};
 
@@ -94,6 +101,13 @@ pub enum TrustError {
     },
     #[error("no randomness available")]
     Random,
+    #[error(
+        "an agent CA rotation is in progress ({phase}): {what} would be tied to the CA on its \
+         way out; finish the rotation first with haop certs rotate-ca --agent -f INVENTORY"
+    )]
+    Rotating { what: &'static str, phase: String },
+    #[error("the agent CA rotation's files in {} are not as expected: {reason}", .dir.display())]
+    RotationState { dir: PathBuf, reason: String },
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrustError + 'a {
@@ -191,7 +205,13 @@ pub fn init(state_dir: &Path, opts: InitOptions) -> Result<InitReport, TrustErro
 #[derive(Debug)]
 pub struct Trust {
     pub state_dir: PathBuf,
+    /// The agent CA: the one enrollment pins. During a rotation, the old one until every agent
+    /// dropped it, then the new one.
     pub agent_ca: CertificateAuthority,
+    /// What agents' serving certificates are verified against: the agent CA, or both CAs
+    /// during a rotation.
+    agent_roots_pem: String,
+    rotation: Option<rotation::Journal>,
     admin_cert_pem: String,
     admin_key_pem: String,
 }
@@ -204,31 +224,66 @@ impl Trust {
                 dir: state_dir.to_path_buf(),
             });
         }
-        let agent_ca = CertificateAuthority::load(&dir, AGENT_CA)?;
-        let read = |name: String| {
-            let p = dir.join(name);
+        let journal = rotation::Journal::load(state_dir)?;
+        let agent_ca = match &journal {
+            Some(j) if j.completed(rotation::Phase::Drop) => rotation::load_new_ca(state_dir, j)?,
+            _ => CertificateAuthority::load(&dir, AGENT_CA)?,
+        };
+        let read = |p: PathBuf| {
             std::fs::read_to_string(&p).map_err(|source| TrustError::Io {
                 action: "read",
                 path: p,
                 source,
             })
         };
+        let (admin_cert, admin_key) = rotation::admin_paths(state_dir);
         Ok(Trust {
             state_dir: state_dir.to_path_buf(),
-            admin_cert_pem: read(format!("{ADMIN_CERT}.crt"))?,
-            admin_key_pem: read(format!("{ADMIN_CERT}.key"))?,
+            admin_cert_pem: read(admin_cert)?,
+            admin_key_pem: read(admin_key)?,
+            agent_roots_pem: rotation::agent_roots_pem(state_dir)?,
+            rotation: journal,
             agent_ca,
         })
     }
 
-    /// TLS for calling agents: trust the agent CA, present the admin certificate.
+    /// TLS for calling agents: trust the agent CA (both CAs during a rotation), present the
+    /// admin certificate.
     pub fn client_tls(&self) -> ClientTlsConfig {
+        self.client_tls_trusting(&self.agent_roots_pem)
+    }
+
+    /// TLS for calling agents presenting the admin certificate, trusting only `roots_pem` for
+    /// their serving certificates (to check that an agent serves a certificate of the new CA).
+    pub fn client_tls_trusting(&self, roots_pem: &str) -> ClientTlsConfig {
         ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.agent_ca.cert_pem()))
+            .ca_certificate(Certificate::from_pem(roots_pem))
             .identity(Identity::from_pem(
                 &self.admin_cert_pem,
                 &self.admin_key_pem,
             ))
+    }
+
+    /// haop's admin certificate presented to agents, PEM.
+    pub fn admin_cert_pem(&self) -> &str {
+        &self.admin_cert_pem
+    }
+
+    /// The agent CA rotation in progress, if any.
+    pub fn rotation(&self) -> Option<&rotation::Journal> {
+        self.rotation.as_ref()
+    }
+
+    /// Refuses `what` (enrolling a host, a token, an agent-channel identity) while an agent CA
+    /// rotation runs: it would be tied to the CA on its way out, or be unknown to the rotation.
+    pub fn refuse_during_rotation(&self, what: &'static str) -> Result<(), TrustError> {
+        match &self.rotation {
+            Some(j) => Err(TrustError::Rotating {
+                what,
+                phase: j.describe(),
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn tokens(&self) -> TokenStore {
