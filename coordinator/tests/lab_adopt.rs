@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{certs_in, etcdctl, etcdctl_env, haop, text, Etcd, Writer};
+use common::{certs_in, etcdctl, etcdctl_env, haop, text, Credentials, Etcd, Writer};
 use haop_coordinator::etcd::api::EtcdClient;
 use haop_coordinator::inventory::Inventory;
 use haop_coordinator::lab::{Lab, LabGuard};
@@ -147,9 +147,26 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
         text(&again)
     );
 
-    // The migration, under a writer.
+    // The migration, under a writer: an application that starts with the seed's client
+    // certificate and trusts both CAs, and takes haop's credentials when the seed's are refused
+    // (as every client of an adopted cluster must before the seed's CA is dropped).
     let endpoints = inv.etcd_client_urls();
-    let writer = Writer::start(st, &endpoints, "/adopt");
+    let seed_pki = root("etcd1").join(PKI);
+    let writer = Writer::start_with(
+        &endpoints,
+        "/adopt",
+        vec![
+            Credentials::Files {
+                ca: vec![
+                    seed_pki.join("ca.pem"),
+                    haop_coordinator::trust::pki_dir(st).join("etcd-ca.crt"),
+                ],
+                cert: seed_pki.join("client.pem"),
+                key: seed_pki.join("client-key.pem"),
+            },
+            Credentials::StateDir(st.to_path_buf()),
+        ],
+    );
     writer.wait_for(20, Duration::from_secs(30)).await;
     let mut runs = 0;
     let mut log = String::new();
@@ -224,7 +241,6 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     }
     // Client certificate auth is on: no certificate, no access; the seed's client
     // certificate (its CA is gone) is refused.
-    let seed_pki = root("etcd1").join(PKI);
     for e in &endpoints {
         let anonymous = Command::new("/usr/bin/etcdctl")
             .env_clear()

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use super::flags::{self, Command};
 use super::record::{SeedMaster, SeedMember};
 use crate::agent::{Agents, HostAgent};
 use crate::etcd::kube_endpoints::get_arg;
+use crate::etcd::probe::{AgentEtcdctl, Probe};
 use crate::inventory::{Host, Inventory};
 use crate::pki::inspect;
 
@@ -43,6 +43,8 @@ pub struct FoundVip {
 #[derive(Debug, Default)]
 pub struct Found {
     pub members: Vec<FoundMember>,
+    /// The version etcd reports.
+    pub version: Option<String>,
     pub masters: Vec<SeedMaster>,
     pub vip: Option<FoundVip>,
     pub problems: Vec<String>,
@@ -324,7 +326,7 @@ async fn master(
 }
 
 /// Reads every host of `inv` (all agents must answer) and asks etcd for its members.
-pub async fn discover(state_dir: &std::path::Path, inv: &Inventory, agents: &Agents) -> Found {
+pub async fn discover(inv: &Inventory, agents: &Agents) -> Found {
     let mut found = Found::default();
     let mut connected = Vec::new();
     for h in &inv.hosts {
@@ -365,55 +367,47 @@ pub async fn discover(state_dir: &std::path::Path, inv: &Inventory, agents: &Age
             ));
         }
     }
-    for m in &found.members {
-        if m.seed.client_cert_auth {
-            found.problems.push(format!(
-                "{}: --client-cert-auth is already on, and haop holds no client certificate the cluster's CA signed (its key stays on the hosts): turn it off, or add haop's etcd client certificate to the cluster by hand",
-                m.seed.host
-            ));
-        }
-    }
-    if !found.problems.is_empty() {
-        return found;
-    }
-    // etcd itself: every member answers, and each is one of ours.
+    // etcd itself, asked through the first member's agent with that host's own certificate:
+    // the cluster verifies every client against its CA, of which haop holds no certificate.
     let urls: Vec<String> = found.members.iter().map(|m| m.client_url.clone()).collect();
-    let etcd = match crate::etcd::api::EtcdClient::connect_trusting(
-        state_dir,
-        &urls,
-        Duration::from_secs(3),
-        first.clone().into_bytes(),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            found
-                .problems
-                .push(format!("etcd: {}", crate::error_chain(&e)));
-            return found;
-        }
-    };
-    if let Err(e) = etcd
-        .wait_for_quorum(&urls, found.members.len(), Duration::from_secs(10))
-        .await
-    {
-        found.problems.push(format!(
-            "etcd has no healthy quorum with every member ({}): haop adopts a healthy cluster; repair it first",
-            crate::error::short_error(&e)
-        ));
+    let first_host = found.members[0].seed.host.clone();
+    let Some((_, agent)) = connected
+        .iter()
+        .find(|(h, _)| h.name.as_str() == first_host)
+    else {
         return found;
-    }
-    let list = match etcd.member_list().await {
+    };
+    let probe = AgentEtcdctl {
+        agent: agent.clone(),
+        endpoints: urls.clone(),
+        cacert: found.members[0].seed.trusted_ca_file.clone(),
+        cert: found.members[0].seed.cert_file.clone(),
+        key: found.members[0].seed.key_file.clone(),
+    };
+    let list = match probe.members().await {
         Ok(l) => l,
         Err(e) => {
             found.problems.push(format!(
-                "etcd member list: {}",
-                crate::error::short_error(&e)
+                "etcd cannot be asked for its members from {first_host} with its own certificate ({}): {}",
+                found.members[0].seed.cert_file,
+                crate::error_chain(&e)
             ));
             return found;
         }
     };
+    for m in &found.members {
+        if let Err(e) = probe.healthy(&m.client_url).await {
+            found.problems.push(format!(
+                "{}: etcd at {} does not answer ({}): haop adopts a healthy cluster; repair it first",
+                m.seed.host,
+                m.client_url,
+                crate::error::short_error(&e)
+            ));
+        }
+    }
+    if let Some(m) = found.members.first() {
+        found.version = probe.status_of(&m.client_url).await.ok().map(|s| s.version);
+    }
     for m in &list {
         if m.is_learner {
             found.problems.push(format!(

@@ -34,6 +34,7 @@ use crate::etcd::config::{
     client_crl_path, TlsSettings, BOOTSTRAP_ENV_FILE, ENV_FILE, SEALED_BOOTSTRAP_ENV, UNIT_NAME,
 };
 use crate::etcd::kube_endpoints::set_arg;
+use crate::etcd::probe::{AgentEtcdctl, Probe};
 use crate::etcd::rolling::{restart_member, Endpoint, Restarted, RollingError};
 use crate::inventory::{Host, Inventory};
 use crate::render::kubeadm::{ETCD_CA_FILE, ETCD_CLIENT_CERT_FILE, ETCD_CLIENT_KEY_FILE};
@@ -194,6 +195,9 @@ struct Ctx<'a> {
     rb: Runbook,
     agents: Agents,
     etcd: EtcdClient,
+    /// etcdctl on the first member's host with its own (the seed's) certificate: how haop asks
+    /// etcd until every member also trusts haop's CA (the `trust` round).
+    seed: Option<AgentEtcdctl>,
     members: Vec<Endpoint>,
     stall: Duration,
     progress: &'a (dyn Fn(String) + Sync),
@@ -202,12 +206,23 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// The gate before a member's files change (see [`crate::etcd::rolling::whole`]).
     async fn whole(&self, step: &str, host: &str) -> Result<(), MigrateError> {
-        crate::etcd::rolling::whole(&self.etcd, host, &self.members)
-            .await
-            .map_err(|source| MigrateError::Rolling {
-                step: step.to_string(),
-                source: Box::new(source),
-            })
+        let r = match self.seed_probe(step) {
+            Some(p) => crate::etcd::rolling::whole(p, host, &self.members).await,
+            None => crate::etcd::rolling::whole(&self.etcd, host, &self.members).await,
+        };
+        r.map_err(|source| MigrateError::Rolling {
+            step: step.to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The seed's probe while a step of the `trust` round runs; haop's client afterwards.
+    fn seed_probe(&self, step: &str) -> Option<&AgentEtcdctl> {
+        if step.starts_with("trust:") {
+            self.seed.as_ref()
+        } else {
+            None
+        }
     }
 
     async fn agent(&self, step: &str, host: &str) -> Result<HostAgent, MigrateError> {
@@ -238,16 +253,23 @@ impl Ctx<'_> {
             .find(|e| e.host == host)
             .cloned()
             .ok_or_else(|| MigrateError::MissingHost(host.to_string()))?;
-        restart_member(
-            &self.etcd,
-            agent,
-            &me,
-            &self.members,
-            self.stall,
-            self.progress,
-        )
-        .await
-        .map_err(|source| MigrateError::Rolling {
+        let r = match self.seed_probe(step) {
+            Some(p) => {
+                restart_member(p, agent, &me, &self.members, self.stall, self.progress).await
+            }
+            None => {
+                restart_member(
+                    &self.etcd,
+                    agent,
+                    &me,
+                    &self.members,
+                    self.stall,
+                    self.progress,
+                )
+                .await
+            }
+        };
+        r.map_err(|source| MigrateError::Rolling {
             step: step.to_string(),
             source: Box::new(source),
         })
@@ -340,7 +362,24 @@ pub async fn run(
             step: "connect".into(),
             source,
         })?;
+    let seed = match record.members.first() {
+        Some(m) => Some(AgentEtcdctl {
+            agent: agents
+                .get(&m.host)
+                .await
+                .map_err(|source| MigrateError::Agent {
+                    step: "connect".into(),
+                    source,
+                })?,
+            endpoints: urls.clone(),
+            cacert: m.trusted_ca_file.clone(),
+            cert: m.cert_file.clone(),
+            key: m.key_file.clone(),
+        }),
+        None => None,
+    };
     let ctx = Ctx {
+        seed,
         inv,
         rb,
         agents,
@@ -404,18 +443,18 @@ async fn trust(
     let agent = ctx.agent(&step, host).await?;
     // haop names members by their address: the other members dial it there from now on.
     let want = vec![ctx.inv.etcd_peer_url(h)];
-    let list = ctx
-        .etcd
-        .member_list()
-        .await
-        .map_err(|source| MigrateError::Etcd {
-            step: step.clone(),
-            source,
-        })?;
+    let probe = ctx.seed.as_ref().ok_or_else(|| MigrateError::Host {
+        step: step.clone(),
+        message: "the adoption record names no etcd member".into(),
+    })?;
+    let list = probe.members().await.map_err(|source| MigrateError::Etcd {
+        step: step.clone(),
+        source,
+    })?;
     if let Some(m) = list.iter().find(|m| m.id == seed.member_id) {
         if m.peer_urls != want {
-            ctx.etcd
-                .member_update_peer_urls(seed.member_id, &want)
+            probe
+                .member_update(seed.member_id, &want)
                 .await
                 .map_err(|source| MigrateError::Etcd {
                     step: step.clone(),
@@ -440,8 +479,9 @@ async fn trust(
         peer_cert_file: seed.peer_cert_file.clone(),
         peer_key_file: seed.peer_key_file.clone(),
         peer_trusted_ca_file: cfg.cert("ca.crt"),
-        client_cert_auth: false,
-        peer_client_cert_auth: false,
+        // As the cluster had them (the `secure` step turns them on).
+        client_cert_auth: seed.client_cert_auth,
+        peer_client_cert_auth: seed.peer_client_cert_auth,
         client_crl_file: None,
     };
     ctx.write(

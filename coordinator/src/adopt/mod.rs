@@ -98,7 +98,7 @@ pub async fn adopt(state_dir: &Path, inventory_path: &Path) -> Result<Adopted, A
     }
     let trust = Arc::new(Trust::load(state_dir)?);
     let agents = Agents::new(trust, &inv);
-    let found = discover::discover(state_dir, &inv, &agents).await;
+    let found = discover::discover(&inv, &agents).await;
     if !found.problems.is_empty() {
         return Err(AdoptError::Refused(found.problems));
     }
@@ -126,6 +126,10 @@ pub async fn adopt(state_dir: &Path, inventory_path: &Path) -> Result<Adopted, A
     // kubeadm set the API servers up by hand; haop switches their etcd client files (the
     // migration) but does not run kubeadm on a cluster it did not create.
     full.kubernetes.enabled = false;
+    full.etcd.version = found
+        .version
+        .as_deref()
+        .and_then(|v| v.parse::<crate::inventory::Version>().ok());
     let yaml = full.to_yaml().map_err(AdoptError::Yaml)?;
     let text = format!(
         "# Written by `haop adopt` from the running cluster ({} members{}).\n\

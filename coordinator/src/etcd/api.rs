@@ -59,6 +59,13 @@ pub enum EtcdApiError {
     },
     #[error("no etcd endpoints given")]
     NoEndpoints,
+    #[error("etcdctl {op} on {host} (against {endpoint}): {message}")]
+    Etcdctl {
+        host: String,
+        endpoint: String,
+        op: &'static str,
+        message: String,
+    },
     #[error("invalid etcd endpoint {endpoint}")]
     InvalidEndpoint {
         endpoint: String,
@@ -412,16 +419,13 @@ impl EtcdClient {
     }
 
     /// Like [`EtcdClient::connect`], trusting the CA certificates of `ca_pem` instead of the
-    /// state dir's: for a cluster haop does not manage yet (`haop adopt`).
+    /// state dir's.
     pub async fn connect_trusting(
         state_dir: &Path,
         endpoints: &[String],
         timeout: Duration,
         ca: Vec<u8>,
     ) -> Result<EtcdClient, EtcdApiError> {
-        if endpoints.is_empty() {
-            return Err(EtcdApiError::NoEndpoints);
-        }
         let dir = pki_dir(state_dir);
         let read = |name: String| {
             let path = dir.join(name);
@@ -429,6 +433,21 @@ impl EtcdClient {
         };
         let cert = read(format!("{ETCD_CLIENT_CERT}.crt"))?;
         let key = read(format!("{ETCD_CLIENT_CERT}.key"))?;
+        Self::connect_with(endpoints, timeout, ca, cert, key).await
+    }
+
+    /// A client with these credentials (PEM): the CA certificates to trust, and a client
+    /// certificate with its key.
+    pub async fn connect_with(
+        endpoints: &[String],
+        timeout: Duration,
+        ca: Vec<u8>,
+        cert: Vec<u8>,
+        key: Vec<u8>,
+    ) -> Result<EtcdClient, EtcdApiError> {
+        if endpoints.is_empty() {
+            return Err(EtcdApiError::NoEndpoints);
+        }
         let tls = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(ca))
             .identity(Identity::from_pem(cert, key));

@@ -35,6 +35,7 @@ pub mod kube_endpoints;
 pub mod kube_readyz;
 pub mod maintenance;
 pub mod member_host;
+pub mod probe;
 pub mod quorum;
 pub mod quorum_wait;
 pub mod recover;

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use haop_proto::v1 as pb;
 
-use super::api::{EtcdApiError, EtcdClient};
+use super::api::EtcdApiError;
 use super::config::UNIT_NAME;
+use super::probe::Probe;
 use crate::agent::{AgentError, HostAgent};
 
 /// Errors of one rolling restart; each names the host.
@@ -70,8 +71,8 @@ pub struct Restarted {
 
 /// When `me` leads, hands leadership to another member that answers (preferring those `prefer`
 /// ranks lower) and waits up to 15 s until `me` reports the new leader. Answers to whom.
-pub async fn hand_off_leadership<K: Ord>(
-    etcd: &EtcdClient,
+pub async fn hand_off_leadership<P: Probe, K: Ord>(
+    etcd: &P,
     me: &Endpoint,
     members: &[Endpoint],
     prefer: impl Fn(&Endpoint, &super::api::EndpointStatus) -> K,
@@ -103,42 +104,70 @@ pub async fn hand_off_leadership<K: Ord>(
     Ok(Some(to_host))
 }
 
-/// Whether every one of `members` is a voter, there is a leader, and all answer: the gate
-/// before `host` is changed or restarted (with a member already down, a restart could cost the
-/// quorum). Callers check it before they write anything a restart would act on.
-pub async fn whole(
-    etcd: &EtcdClient,
+/// One look: every one of `members` a voter (no learner), a leader known, every member
+/// answering; or what is missing.
+async fn is_whole<P: Probe>(etcd: &P, members: &[Endpoint]) -> Result<(), String> {
+    let list = etcd
+        .members()
+        .await
+        .map_err(|e| format!("member list: {}", crate::error::short_error(&e)))?;
+    let voters = list.iter().filter(|m| !m.is_learner).count();
+    if voters != members.len() || list.len() != members.len() {
+        return Err(format!(
+            "{voters} voters and {} learners, {} expected",
+            list.len() - voters,
+            members.len()
+        ));
+    }
+    let mut leader = false;
+    for e in members {
+        etcd.healthy(&e.url).await.map_err(|err| {
+            format!(
+                "{} does not answer: {}",
+                e.host,
+                crate::error::short_error(&err)
+            )
+        })?;
+        if !leader {
+            leader = etcd.status_of(&e.url).await.is_ok_and(|s| s.leader_id != 0);
+        }
+    }
+    if !leader {
+        return Err("no leader".into());
+    }
+    Ok(())
+}
+
+/// Whether every one of `members` is a voter, there is a leader, and all answer (waiting up to
+/// 10 s for it): the gate before `host` is changed or restarted (with a member already down, a
+/// restart could cost the quorum). Callers check it before they write anything a restart would
+/// act on.
+pub async fn whole<P: Probe>(
+    etcd: &P,
     host: &str,
     members: &[Endpoint],
 ) -> Result<(), RollingError> {
-    let urls: Vec<String> = members.iter().map(|e| e.url.clone()).collect();
-    etcd.wait_for_quorum(&urls, members.len(), Duration::from_secs(10))
-        .await
-        .map_err(|e| RollingError::NotWhole {
-            host: host.to_string(),
-            last: crate::error::short_error(&e),
-        })?;
-    let mut answering = 0;
-    for e in members {
-        if etcd.health(&e.url).await.is_ok() {
-            answering += 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match is_whole(etcd, members).await {
+            Ok(()) => return Ok(()),
+            Err(last) if Instant::now() > deadline => {
+                return Err(RollingError::NotWhole {
+                    host: host.to_string(),
+                    last,
+                })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    if answering < members.len() {
-        return Err(RollingError::NotWhole {
-            host: host.to_string(),
-            last: format!("{answering} of {} members answer", members.len()),
-        });
-    }
-    Ok(())
 }
 
 /// Restarts `me`'s etcd through `agent` (leadership handed away first) and waits until it is
 /// back, caught up, and the cluster whole (see the module doc). Refuses, touching nothing, when
 /// the cluster is not whole to begin with: with a member already down, a restart could cost
 /// the quorum.
-pub async fn restart_member(
-    etcd: &EtcdClient,
+pub async fn restart_member<P: Probe>(
+    etcd: &P,
     agent: &HostAgent,
     me: &Endpoint,
     members: &[Endpoint],
@@ -191,8 +220,8 @@ pub async fn restart_member(
 
 /// Until `me` answers, has applied what the others had committed when it first answered, the
 /// cluster has a leader and all of `members` as voters.
-pub async fn wait_back(
-    etcd: &EtcdClient,
+pub async fn wait_back<P: Probe>(
+    etcd: &P,
     me: &Endpoint,
     members: &[Endpoint],
     db_size: i64,
@@ -200,7 +229,6 @@ pub async fn wait_back(
 ) -> Result<(), RollingError> {
     let first_within = super::api::scaled_timeout(Duration::from_secs(60), db_size);
     let started = Instant::now();
-    let urls: Vec<String> = members.iter().map(|e| e.url.clone()).collect();
     let mut wanted: Option<u64> = None;
     let mut applied = 0u64;
     let mut last_progress = Instant::now();
@@ -223,11 +251,8 @@ pub async fn wait_back(
                 let want = wanted.unwrap_or(0);
                 if applied >= want
                     && s.leader_id != 0
-                    && etcd.health(&me.url).await.is_ok()
-                    && etcd
-                        .wait_for_quorum(&urls, members.len(), Duration::from_secs(1))
-                        .await
-                        .is_ok()
+                    && etcd.healthy(&me.url).await.is_ok()
+                    && is_whole(etcd, members).await.is_ok()
                 {
                     return Ok(());
                 }

@@ -57,6 +57,48 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Where a [`Writer`] takes its etcd credentials from, each time it connects.
+pub enum Credentials {
+    /// haop's own: the state dir's trust file and etcd client certificate.
+    StateDir(std::path::PathBuf),
+    /// Files: the CAs to trust, a client certificate and its key.
+    Files {
+        ca: Vec<std::path::PathBuf>,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+impl Credentials {
+    async fn connect(
+        &self,
+        endpoints: &[String],
+    ) -> Result<haop_coordinator::etcd::api::EtcdClient, haop_coordinator::etcd::api::EtcdApiError>
+    {
+        let timeout = std::time::Duration::from_secs(2);
+        match self {
+            Credentials::StateDir(state) => {
+                haop_coordinator::etcd::api::EtcdClient::connect(state, endpoints, timeout).await
+            }
+            Credentials::Files { ca, cert, key } => {
+                let mut bundle = Vec::new();
+                for c in ca {
+                    bundle.extend(std::fs::read(c).unwrap());
+                    bundle.push(b'\n');
+                }
+                haop_coordinator::etcd::api::EtcdClient::connect_with(
+                    endpoints,
+                    timeout,
+                    bundle,
+                    std::fs::read(cert).unwrap(),
+                    std::fs::read(key).unwrap(),
+                )
+                .await
+            }
+        }
+    }
+}
+
 /// A client that keeps putting keys and remembers every write etcd acknowledged.
 pub struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -69,23 +111,24 @@ impl Writer {
     /// writes in a row it connects again with the state dir's credentials as they are then, as
     /// a client that reloads its certificate files does (a CA rotation replaces them).
     pub fn start(state: &Path, endpoints: &[String], prefix: &str) -> Writer {
+        Self::start_with(
+            endpoints,
+            prefix,
+            vec![Credentials::StateDir(state.to_path_buf())],
+        )
+    }
+
+    /// Like [`Writer::start`], with several sets of credentials: after three failed writes in
+    /// a row it connects again with the next set (a client moved from one CA to another, as
+    /// an adopted cluster's clients are).
+    pub fn start_with(endpoints: &[String], prefix: &str, credentials: Vec<Credentials>) -> Writer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = acked_count.clone();
-        let (flag, state, endpoints, prefix) = (
-            stop.clone(),
-            state.to_path_buf(),
-            endpoints.to_vec(),
-            prefix.to_string(),
-        );
+        let (flag, endpoints, prefix) = (stop.clone(), endpoints.to_vec(), prefix.to_string());
         let task = tokio::spawn(async move {
-            let mut c = haop_coordinator::etcd::api::EtcdClient::connect(
-                &state,
-                &endpoints,
-                std::time::Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
+            let mut which = 0;
+            let mut c = credentials[which].connect(&endpoints).await.unwrap();
             let mut failed_in_a_row = 0;
             let mut acked = Vec::new();
             let mut i = 0u64;
@@ -115,13 +158,8 @@ impl Writer {
                         failed_in_a_row += 1;
                         if failed_in_a_row >= 3 {
                             failed_in_a_row = 0;
-                            if let Ok(n) = haop_coordinator::etcd::api::EtcdClient::connect(
-                                &state,
-                                &endpoints,
-                                std::time::Duration::from_secs(2),
-                            )
-                            .await
-                            {
+                            which = (which + 1) % credentials.len();
+                            if let Ok(n) = credentials[which].connect(&endpoints).await {
                                 c = n;
                             }
                         }
