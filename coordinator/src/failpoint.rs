@@ -8,7 +8,9 @@
 //! member just restarted by `haop apply`, before it is back and before the next one), and the
 //! agent CA rotation's (see [`crate::certs::rotate_agent`]): `rotate-agent:after-phase:PHASE`
 //! (the phase recorded done) and `rotate-agent:after-trust:HOST`, `...:after-reissue:HOST`,
-//! `...:after-drop:HOST` (that host's step done, the next host's not begun). Unset, a
+//! `...:after-drop:HOST` (that host's step done, the next host's not begun); the etcd CA
+//! rotation's `rotate-ca:after-step`; adoption's `adopt:after-step` (a migration step recorded
+//! done) and `adopt:before-restart` (a member's files written, etcd not restarted). Unset, a
 //! failpoint costs one environment lookup per pass. Only tests set it; the variable is
 //! documented so that nobody sets it by accident without knowing what it does.
 

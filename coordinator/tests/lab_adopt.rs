@@ -170,6 +170,27 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     writer.wait_for(20, Duration::from_secs(30)).await;
     let mut runs = 0;
     let mut log = String::new();
+    if !kill_after_every_step {
+        // Killed inside the first step: etcd1's files written, etcd1 not restarted yet.
+        let out = Command::new(common::haop_bin())
+            .env("HAOP_STATE_DIR", st)
+            .env("HAOP_FAILPOINT", "adopt:before-restart")
+            .args(["apply", "-f", &inv_file])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && text(&out).contains("failpoint"),
+            "{}",
+            text(&out)
+        );
+        let plan = haop(st, &["plan", "-f", &inv_file]);
+        assert!(
+            text(&plan).contains("started (runs again)"),
+            "{}",
+            text(&plan)
+        );
+        runs += 1;
+    }
     loop {
         runs += 1;
         let mut cmd = Command::new(common::haop_bin());

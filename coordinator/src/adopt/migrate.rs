@@ -253,6 +253,9 @@ impl Ctx<'_> {
             .find(|e| e.host == host)
             .cloned()
             .ok_or_else(|| MigrateError::MissingHost(host.to_string()))?;
+        // A coordinator that dies here leaves the member's files changed and etcd running on
+        // the old ones: the rerun finds the step started and restarts it.
+        crate::failpoint::hit("adopt:before-restart");
         let r = match self.seed_probe(step) {
             Some(p) => {
                 restart_member(p, agent, &me, &self.members, self.stall, self.progress).await
