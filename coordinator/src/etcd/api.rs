@@ -409,6 +409,9 @@ impl EtcdClient {
         endpoints: &[String],
         timeout: Duration,
     ) -> Result<EtcdClient, EtcdApiError> {
+        if endpoints.is_empty() {
+            return Err(EtcdApiError::NoEndpoints);
+        }
         // The CA, or both CAs while one replaces the other (see `pki::bundle`).
         let trust = crate::pki::bundle::trust_path(state_dir);
         let ca = std::fs::read(&trust).map_err(|source| EtcdApiError::Credentials {
