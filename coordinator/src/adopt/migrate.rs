@@ -35,7 +35,7 @@ use crate::etcd::config::{
 };
 use crate::etcd::kube_endpoints::set_arg;
 use crate::etcd::probe::{AgentEtcdctl, Probe};
-use crate::etcd::rolling::{restart_member, Endpoint, Restarted, RollingError};
+use crate::etcd::rolling::{members_of, Restarted, RollingError, Rollout};
 use crate::inventory::{Host, Inventory};
 use crate::render::kubeadm::{ETCD_CA_FILE, ETCD_CLIENT_CERT_FILE, ETCD_CLIENT_KEY_FILE};
 use crate::runbook::exec::certificates;
@@ -193,13 +193,10 @@ pub fn member_phases(record: &AdoptionRecord) -> Vec<(String, String)> {
 struct Ctx<'a> {
     inv: &'a Inventory,
     rb: Runbook,
-    agents: Agents,
-    etcd: EtcdClient,
+    roll: Rollout<'a>,
     /// etcdctl on the first member's host with its own (the seed's) certificate: how haop asks
     /// etcd until every member also trusts haop's CA (the `trust` round).
     seed: Option<AgentEtcdctl>,
-    members: Vec<Endpoint>,
-    stall: Duration,
     progress: &'a (dyn Fn(String) + Sync),
 }
 
@@ -207,8 +204,8 @@ impl Ctx<'_> {
     /// The gate before a member's files change (see [`crate::etcd::rolling::whole`]).
     async fn whole(&self, step: &str, host: &str) -> Result<(), MigrateError> {
         let r = match self.seed_probe(step) {
-            Some(p) => crate::etcd::rolling::whole(p, host, &self.members).await,
-            None => crate::etcd::rolling::whole(&self.etcd, host, &self.members).await,
+            Some(p) => self.roll.whole(p, host).await,
+            None => self.roll.whole(&self.roll.etcd, host).await,
         };
         r.map_err(|source| MigrateError::Rolling {
             step: step.to_string(),
@@ -226,7 +223,8 @@ impl Ctx<'_> {
     }
 
     async fn agent(&self, step: &str, host: &str) -> Result<HostAgent, MigrateError> {
-        self.agents
+        self.roll
+            .agents
             .get(host)
             .await
             .map_err(|source| MigrateError::Agent {
@@ -247,30 +245,12 @@ impl Ctx<'_> {
         agent: &HostAgent,
         host: &str,
     ) -> Result<Restarted, MigrateError> {
-        let me = self
-            .members
-            .iter()
-            .find(|e| e.host == host)
-            .cloned()
-            .ok_or_else(|| MigrateError::MissingHost(host.to_string()))?;
         // A coordinator that dies here leaves the member's files changed and etcd running on
         // the old ones: the rerun finds the step started and restarts it.
         crate::failpoint::hit("adopt:before-restart");
         let r = match self.seed_probe(step) {
-            Some(p) => {
-                restart_member(p, agent, &me, &self.members, self.stall, self.progress).await
-            }
-            None => {
-                restart_member(
-                    &self.etcd,
-                    agent,
-                    &me,
-                    &self.members,
-                    self.stall,
-                    self.progress,
-                )
-                .await
-            }
+            Some(p) => self.roll.restart(p, agent, host).await,
+            None => self.roll.restart(&self.roll.etcd, agent, host).await,
         };
         r.map_err(|source| MigrateError::Rolling {
             step: step.to_string(),
@@ -350,15 +330,7 @@ pub async fn run(
     let started = Instant::now();
     let rb = Runbook::load(state_dir, inv.clone())?;
     let agents = Agents::new(rb.ctx.trust.clone(), inv);
-    let members: Vec<Endpoint> = inv
-        .etcd_hosts()
-        .iter()
-        .map(|h| Endpoint {
-            host: h.name.as_str().to_string(),
-            url: inv.etcd_client_url(h),
-        })
-        .collect();
-    let urls: Vec<String> = members.iter().map(|e| e.url.clone()).collect();
+    let urls: Vec<String> = members_of(inv).iter().map(|e| e.url.clone()).collect();
     let etcd = EtcdClient::connect(state_dir, &urls, Duration::from_secs(2))
         .await
         .map_err(|source| MigrateError::Etcd {
@@ -385,10 +357,7 @@ pub async fn run(
         seed,
         inv,
         rb,
-        agents,
-        etcd,
-        members,
-        stall: inv.etcd.catch_up_stall.duration(),
+        roll: Rollout::new(inv, agents, etcd, progress),
         progress,
     };
     let mut done = Migrated::default();

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::adopt::record::StepState;
 use crate::agent::{AgentError, Agents, HostAgent};
 use crate::etcd::api::{EtcdApiError, EtcdClient};
-use crate::etcd::rolling::{restart_member, Endpoint, Restarted, RollingError};
+use crate::etcd::rolling::{members_of, Restarted, RollingError, Rollout};
 use crate::inventory::Inventory;
 use crate::pki::{CertificateAuthority, ETCD_CA};
 use crate::runbook::exec::certificates;
@@ -180,17 +180,14 @@ fn swap(state_dir: &Path, j: &RotationJournal) -> Result<(), RotateError> {
 }
 
 struct Run<'a> {
-    agents: Agents,
-    etcd: EtcdClient,
-    members: Vec<Endpoint>,
-    stall: Duration,
-    progress: &'a (dyn Fn(String) + Sync),
+    roll: Rollout<'a>,
 }
 
 impl Run<'_> {
     /// The gate before a member's files change (see [`crate::etcd::rolling::whole`]).
     async fn whole(&self, step: &str, host: &str) -> Result<(), RotateError> {
-        crate::etcd::rolling::whole(&self.etcd, host, &self.members)
+        self.roll
+            .whole(&self.roll.etcd, host)
             .await
             .map_err(|source| RotateError::Rolling {
                 step: step.to_string(),
@@ -199,7 +196,8 @@ impl Run<'_> {
     }
 
     async fn agent(&self, step: &str, host: &str) -> Result<HostAgent, RotateError> {
-        self.agents
+        self.roll
+            .agents
             .get(host)
             .await
             .map_err(|source| RotateError::Agent {
@@ -214,25 +212,13 @@ impl Run<'_> {
         agent: &HostAgent,
         host: &str,
     ) -> Result<Restarted, RotateError> {
-        let me = self
-            .members
-            .iter()
-            .find(|e| e.host == host)
-            .cloned()
-            .expect("members are the inventory's etcd hosts");
-        restart_member(
-            &self.etcd,
-            agent,
-            &me,
-            &self.members,
-            self.stall,
-            self.progress,
-        )
-        .await
-        .map_err(|source| RotateError::Rolling {
-            step: step.to_string(),
-            source: Box::new(source),
-        })
+        self.roll
+            .restart(&self.roll.etcd, agent, host)
+            .await
+            .map_err(|source| RotateError::Rolling {
+                step: step.to_string(),
+                source: Box::new(source),
+            })
     }
 
     async fn write(
@@ -358,15 +344,7 @@ pub async fn run(
         j.steps.insert("prepare".into(), StepState::Done);
         save(state_dir, &cluster, &j)?;
     }
-    let members: Vec<Endpoint> = inv
-        .etcd_hosts()
-        .iter()
-        .map(|h| Endpoint {
-            host: h.name.as_str().to_string(),
-            url: inv.etcd_client_url(h),
-        })
-        .collect();
-    let urls: Vec<String> = members.iter().map(|e| e.url.clone()).collect();
+    let urls: Vec<String> = members_of(inv).iter().map(|e| e.url.clone()).collect();
     let etcd = EtcdClient::connect(state_dir, &urls, Duration::from_secs(2))
         .await
         .map_err(|source| RotateError::Etcd {
@@ -375,13 +353,9 @@ pub async fn run(
         })?;
     let trust = std::sync::Arc::new(crate::trust::Trust::load(state_dir)?);
     let mut r = Run {
-        agents: Agents::new(trust, inv),
-        etcd,
-        members,
-        stall: inv.etcd.catch_up_stall.duration(),
-        progress,
+        roll: Rollout::new(inv, Agents::new(trust, inv), etcd, progress),
     };
-    let etcd_hosts: Vec<String> = r.members.iter().map(|e| e.host.clone()).collect();
+    let etcd_hosts: Vec<String> = r.roll.members.iter().map(|e| e.host.clone()).collect();
     let masters: Vec<String> = inv
         .masters()
         .iter()
@@ -435,7 +409,7 @@ pub async fn run(
             },
         )?;
         // haop's client connects again with its new certificate.
-        r.etcd = EtcdClient::connect(state_dir, &urls, Duration::from_secs(2))
+        r.roll.etcd = EtcdClient::connect(state_dir, &urls, Duration::from_secs(2))
             .await
             .map_err(|source| RotateError::Etcd {
                 step: "swap".into(),

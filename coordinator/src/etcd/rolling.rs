@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use haop_proto::v1 as pb;
 
-use super::api::EtcdApiError;
+use super::api::{EtcdApiError, EtcdClient};
 use super::config::UNIT_NAME;
 use super::probe::Probe;
+use crate::agent::Agents;
 use crate::agent::{AgentError, HostAgent};
+use crate::inventory::Inventory;
 
 /// Errors of one rolling restart; each names the host.
 #[derive(Debug, thiserror::Error)]
@@ -287,5 +289,84 @@ pub async fn wait_back<P: Probe>(
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A rolling change under way over a cluster's members: how to reach their hosts and etcd,
+/// and how long a restarted member may go without progress. Adoption and CA rotation carry
+/// one from member to member; each asks etcd through haop's own client or through another
+/// [`Probe`] (adoption's first round asks through an agent).
+pub struct Rollout<'a> {
+    pub agents: Agents,
+    pub etcd: EtcdClient,
+    pub members: Vec<Endpoint>,
+    pub stall: Duration,
+    pub progress: &'a (dyn Fn(String) + Sync),
+}
+
+impl std::fmt::Debug for Rollout<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollout")
+            .field("members", &self.members)
+            .field("stall", &self.stall)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The etcd members of `inv` as rolling changes walk them (the inventory's order).
+pub fn members_of(inv: &Inventory) -> Vec<Endpoint> {
+    inv.etcd_hosts()
+        .iter()
+        .map(|h| Endpoint {
+            host: h.name.as_str().to_string(),
+            url: inv.etcd_client_url(h),
+        })
+        .collect()
+}
+
+impl<'a> Rollout<'a> {
+    /// A rollout over `inv`'s members with `agents` and haop's etcd client `etcd`.
+    pub fn new(
+        inv: &Inventory,
+        agents: Agents,
+        etcd: EtcdClient,
+        progress: &'a (dyn Fn(String) + Sync),
+    ) -> Rollout<'a> {
+        Rollout {
+            agents,
+            etcd,
+            members: members_of(inv),
+            stall: inv.etcd.catch_up_stall.duration(),
+            progress,
+        }
+    }
+
+    /// The client URLs of the members.
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(|e| e.url.clone()).collect()
+    }
+
+    /// [`whole`], asked through `probe`.
+    pub async fn whole<P: Probe>(&self, probe: &P, host: &str) -> Result<(), RollingError> {
+        whole(probe, host, &self.members).await
+    }
+
+    /// [`restart_member`] of `host` (one of the members), asked through `probe`.
+    pub async fn restart<P: Probe>(
+        &self,
+        probe: &P,
+        agent: &HostAgent,
+        host: &str,
+    ) -> Result<Restarted, RollingError> {
+        let me = self
+            .members
+            .iter()
+            .find(|e| e.host == host)
+            .cloned()
+            .ok_or_else(|| RollingError::NotWhole {
+                host: host.to_string(),
+                last: "it is not one of the inventory's etcd members".into(),
+            })?;
+        restart_member(probe, agent, &me, &self.members, self.stall, self.progress).await
     }
 }
