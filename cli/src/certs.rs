@@ -93,8 +93,8 @@ pub enum CertsCommand {
         /// The agent CA (the control channel between haop and its agents).
         #[arg(long)]
         agent: bool,
-        /// --agent: go on although identities issued by the old CA are still valid (they stop
-        /// working).
+        /// Go on although identities issued by the old CA are still valid (they stop working;
+        /// issue them again afterwards).
         #[arg(long)]
         yes: bool,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
@@ -120,10 +120,11 @@ pub async fn run(state_dir: &Path, cmd: CertsCommand) -> anyhow::Result<ExitCode
             inventory,
             etcd: true,
             output,
+            yes,
             ..
         } => {
             let inv = load_inventory(&inventory)?;
-            let done = haop_coordinator::certs::rotate_etcd::run(state_dir, &inv, &|line| {
+            let done = haop_coordinator::certs::rotate_etcd::run(state_dir, &inv, yes, &|line| {
                 eprintln!("  {line}")
             })
             .await?;

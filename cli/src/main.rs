@@ -55,6 +55,27 @@ enum Command {
     Apply(runbook::ApplyArgs),
     /// Take over a running cluster built by hand: discover it, write the full inventory,
     /// print what securing it will change. Changes nothing; `haop apply` secures it.
+    ///
+    /// Take over a running etcd cluster built by hand (a runbook like the seed's: cfssl
+    /// certificates, the CA key on every host, client and peer certificate auth off), without
+    /// downtime.
+    ///
+    /// The inventory lists the hosts and their agents (install the haop-agent .deb on the running
+    /// hosts first); nothing else is assumed. adopt reads, through the agents and etcd's API, each
+    /// member's unit and environment files, the certificates they name and the CA those chain to,
+    /// where that CA's key lies, the members etcd lists, each master's kube-apiserver etcd client
+    /// files and keepalived's VIP. It then writes the full inventory (the original is kept as
+    /// FILE.before-adopt) and prints the plan. It changes nothing on any host.
+    ///
+    /// A cluster haop cannot understand (flags it does not know, members it cannot reach or that no
+    /// host runs, more than one CA, plain-HTTP URLs, an unhealthy quorum) is refused with every
+    /// problem listed, and nothing is written.
+    ///
+    /// `haop apply` then secures it live, one member at a time, each back and caught up with the
+    /// quorum whole before the next: both CAs trusted and haop's certificates made on the hosts
+    /// (CSR flow), the API servers switched to haop's etcd client certificates, client and peer
+    /// certificate auth turned on, the old CA dropped, its key removed from every host. Killed
+    /// anywhere, `haop apply` continues; `haop plan` and `haop adopt` again show where it stands.
     Adopt(adopt::AdoptArgs),
     /// The etcd cluster: members, recovery and healing, scaling, snapshots and restore,
     /// maintenance, and etcdctl environment.

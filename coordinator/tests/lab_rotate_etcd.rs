@@ -70,6 +70,32 @@ async fn rotate_under_a_writer(etcd: Etcd) {
     assert!(put.status.success(), "{}", text(&put));
 
     if etcd == Etcd::Debian {
+        // An identity of the etcd channel would stop working: refused without --yes, named.
+        let out = st.join("backup-identity");
+        let issued = haop(
+            st,
+            &[
+                "identity",
+                "issue",
+                "backup",
+                "--role",
+                "reader",
+                "--etcd",
+                "--out",
+                &out.display().to_string(),
+            ],
+        );
+        assert!(issued.status.success(), "{}", text(&issued));
+        let refused = haop(st, &["certs", "rotate-ca", "--etcd", "-f", &inv_path]);
+        assert!(!refused.status.success(), "{}", text(&refused));
+        assert!(
+            text(&refused).contains("backup") && text(&refused).contains("--yes"),
+            "{}",
+            text(&refused)
+        );
+        assert!(
+            !haop_coordinator::certs::rotate_etcd::journal_path(st, inv.cluster.as_str()).exists()
+        );
         // With a member down, no member is restarted: the rotation refuses and says why.
         let ca1 = std::fs::read(lab.hosts()[0].root_dir.join(PKI).join("ca.crt")).unwrap();
         let stop = haop(
@@ -87,7 +113,10 @@ async fn rotate_under_a_writer(etcd: Etcd) {
             assert!(std::time::Instant::now() < deadline, "etcd3 does not stop");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let refused = haop(st, &["certs", "rotate-ca", "--etcd", "-f", &inv_path]);
+        let refused = haop(
+            st,
+            &["certs", "rotate-ca", "--etcd", "--yes", "-f", &inv_path],
+        );
         assert!(!refused.status.success(), "{}", text(&refused));
         assert!(text(&refused).contains("not whole"), "{}", text(&refused));
         assert_eq!(
@@ -114,7 +143,7 @@ async fn rotate_under_a_writer(etcd: Etcd) {
     let killed = Command::new(common::haop_bin())
         .env("HAOP_STATE_DIR", st)
         .env("HAOP_FAILPOINT", "rotate-ca:after-step")
-        .args(["certs", "rotate-ca", "--etcd", "-f", &inv_path])
+        .args(["certs", "rotate-ca", "--etcd", "--yes", "-f", &inv_path])
         .output()
         .unwrap();
     assert!(!killed.status.success(), "{}", text(&killed));
@@ -124,7 +153,7 @@ async fn rotate_under_a_writer(etcd: Etcd) {
     // The rest, with etcdctl used all the while.
     let mut child = Command::new(common::haop_bin())
         .env("HAOP_STATE_DIR", st)
-        .args(["certs", "rotate-ca", "--etcd", "-f", &inv_path])
+        .args(["certs", "rotate-ca", "--etcd", "--yes", "-f", &inv_path])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -282,10 +282,13 @@ fn stale_identities(state_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Rotates the etcd CA of `inv`'s cluster (or continues an interrupted rotation).
+/// Rotates the etcd CA of `inv`'s cluster (or continues an interrupted rotation). A new
+/// rotation is refused, changing nothing, while identities of the etcd channel issued by the
+/// old CA are valid, unless `yes` (they stop working; they are listed).
 pub async fn run(
     state_dir: &Path,
     inv: &Inventory,
+    yes: bool,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<Rotated, RotateError> {
     let started = Instant::now();
@@ -300,6 +303,14 @@ pub async fn run(
         )));
     }
     let pki = pki_dir(state_dir);
+    let stale = stale_identities(state_dir);
+    let fresh = load(state_dir, &cluster)?.is_none_or(|j| j.finished_unix.is_some());
+    if fresh && !yes && !stale.is_empty() {
+        return Err(RotateError::Refused(format!(
+            "identities issued with --etcd by the current CA are still valid and would be refused after the rotation: {}. Run again with --yes, then issue them again",
+            stale.join(", ")
+        )));
+    }
     let mut j = match load(state_dir, &cluster)? {
         Some(j) if j.finished_unix.is_none() => {
             progress("continuing the rotation that was interrupted".into());
@@ -329,7 +340,7 @@ pub async fn run(
         }
     };
     let mut out = Rotated {
-        stale_identities: stale_identities(state_dir),
+        stale_identities: stale,
         ..Default::default()
     };
     if !out.stale_identities.is_empty() {
