@@ -72,6 +72,26 @@ fn format(report: &StatusReport, output: Format) -> anyhow::Result<String> {
 
 pub async fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let inv = load_inventory(&args.inventory)?;
+    // An adopted cluster before its migration's trust round accepts only clients of its own
+    // CA: say so, rather than let etcd look down for no reason given.
+    if let Ok(Some(r)) =
+        haop_coordinator::adopt::record::AdoptionRecord::load(state_dir, inv.cluster.as_str())
+    {
+        if r.finished_unix.is_none() {
+            let phases = haop_coordinator::adopt::migrate::member_phases(&r);
+            if phases.iter().any(|(_, p)| p == "trust") {
+                eprintln!(
+                    "note: {} is being adopted and not every member trusts haop's CA yet ({}): etcd refuses haop's client until `haop apply` has done the trust round",
+                    r.cluster,
+                    phases
+                        .iter()
+                        .map(|(h, p)| format!("{h}={p}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
     let options = StatusOptions {
         timeout: Duration::from_secs_f64(args.timeout),
         identity: args.cert.zip(args.key),

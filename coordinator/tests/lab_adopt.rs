@@ -139,6 +139,9 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     let plan = haop(st, &["plan", "-f", &inv_file, "--exit-code"]);
     assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
     assert!(text(&plan).contains("etcd1=trust"), "{}", text(&plan));
+    // status says why it cannot read etcd yet.
+    let status = haop(st, &["status", "-f", &inv_file]);
+    assert!(text(&status).contains("is being adopted"), "{}", text(&status));
     // A second adopt says where it stands.
     let again = haop(st, &["adopt", "-f", &inv_file]);
     assert!(
