@@ -141,7 +141,11 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     assert!(text(&plan).contains("etcd1=trust"), "{}", text(&plan));
     // status says why it cannot read etcd yet.
     let status = haop(st, &["status", "-f", &inv_file]);
-    assert!(text(&status).contains("is being adopted"), "{}", text(&status));
+    assert!(
+        text(&status).contains("is being adopted"),
+        "{}",
+        text(&status)
+    );
     // A second adopt says where it stands.
     let again = haop(st, &["adopt", "-f", &inv_file]);
     assert!(
