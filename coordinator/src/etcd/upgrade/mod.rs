@@ -495,9 +495,10 @@ async fn upgrade_member(
     })
 }
 
-/// Until the restarted member answers, runs the target, and has applied everything the leader
-/// had committed when it first answered; stops when it does not answer in time (scaled with its
-/// database) or stops applying for `req.stall`.
+/// Until the restarted member answers, has applied everything the others had committed when it
+/// came back and the cluster is whole ([`crate::etcd::rolling::wait_back`], progress-aware:
+/// scaled with its database, stopping only after `req.stall` without progress); then it must
+/// run the target.
 async fn wait_back(
     etcd: &EtcdClient,
     endpoints: &[observe::Endpoint],
@@ -506,72 +507,59 @@ async fn wait_back(
     db_size: i64,
     binary: &str,
 ) -> Result<(), UpgradeError> {
-    let first_within = crate::etcd::api::scaled_timeout(Duration::from_secs(60), db_size);
-    let started = Instant::now();
-    let mut wanted: Option<u64> = None;
-    let mut applied = 0u64;
-    let mut last_progress = Instant::now();
-    loop {
-        match etcd.status_of(&me.url).await {
-            Ok(s) => {
-                let running = EtcdVersion::parse(&s.version);
-                if running.is_some() && running != Some(req.target) {
-                    return Err(UpgradeError::WrongVersion {
-                        host: me.host.clone(),
-                        running: s.version,
-                        target: req.target,
-                        binary: binary.to_string(),
-                    });
-                }
-                if wanted.is_none() {
-                    // What the rest of the cluster had committed when the member came back.
-                    let mut top = 0;
-                    for e in endpoints.iter().filter(|e| e.host != me.host) {
-                        if let Ok(o) = etcd.status_of(&e.url).await {
-                            top = top.max(o.raft_index);
-                        }
-                    }
-                    wanted = Some(top);
-                }
-                if s.raft_applied_index > applied {
-                    applied = s.raft_applied_index;
-                    last_progress = Instant::now();
-                }
-                let want = wanted.unwrap_or(0);
-                if applied >= want && s.leader_id != 0 && etcd.health(&me.url).await.is_ok() {
-                    return Ok(());
-                }
-                if last_progress.elapsed() > req.stall {
-                    return Err(UpgradeError::Stalled {
-                        host: me.host.clone(),
-                        seconds: req.stall.as_secs(),
-                        applied,
-                        wanted: want,
-                    });
-                }
-            }
-            Err(e) => {
-                let last = crate::error::short_error(&e);
-                if wanted.is_none() && started.elapsed() > first_within {
-                    return Err(UpgradeError::NotBack {
-                        host: me.host.clone(),
-                        target: req.target,
-                        seconds: first_within.as_secs(),
-                        last,
-                    });
-                }
-                if wanted.is_some() && last_progress.elapsed() > req.stall {
-                    return Err(UpgradeError::NotBack {
-                        host: me.host.clone(),
-                        target: req.target,
-                        seconds: req.stall.as_secs(),
-                        last,
-                    });
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    use crate::etcd::rolling::{self, RollingError};
+    let all: Vec<rolling::Endpoint> = endpoints
+        .iter()
+        .map(|e| rolling::Endpoint {
+            host: e.host.clone(),
+            url: e.url.clone(),
+        })
+        .collect();
+    let mine = rolling::Endpoint {
+        host: me.host.clone(),
+        url: me.url.clone(),
+    };
+    rolling::wait_back(etcd, &mine, &all, db_size, req.stall)
+        .await
+        .map_err(|e| match e {
+            RollingError::NotBack {
+                host,
+                seconds,
+                last,
+            } => UpgradeError::NotBack {
+                host,
+                target: req.target,
+                seconds,
+                last,
+            },
+            RollingError::Stalled {
+                host,
+                applied,
+                wanted,
+                seconds,
+            } => UpgradeError::Stalled {
+                host,
+                seconds,
+                applied,
+                wanted,
+            },
+            other => UpgradeError::NotBack {
+                host: me.host.clone(),
+                target: req.target,
+                seconds: req.stall.as_secs(),
+                last: crate::error::short_error(&other),
+            },
+        })?;
+    let s = etcd.status_of(&me.url).await?;
+    if EtcdVersion::parse(&s.version) != Some(req.target) {
+        return Err(UpgradeError::WrongVersion {
+            host: me.host.clone(),
+            running: s.version,
+            target: req.target,
+            binary: binary.to_string(),
+        });
     }
+    Ok(())
 }
 
 /// Until etcd reports the target's minor as the cluster version (it raises it a few seconds
