@@ -270,34 +270,16 @@ async fn adopt_and_secure(etcd: Etcd, kill_after_every_step: bool) {
     // Client certificate auth is on: no certificate, no access; the seed's client
     // certificate (its CA is gone) is refused.
     for e in &endpoints {
-        let anonymous = Command::new("/usr/bin/etcdctl")
-            .env_clear()
-            .args([
-                "--dial-timeout=2s",
-                "--command-timeout=3s",
-                "--insecure-skip-tls-verify",
-            ])
-            .arg(format!("--endpoints={e}"))
-            .args(["put", "/adopt/anonymous", "x"])
-            .output()
-            .unwrap();
+        let anonymous = common::put_as(e, None, "/adopt/anonymous");
         assert!(!anonymous.status.success(), "{e}: {}", text(&anonymous));
-        let seed_client = Command::new("/usr/bin/etcdctl")
-            .env_clear()
-            .args([
-                "--dial-timeout=2s",
-                "--command-timeout=3s",
-                "--insecure-skip-tls-verify",
-            ])
-            .arg(format!("--endpoints={e}"))
-            .arg(format!("--cert={}", seed_pki.join("client.pem").display()))
-            .arg(format!(
-                "--key={}",
-                seed_pki.join("client-key.pem").display()
-            ))
-            .args(["put", "/adopt/seed-client", "x"])
-            .output()
-            .unwrap();
+        let seed_client = common::put_as(
+            e,
+            Some((
+                &seed_pki.join("client.pem"),
+                &seed_pki.join("client-key.pem"),
+            )),
+            "/adopt/seed-client",
+        );
         assert!(
             !seed_client.status.success(),
             "{e} accepted the seed's client: {}",

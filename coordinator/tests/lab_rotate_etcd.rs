@@ -259,25 +259,14 @@ async fn rotate_under_a_writer(etcd: Etcd) {
     // A client still holding the old CA's certificate is refused, by every member (the server
     // side checked alone: the client skips verifying the server).
     for e in &endpoints {
-        let o = Command::new("/usr/bin/etcdctl")
-            .env_clear()
-            .args([
-                "--dial-timeout=2s",
-                "--command-timeout=3s",
-                "--insecure-skip-tls-verify",
-            ])
-            .arg(format!("--endpoints={e}"))
-            .arg(format!(
-                "--cert={}",
-                old.path().join("etcd-client.crt").display()
-            ))
-            .arg(format!(
-                "--key={}",
-                old.path().join("etcd-client.key").display()
-            ))
-            .args(["put", "/rotate/old-ca", "x"])
-            .output()
-            .unwrap();
+        let o = common::put_as(
+            e,
+            Some((
+                &old.path().join("etcd-client.crt"),
+                &old.path().join("etcd-client.key"),
+            )),
+            "/rotate/old-ca",
+        );
         assert!(
             !o.status.success(),
             "{e} accepted the old CA's client: {}",

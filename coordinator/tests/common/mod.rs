@@ -374,3 +374,21 @@ pub fn certs_in(root: &Path, path: &str) -> Vec<haop_coordinator::pki::CertInfo>
         .unwrap_or_else(|e| panic!("{}: {e}", root.join(path).display()));
     haop_coordinator::pki::inspect(&pem).unwrap()
 }
+
+/// `etcdctl put KEY x` at `endpoint` with client certificate `cert` (`(cert, key)` files, or
+/// none), not verifying the server: what the server alone accepts or refuses.
+pub fn put_as(endpoint: &str, cert: Option<(&Path, &Path)>, key: &str) -> Output {
+    let mut cmd = Command::new("/usr/bin/etcdctl");
+    cmd.env_clear()
+        .args([
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+            "--insecure-skip-tls-verify",
+        ])
+        .arg(format!("--endpoints={endpoint}"));
+    if let Some((c, k)) = cert {
+        cmd.arg(format!("--cert={}", c.display()))
+            .arg(format!("--key={}", k.display()));
+    }
+    cmd.args(["put", key, "x"]).output().expect("run etcdctl")
+}
